@@ -1,0 +1,263 @@
+{{/*
+Chart name, truncated to 63 characters (the DNS label limit of Kubernetes names).
+*/}}
+{{- define "bert-finetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, truncated to 63 characters. When the release name already contains
+the chart name it is used as is.
+*/}}
+{{- define "bert-finetune.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of a per-component object: "<fullname>-<component>". The full name is cut first so the
+component suffix always survives the 63-character limit.
+Usage: include "bert-finetune.componentName" (list $ "trainer")
+*/}}
+{{- define "bert-finetune.componentName" -}}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $prefix := include "bert-finetune.fullname" $ctx | trunc (int (sub 62 (len $component))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix $component }}
+{{- end }}
+
+{{/*
+Chart label value: name-version.
+*/}}
+{{- define "bert-finetune.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels shared by every pod of the release.
+*/}}
+{{- define "bert-finetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bert-finetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Standard labels (Kubernetes recommended labels) plus commonLabels.
+*/}}
+{{- define "bert-finetune.labels" -}}
+helm.sh/chart: {{ include "bert-finetune.chart" . }}
+{{ include "bert-finetune.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: bert-finetune
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of one component. Usage: include "bert-finetune.componentLabels" (list $ "trainer")
+*/}}
+{{- define "bert-finetune.componentLabels" -}}
+{{ include "bert-finetune.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+Selector labels of one component. Usage: include "bert-finetune.componentSelectorLabels" (list $ "trainer")
+*/}}
+{{- define "bert-finetune.componentSelectorLabels" -}}
+{{ include "bert-finetune.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+ServiceAccount name.
+*/}}
+{{- define "bert-finetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "bert-finetune.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The frontend Service of the Temporal release, following the temporal chart's fullname rule:
+the release name when it contains "temporal", else "<release>-temporal".
+*/}}
+{{- define "bert-finetune.temporalFrontendService" -}}
+{{- $release := .Values.temporal.releaseName }}
+{{- if contains "temporal" $release }}
+{{- printf "%s-frontend" $release }}
+{{- else }}
+{{- printf "%s-temporal-frontend" $release }}
+{{- end }}
+{{- end }}
+
+{{/*
+The one place the Temporal address is decided: temporal.address, else the frontend Service of
+the Temporal release in this namespace.
+*/}}
+{{- define "bert-finetune.temporalAddress" -}}
+{{- if .Values.temporal.address }}
+{{- .Values.temporal.address }}
+{{- else if .Values.temporal.releaseName }}
+{{- printf "%s.%s.svc:%d" (include "bert-finetune.temporalFrontendService" .) .Release.Namespace (int .Values.temporal.frontendPort) }}
+{{- else }}
+{{- fail "set temporal.address (host:port of the Temporal frontend) or temporal.releaseName (a Temporal Helm release in this namespace)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the runs PVC (created or existing).
+*/}}
+{{- define "bert-finetune.runsClaimName" -}}
+{{- if .Values.persistence.existingClaim }}
+{{- .Values.persistence.existingClaim }}
+{{- else }}
+{{- include "bert-finetune.componentName" (list . "runs") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Container image reference. A tag may carry a digest ("tag@sha256:..."), as skaffold sets it.
+Usage: include "bert-finetune.image" (list $ .Values.trainer.image)
+*/}}
+{{- define "bert-finetune.image" -}}
+{{- $ctx := index . 0 }}
+{{- $image := index . 1 }}
+{{- printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds of a worker: the explicit value or graceful shutdown + 30 s; it
+must exceed the worker's graceful shutdown or the kubelet kills it mid-checkpoint.
+Usage: include "bert-finetune.terminationGracePeriod" (list "trainer" .Values.trainer)
+*/}}
+{{- define "bert-finetune.terminationGracePeriod" -}}
+{{- $component := index . 0 }}
+{{- $worker := index . 1 }}
+{{- $graceful := int $worker.gracefulShutdownSeconds }}
+{{- if kindIs "invalid" $worker.terminationGracePeriodSeconds }}
+{{- add $graceful 30 }}
+{{- else }}
+{{- $period := int $worker.terminationGracePeriodSeconds }}
+{{- if le $period $graceful }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be greater than %s.gracefulShutdownSeconds (%d)" $component $period $component $graceful) }}
+{{- end }}
+{{- $period }}
+{{- end }}
+{{- end }}
+
+{{/*
+Temporal TLS and API key environment, shared by the workers and the test Pod.
+*/}}
+{{- define "bert-finetune.temporalSecretEnv" -}}
+{{- $tls := .Values.temporal.tls }}
+{{- if and $tls.enabled $tls.existingSecret }}
+{{- if $tls.certKey }}
+- name: TEMPORAL_TLS_CLIENT_CERT_PATH
+  value: /etc/temporal-tls/{{ $tls.certKey }}
+{{- end }}
+{{- if $tls.keyKey }}
+- name: TEMPORAL_TLS_CLIENT_KEY_PATH
+  value: /etc/temporal-tls/{{ $tls.keyKey }}
+{{- end }}
+{{- if $tls.caKey }}
+- name: TEMPORAL_TLS_SERVER_CA_CERT_PATH
+  value: /etc/temporal-tls/{{ $tls.caKey }}
+{{- end }}
+{{- end }}
+{{- with .Values.temporal.apiKey.existingSecret }}
+- name: TEMPORAL_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.temporal.apiKey.key }}
+{{- end }}
+{{- with .Values.huggingFace.tokenSecret }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.huggingFace.tokenSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes every pod gets: /tmp, the cache, and the Temporal TLS Secret when configured.
+*/}}
+{{- define "bert-finetune.baseVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: cache
+  emptyDir:
+    sizeLimit: {{ .Values.huggingFace.cache.sizeLimit }}
+{{- with .Values.huggingFace.cache.existingClaim }}
+- name: hf-cache
+  persistentVolumeClaim:
+    claimName: {{ . }}
+{{- end }}
+{{- $tls := .Values.temporal.tls }}
+{{- if and $tls.enabled $tls.existingSecret }}
+- name: temporal-tls
+  secret:
+    secretName: {{ $tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/*
+Mounts matching bert-finetune.baseVolumes.
+*/}}
+{{- define "bert-finetune.baseVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: cache
+  mountPath: /cache
+{{- if .Values.huggingFace.cache.existingClaim }}
+- name: hf-cache
+  mountPath: /cache/huggingface
+{{- end }}
+{{- $tls := .Values.temporal.tls }}
+{{- if and $tls.enabled $tls.existingSecret }}
+- name: temporal-tls
+  mountPath: /etc/temporal-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of combinations the schema cannot express.
+*/}}
+{{- define "bert-finetune.validate" -}}
+{{- $tls := .Values.temporal.tls }}
+{{- if and $tls.existingSecret (not $tls.enabled) }}
+{{- fail "temporal.tls.existingSecret is set but temporal.tls.enabled is false" }}
+{{- end }}
+{{- if ne (empty $tls.certKey) (empty $tls.keyKey) }}
+{{- fail "temporal.tls.certKey and temporal.tls.keyKey must be set together (client certificate and its key)" }}
+{{- end }}
+{{- if and .Values.gpu.enabled (lt (int .Values.gpu.count) 1) }}
+{{- fail "gpu.count must be at least 1 when gpu.enabled is true" }}
+{{- end }}
+{{- $hpa := .Values.inferencer.autoscaling }}
+{{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
+{{- fail "inferencer.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- if and $hpa.enabled (kindIs "invalid" $hpa.targetCPUUtilizationPercentage) (kindIs "invalid" $hpa.targetMemoryUtilizationPercentage) }}
+{{- fail "inferencer.autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- end }}
