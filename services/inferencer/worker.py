@@ -1,0 +1,65 @@
+"""Entry point of the inference worker (``bert-finetune worker inferencer``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from services.inferencer.activities import InferenceActivities
+from services.inferencer.model_cache import ModelCache
+from services.inferencer.workflows import BertInferenceWorkflow
+from shared.service import run_worker_service
+from shared.settings import Settings
+
+
+def build_inferencer_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    runs_root: Path,
+    model_cache_size: int = 4,
+    max_concurrent_activities: int = 4,
+    graceful_shutdown: timedelta = timedelta(seconds=30),
+) -> Worker:
+    """The inference worker.
+
+    Args:
+        task_queue: queue polled for ``BertInferenceWorkflow`` and ``run_bert_inference``.
+        runs_root: the shared runs volume (``BERT_RUNS_DIR``), read only.
+        model_cache_size: models kept loaded (LRU); bounds memory when requests rotate runs.
+        max_concurrent_activities: requests classified at once; torch uses every core for
+            each, so a few is enough to overlap loading with compute.
+        graceful_shutdown: time in-flight requests get to finish after SIGTERM.
+    """
+    activities = InferenceActivities(runs_root, ModelCache(model_cache_size))
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BertInferenceWorkflow],
+        activities=[activities.run_bert_inference],
+        activity_executor=ThreadPoolExecutor(
+            max_workers=max_concurrent_activities, thread_name_prefix="inference"
+        ),
+        max_concurrent_activities=max_concurrent_activities,
+        graceful_shutdown_timeout=graceful_shutdown,
+    )
+
+
+async def run_inferencer(settings: Settings) -> None:
+    await run_worker_service(
+        "inferencer",
+        settings,
+        settings.inferencer_metrics_port,
+        lambda client: build_inferencer_worker(
+            client,
+            task_queue=settings.inference_task_queue,
+            runs_root=settings.runs_dir,
+            model_cache_size=settings.model_cache_size,
+            max_concurrent_activities=settings.inference_max_concurrent_activities,
+            graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
+        ),
+    )

@@ -1,0 +1,50 @@
+"""``BertInferenceWorkflow``: one ``run_bert_inference`` activity, size-checked input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from shared.errors import INVALID_CONFIG, NON_RETRYABLE_TYPES, failure
+    from shared.types import (
+        INFERENCE_ACTIVITY,
+        INFERENCE_WORKFLOW,
+        BertInferenceRequest,
+        BertInferenceResult,
+    )
+
+# The result echoes the texts, and Temporal refuses payloads over 2 MiB: leave room for it.
+MAX_REQUEST_TEXT_BYTES = 1024 * 1024
+
+INFERENCE_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+    non_retryable_error_types=NON_RETRYABLE_TYPES,
+)
+
+
+# Any exception fails the workflow: a bug must never leave it RUNNING with a retrying task.
+@workflow.defn(name=INFERENCE_WORKFLOW, failure_exception_types=[Exception])
+class BertInferenceWorkflow:
+    @workflow.run
+    async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
+        size = sum(len(text.encode("utf-8")) for text in request.texts)
+        if size > MAX_REQUEST_TEXT_BYTES:
+            raise failure(
+                INVALID_CONFIG,
+                f"texts: {size} bytes in one request, over the {MAX_REQUEST_TEXT_BYTES}-byte "
+                "limit (the result echoes the texts and Temporal caps payloads at 2 MiB); "
+                "split them over several requests (`bert-finetune predict --file` does this)",
+            )
+        return await workflow.execute_activity(
+            INFERENCE_ACTIVITY,
+            request,
+            result_type=BertInferenceResult,
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=INFERENCE_RETRY_POLICY,
+        )

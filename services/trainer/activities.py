@@ -1,0 +1,146 @@
+"""The ``fine_tune_bert`` activity: Temporal plumbing around ``training.fine_tune``.
+
+A sync activity on the worker's thread pool. It heartbeats from a helper thread, resumes
+from the newest verified checkpoint on retries, stops at the next step on cancellation or
+worker shutdown, and turns every known problem into a typed ApplicationError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import structlog
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from services.trainer.progress import ProgressReporter
+from services.trainer.training import (
+    StopSignals,
+    TrainingCancelled,
+    TrainingInterrupted,
+    fine_tune,
+)
+from shared import metrics
+from shared.logging import get_logger
+from shared.runs import is_complete, resolve_run_dir
+from shared.types import (
+    FINE_TUNE_ACTIVITY,
+    PROGRESS_SIGNAL,
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    TrainingProgress,
+)
+
+log = get_logger(__name__)
+
+WORKER_SHUTDOWN = "WorkerShutdown"
+
+
+def _resume_hint() -> str | None:
+    details = activity.info().heartbeat_details
+    if details and isinstance(details[0], dict):
+        hint = details[0].get("latest_checkpoint")
+        return hint if isinstance(hint, str) else None
+    return None
+
+
+class TrainingActivities:
+    """Holds what the activity needs from the worker: the runs root and the event loop."""
+
+    def __init__(self, runs_root: Path, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._runs_root = runs_root
+        self._loop = loop
+
+    def _progress_signaller(self):  # noqa: ANN202 (a private closure factory)
+        info = activity.info()
+        try:
+            client: Client | None = activity.client()
+        except RuntimeError:  # ActivityEnvironment in tests has no client
+            client = None
+        if client is None or self._loop is None:
+            return None
+        handle = client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        loop = self._loop
+
+        def signal(progress: TrainingProgress) -> None:
+            future = asyncio.run_coroutine_threadsafe(
+                handle.signal(PROGRESS_SIGNAL, progress), loop
+            )
+            future.result(timeout=10)
+
+        return signal
+
+    @activity.defn(name=FINE_TUNE_ACTIVITY, no_thread_cancel_exception=True)
+    def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
+        info = activity.info()
+        structlog.contextvars.bind_contextvars(run_id=request.run_id)
+        reporter = ProgressReporter(
+            TrainingProgress(run_id=request.run_id, attempt=info.attempt),
+            signal=self._progress_signaller(),
+        )
+        stop = StopSignals(
+            cancel_requested=activity.is_cancelled,
+            shutdown_requested=activity.is_worker_shutdown,
+        )
+        metrics.RUNS_STARTED.inc()
+        metrics.RUNS_IN_FLIGHT.inc()
+        metrics.HEARTBEAT_CLOCK.run_started()
+        started = time.monotonic()
+        outcome = "failed"
+        log.info("training.attempt_started", attempt=info.attempt)
+        try:
+            with reporter:
+                result = fine_tune(
+                    request,
+                    self._runs_root,
+                    reporter,
+                    stop,
+                    attempt=info.attempt,
+                    resume_hint=_resume_hint(),
+                )
+                reporter.update(phase="succeeded")
+                reporter.beat(force_signal=True)
+            outcome = "succeeded"
+            metrics.RUNS_SUCCEEDED.inc()
+            return result
+        except TrainingCancelled:
+            outcome = self._on_stopped(request)
+            raise CancelledError("training cancelled") from None
+        except TrainingInterrupted as err:
+            outcome = "interrupted"
+            metrics.RUNS_FAILED.labels(error_type=WORKER_SHUTDOWN).inc()
+            log.warning("training.interrupted", reason=str(err))
+            # Retryable on purpose: the next attempt resumes from the checkpoint just sealed.
+            raise ApplicationError(str(err), type=WORKER_SHUTDOWN) from None
+        except ApplicationError as err:
+            metrics.RUNS_FAILED.labels(error_type=err.type or "ApplicationError").inc()
+            log.warning("training.failed", error_type=err.type, error=err.message)
+            raise
+        except Exception as err:
+            metrics.RUNS_FAILED.labels(error_type=type(err).__name__).inc()
+            log.exception("training.crashed", error_type=type(err).__name__)
+            raise
+        finally:
+            duration = time.monotonic() - started
+            metrics.RUN_DURATION.labels(outcome=outcome).observe(duration)
+            metrics.RUNS_IN_FLIGHT.dec()
+            metrics.HEARTBEAT_CLOCK.run_finished()
+            structlog.contextvars.unbind_contextvars("run_id")
+
+    def _on_stopped(self, request: BertFineTuneRequest) -> str:
+        """After a stop at a step boundary: clean up only when a user asked to cancel."""
+        details = activity.cancellation_details()
+        if details is not None and not details.cancel_requested:
+            # Superseded (heartbeat timeout, activity gone): a newer attempt owns the folder.
+            log.warning("training.superseded")
+            return "superseded"
+        metrics.RUNS_CANCELLED.inc()
+        run_dir = resolve_run_dir(self._runs_root, request.run_id)
+        if run_dir.is_dir() and not is_complete(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("training.cancelled", removed=str(run_dir))
+        return "cancelled"

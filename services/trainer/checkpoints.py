@@ -1,0 +1,138 @@
+"""Resumable checkpoints: verified manifests, per-attempt folders, newest-valid lookup.
+
+Layout: ``{run_dir}/checkpoints/attempt-{n}/checkpoint-{step}/``. Each attempt writes only
+into its own folder, so a stale attempt that is still running somewhere can never
+overwrite the checkpoints of a newer one. A checkpoint counts only once its manifest
+(sizes and SHA-256 of every file, written atomically after the Trainer has finished writing)
+verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.logging import get_logger
+from shared.runs import CHECKPOINTS_DIR, write_json_atomic
+
+log = get_logger(__name__)
+
+MANIFEST_NAME = "bert_finetune_checkpoint.json"
+KEEP_PER_ATTEMPT = 2
+_ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    attempt: int
+
+
+def attempt_dir(run_dir: Path, attempt: int) -> Path:
+    return run_dir / CHECKPOINTS_DIR / f"attempt-{attempt}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(checkpoint: Path) -> list[Path]:
+    return sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+
+
+def write_manifest(checkpoint: Path, step: int, attempt: int, config_digest: str) -> None:
+    """Seal a checkpoint the Trainer has finished writing."""
+    files = {
+        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in _files(checkpoint)
+    }
+    write_json_atomic(
+        checkpoint / MANIFEST_NAME,
+        {"step": step, "attempt": attempt, "config_digest": config_digest, "files": files},
+    )
+
+
+def verify(checkpoint: Path, config_digest: str) -> Checkpoint | None:
+    """The checkpoint if it belongs to this config and its manifest matches every file."""
+    try:
+        manifest = json.loads((checkpoint / MANIFEST_NAME).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("config_digest") != config_digest or "trainer_state.json" not in files:
+            return None
+        for name, expected in files.items():
+            path = checkpoint / name
+            if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+                log.warning("checkpoint.corrupt", checkpoint=str(checkpoint), file=name)
+                return None
+        return Checkpoint(
+            path=checkpoint, step=int(manifest["step"]), attempt=int(manifest["attempt"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _candidates(run_dir: Path) -> list[tuple[int, int, Path]]:
+    root = run_dir / CHECKPOINTS_DIR
+    found = []
+    if not root.is_dir():
+        return found
+    for attempt in root.iterdir():
+        attempt_match = _ATTEMPT_DIR.match(attempt.name)
+        if not attempt_match or not attempt.is_dir():
+            continue
+        for checkpoint in attempt.iterdir():
+            step_match = _CHECKPOINT_DIR.match(checkpoint.name)
+            if step_match and checkpoint.is_dir():
+                found.append((int(step_match.group(1)), int(attempt_match.group(1)), checkpoint))
+    return sorted(found, reverse=True)
+
+
+def find_resume_checkpoint(
+    run_dir: Path, hint: str | None, config_digest: str
+) -> Checkpoint | None:
+    """The newest checkpoint that verifies: the heartbeat's hint first, then a folder scan."""
+    checkpoints_root = (run_dir / CHECKPOINTS_DIR).resolve()
+    if hint:
+        hinted = Path(hint).resolve()
+        # The hint comes from heartbeat details; only trust paths inside this run's folder.
+        if hinted.is_relative_to(checkpoints_root):
+            checkpoint = verify(hinted, config_digest)
+            newest = _candidates(run_dir)
+            if checkpoint and (not newest or newest[0][0] <= checkpoint.step):
+                return checkpoint
+    for _step, _attempt, path in _candidates(run_dir):
+        checkpoint = verify(path, config_digest)
+        if checkpoint:
+            return checkpoint
+    return None
+
+
+def prune(run_dir: Path, current_attempt: int, keep: int = KEEP_PER_ATTEMPT) -> None:
+    """Keep the newest ``keep`` checkpoints of this attempt; drop older attempts' folders.
+
+    Called only after this attempt has sealed a checkpoint, so the newest verified state
+    always survives.
+    """
+    mine = attempt_dir(run_dir, current_attempt)
+    own = sorted(
+        (int(m.group(1)), p)
+        for p in mine.iterdir()
+        if (m := _CHECKPOINT_DIR.match(p.name)) and p.is_dir()
+    )
+    for _step, path in own[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    root = run_dir / CHECKPOINTS_DIR
+    for other in root.iterdir():
+        match = _ATTEMPT_DIR.match(other.name)
+        if match and int(match.group(1)) < current_attempt:
+            shutil.rmtree(other, ignore_errors=True)

@@ -1,0 +1,271 @@
+"""Load and check training data: hub datasets or local csv/json/jsonl/parquet files.
+
+Every problem with the data becomes a ``DatasetError`` that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporalio.exceptions import ApplicationError
+
+from shared.errors import DATASET_ERROR, failure
+from shared.types import BertFineTuneConfig
+
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_TEXT_FORMATS = {"csv", "json"}
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset with columns text, labels
+    eval: Any | None
+    label_names: list[str]
+    fingerprint: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def majority_baseline(self) -> float | None:
+        """Accuracy of always predicting the most common training label, on the eval split."""
+        if self.eval is None or len(self.eval) == 0:
+            return None
+        train_labels = self.train["labels"]
+        majority = max(set(train_labels), key=train_labels.count)
+        eval_labels = self.eval["labels"]
+        return sum(1 for label in eval_labels if label == majority) / len(eval_labels)
+
+
+def _check_local_file(field_name: str, value: str) -> tuple[str, Path]:
+    path = Path(value).expanduser()
+    builder = _BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise failure(
+            DATASET_ERROR,
+            f"{field_name} {value!r}: unsupported file type {path.suffix or '(none)'!r}; "
+            "use .csv, .json, .jsonl or .parquet",
+        )
+    if not path.is_file():
+        raise failure(DATASET_ERROR, f"{field_name} {value!r} does not exist or is not a file")
+    if builder in _TEXT_FORMATS:
+        _check_utf8(field_name, path)
+    return builder, path
+
+
+def _check_utf8(field_name: str, path: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(block)
+                offset += len(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise failure(
+            DATASET_ERROR,
+            f"{field_name} {str(path)!r} is not UTF-8 (bad byte near offset {offset + err.start}); "
+            "re-encode it, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`",
+        ) from None
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
+    """(train, validation or None, a fingerprint of the source data)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if config.train_file:
+            builder, train_path = _check_local_file("train_file", config.train_file)
+            files = {"train": str(train_path)}
+            digests = [_file_digest(train_path)]
+            if config.validation_file:
+                eval_builder, eval_path = _check_local_file(
+                    "validation_file", config.validation_file
+                )
+                if eval_builder != builder:
+                    raise failure(
+                        DATASET_ERROR,
+                        "train_file and validation_file must have the same format "
+                        f"({train_path.suffix} vs {eval_path.suffix})",
+                    )
+                files["validation"] = str(eval_path)
+                digests.append(_file_digest(eval_path))
+            loaded = datasets.load_dataset(builder, data_files=files)
+            fingerprint = "files:" + ":".join(digests)
+        else:
+            loaded = datasets.load_dataset(config.dataset_name, config.dataset_config_name)
+            fingerprint = "hub:" + ":".join(
+                f"{name}={split._fingerprint}" for name, split in sorted(loaded.items())
+            )
+    except ApplicationError:
+        raise
+    except Exception as err:  # datasets raises many unrelated types for unreadable data
+        source = config.train_file or config.dataset_name
+        raise failure(
+            DATASET_ERROR,
+            f"could not load the dataset {source!r}: {type(err).__name__}: {err}. "
+            "Check dataset_name / dataset_config_name (offline, only local files and cached "
+            "datasets load) or the train_file / validation_file contents",
+        ) from None
+    if "train" not in loaded:
+        raise failure(
+            DATASET_ERROR,
+            f"dataset {config.dataset_name!r} has no 'train' split (splits: {sorted(loaded)})",
+        )
+    return loaded["train"], loaded.get("validation"), fingerprint
+
+
+def _label_kind(values: list[Any], split: str, column: str) -> str:
+    kinds = set()
+    for row, value in enumerate(values):
+        if value is None:
+            raise failure(
+                DATASET_ERROR, f"{split} row {row}: {column!r} is empty; every row needs a label"
+            )
+        if isinstance(value, bool):
+            kinds.add("str")
+        elif isinstance(value, int):
+            kinds.add("int")
+        elif isinstance(value, str):
+            kinds.add("str")
+        else:
+            raise failure(
+                DATASET_ERROR,
+                f"label_column {column!r} holds {type(value).__name__} values (e.g. {value!r} in "
+                f"{split} row {row}); labels must be integers or strings",
+            )
+    if len(kinds) > 1:
+        raise failure(
+            DATASET_ERROR,
+            f"label_column {column!r} mixes integers and strings; use one type for all labels",
+        )
+    return kinds.pop() if kinds else "int"
+
+
+def _check_columns(split_name: str, dataset: Any, config: BertFineTuneConfig) -> None:
+    for field_name, column in (
+        ("text_column", config.text_column),
+        ("label_column", config.label_column),
+    ):
+        if column not in dataset.column_names:
+            raise failure(
+                DATASET_ERROR,
+                f"{field_name} {column!r} is not a column of the {split_name} split; "
+                f"columns are {dataset.column_names}",
+            )
+
+
+def _subsample(
+    dataset: Any, limit: int | None, seed: int, field_name: str, notes: list[str]
+) -> Any:
+    if limit is None:
+        return dataset
+    if limit >= len(dataset):
+        if limit > len(dataset):
+            notes.append(
+                f"{field_name}={limit} is more than the {len(dataset)} rows available; used all"
+            )
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(limit))
+
+
+def prepare_data(config: BertFineTuneConfig) -> PreparedData:
+    """Load, check, subsample and label-encode the data (no tokenization yet)."""
+    train, evaluation, source_fingerprint = load_raw_splits(config)
+    _check_columns("train", train, config)
+    if evaluation is not None:
+        _check_columns("validation", evaluation, config)
+    notes: list[str] = []
+    train = _subsample(train, config.max_train_samples, config.seed, "max_train_samples", notes)
+    if evaluation is not None:
+        evaluation = _subsample(
+            evaluation, config.max_eval_samples, config.seed, "max_eval_samples", notes
+        )
+    if len(train) == 0:
+        raise failure(DATASET_ERROR, "the train split is empty; it needs labelled rows")
+    if evaluation is not None and len(evaluation) == 0:
+        evaluation = None
+
+    label_feature = train.features.get(config.label_column)
+    train_labels = train[config.label_column]
+    eval_labels = evaluation[config.label_column] if evaluation is not None else []
+    kind = _label_kind(train_labels, "train", config.label_column)
+    if eval_labels and _label_kind(eval_labels, "validation", config.label_column) != kind:
+        raise failure(
+            DATASET_ERROR,
+            f"label_column {config.label_column!r} has different types in train and validation",
+        )
+    names_from_feature = getattr(label_feature, "names", None)
+    if kind == "int" and names_from_feature:
+        values = list(range(len(names_from_feature)))
+        names = list(names_from_feature)
+        bad = sorted({v for v in train_labels + eval_labels if not 0 <= v < len(names)})
+        if bad:
+            raise failure(
+                DATASET_ERROR,
+                f"label_column {config.label_column!r} has ids {bad[:5]} outside the dataset's "
+                f"{len(names)} classes (unlabelled test rows use -1; drop them)",
+            )
+    else:
+        values = sorted({v if kind == "int" else str(v) for v in train_labels})
+        names = [str(v) for v in values]
+    to_id = {v: i for i, v in enumerate(values)}
+    used = {to_id[v if kind == "int" else str(v)] for v in train_labels}
+    if len(used) < 2:
+        raise failure(
+            DATASET_ERROR,
+            f"the train split has a single class ({names[used.pop()]!r}) after subsampling; "
+            "a classifier needs at least two: add data or raise max_train_samples",
+        )
+    unseen = sorted({str(v) for v in eval_labels if (v if kind == "int" else str(v)) not in to_id})
+    if unseen:
+        raise failure(
+            DATASET_ERROR,
+            f"validation labels {unseen[:5]} never occur in the train split; "
+            "use a train_file that covers every class",
+        )
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        texts = batch[config.text_column]
+        for value in texts:
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"text_column {config.text_column!r} holds a {type(value).__name__} value "
+                    f"({value!r}); every row needs text"
+                )
+        labels = [to_id[v if kind == "int" else str(v)] for v in batch[config.label_column]]
+        return {"text": texts, "labels": labels}
+
+    def convert(dataset: Any) -> Any:
+        try:
+            return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+        except ValueError as err:
+            raise failure(DATASET_ERROR, str(err)) from None
+
+    train = convert(train)
+    evaluation = convert(evaluation) if evaluation is not None else None
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "source": source_fingerprint,
+                "train_rows": len(train),
+                "eval_rows": len(evaluation) if evaluation is not None else 0,
+                "labels": names,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    return PreparedData(train, evaluation, names, fingerprint, notes)

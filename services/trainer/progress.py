@@ -1,0 +1,100 @@
+"""Heartbeats from a helper thread, so every phase (even ones with no steps) heartbeats.
+
+The reporter holds the latest ``TrainingProgress``. Its thread heartbeats it every
+``interval`` seconds (the SDK throttles what reaches the server) and, less often, signals
+it to the workflow so the ``progress`` query can answer without any I/O.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+
+from temporalio import activity
+
+from shared import metrics
+from shared.logging import get_logger
+from shared.types import TrainingProgress
+
+log = get_logger(__name__)
+
+HEARTBEAT_INTERVAL_SECONDS = 2.0
+SIGNAL_INTERVAL_SECONDS = 10.0
+
+
+class ProgressReporter:
+    def __init__(
+        self,
+        progress: TrainingProgress,
+        signal: Callable[[TrainingProgress], None] | None = None,
+        interval: float = HEARTBEAT_INTERVAL_SECONDS,
+        signal_interval: float = SIGNAL_INTERVAL_SECONDS,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._progress = progress
+        self._signal = signal
+        self._interval = interval
+        self._signal_interval = signal_interval
+        self._last_signal = 0.0
+        self._last_signalled: TrainingProgress | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._training_started: tuple[float, int] | None = None
+
+    @property
+    def progress(self) -> TrainingProgress:
+        with self._lock:
+            return self._progress.model_copy()
+
+    def update(self, **fields: object) -> None:
+        with self._lock:
+            progress = self._progress.model_copy(update=fields)
+            step = progress.global_step
+            if progress.phase == "training" and self._training_started is None:
+                self._training_started = (time.monotonic(), step)
+            if self._training_started and progress.max_steps:
+                started, first_step = self._training_started
+                elapsed = time.monotonic() - started
+                if step > first_step and elapsed > 0:
+                    rate = (step - first_step) / elapsed
+                    progress.steps_per_second = rate
+                    progress.eta_seconds = max(0.0, (progress.max_steps - step) / rate)
+            self._progress = progress
+
+    def beat(self, force_signal: bool = False) -> None:
+        """Heartbeat now; signal the workflow when due (or forced)."""
+        progress = self.progress
+        activity.heartbeat(progress.model_dump(mode="json"))
+        metrics.HEARTBEAT_CLOCK.beat()
+        now = time.monotonic()
+        due = now - self._last_signal >= self._signal_interval
+        if self._signal and (force_signal or (due and progress != self._last_signalled)):
+            self._last_signal = now
+            self._last_signalled = progress
+            try:
+                self._signal(progress)
+            except Exception as err:  # progress is best effort; training must go on
+                log.warning("training.progress_signal_failed", error=str(err))
+
+    def __enter__(self) -> ProgressReporter:
+        self.beat(force_signal=True)
+        context = contextvars.copy_context()  # activity.heartbeat needs the activity context
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="heartbeat", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.beat()
+            except Exception as err:
+                log.warning("training.heartbeat_failed", error=str(err))

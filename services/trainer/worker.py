@@ -1,0 +1,67 @@
+"""Entry point of the training worker (``bert-finetune worker trainer``)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from services.trainer.activities import TrainingActivities
+from services.trainer.workflows import BertFineTuningWorkflow
+from shared.service import run_worker_service
+from shared.settings import Settings
+
+# The SDK sends at most one heartbeat per this interval; it bounds how fast a cancel lands.
+HEARTBEAT_THROTTLE = timedelta(seconds=5)
+
+
+def build_trainer_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    runs_root: Path,
+    max_concurrent_activities: int = 1,
+    graceful_shutdown: timedelta = timedelta(seconds=30),
+) -> Worker:
+    """The training worker.
+
+    Args:
+        task_queue: queue polled for ``BertFineTuningWorkflow`` and ``fine_tune_bert``.
+        runs_root: the shared runs volume (``BERT_RUNS_DIR``).
+        max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
+        graceful_shutdown: how long a SIGTERM'd worker lets training seal a checkpoint
+            before the SDK cancels it; keep it below the pod's termination grace period.
+    """
+    activities = TrainingActivities(runs_root, asyncio.get_running_loop())
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BertFineTuningWorkflow],
+        activities=[activities.fine_tune_bert],
+        activity_executor=ThreadPoolExecutor(
+            max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
+        ),
+        max_concurrent_activities=max_concurrent_activities,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        graceful_shutdown_timeout=graceful_shutdown,
+    )
+
+
+async def run_trainer(settings: Settings) -> None:
+    await run_worker_service(
+        "trainer",
+        settings,
+        settings.trainer_metrics_port,
+        lambda client: build_trainer_worker(
+            client,
+            task_queue=settings.training_task_queue,
+            runs_root=settings.runs_dir,
+            max_concurrent_activities=settings.trainer_max_concurrent_activities,
+            graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
+        ),
+    )

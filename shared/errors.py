@@ -1,0 +1,45 @@
+"""Failure types (DESIGN.md) and helpers that turn problems into clear, non-retryable errors."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
+
+INVALID_CONFIG = "InvalidConfig"
+RUN_NOT_FOUND = "RunNotFound"
+DATASET_ERROR = "DatasetError"
+MODEL_LOAD_ERROR = "ModelLoadError"
+NON_RETRYABLE_TYPES = [INVALID_CONFIG, RUN_NOT_FOUND, DATASET_ERROR, MODEL_LOAD_ERROR]
+
+# Temporal rejects payloads over 2 MiB; an error message must never get near that.
+MAX_MESSAGE_CHARS = 2000
+
+
+def truncate(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 15] + "... (truncated)"
+
+
+def failure(error_type: str, message: str) -> ApplicationError:
+    """A non-retryable ApplicationError of one of the DESIGN.md failure types."""
+    return ApplicationError(truncate(message), type=error_type, non_retryable=True)
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the field path, e.g. ``runs[0].num_epochs: ...``."""
+    problems = []
+    for item in err.errors(include_url=False):
+        path = prefix
+        for part in item.get("loc", ()):
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        message = item.get("msg", "invalid value")
+        if item.get("type") == "extra_forbidden":
+            message = "unknown field (check the spelling; see the README's JSON formats)"
+        elif item.get("type") == "missing":
+            message = "required field is missing"
+        problems.append(f"{path or 'input'}: {message}")
+    return "; ".join(problems)
+
+
+def invalid_config(err: ValidationError | str, prefix: str = "") -> ApplicationError:
+    text = describe_validation_error(err, prefix) if isinstance(err, ValidationError) else err
+    return failure(INVALID_CONFIG, f"invalid input: {text}")

@@ -1,0 +1,130 @@
+"""One HTTP endpoint per worker: ``/metrics``, ``/healthz`` (liveness), ``/readyz`` (readiness).
+
+``/metrics`` serves the project's metrics and the default collectors, followed by the
+Temporal SDK's metrics, fetched from the SDK's exporter on a private loopback port so
+Prometheus scrapes one target per worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+# The event loop must tick at least this often for the worker to count as alive.
+LIVENESS_STALE_SECONDS = 60.0
+
+
+class WorkerHealth:
+    """State the probes read; updated by the worker's event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop_tick = time.monotonic()
+        self._worker_running = False
+        self._temporal_ok = False
+        self.reason = "starting"
+
+    def tick(self) -> None:
+        with self._lock:
+            self._loop_tick = time.monotonic()
+
+    def set_worker_running(self, running: bool) -> None:
+        with self._lock:
+            self._worker_running = running
+
+    def set_temporal_ok(self, ok: bool, reason: str = "") -> None:
+        with self._lock:
+            self._temporal_ok = ok
+            self.reason = reason
+
+    def alive(self) -> tuple[bool, str]:
+        with self._lock:
+            age = time.monotonic() - self._loop_tick
+        if age > LIVENESS_STALE_SECONDS:
+            return False, f"event loop has not ticked for {age:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        alive, why = self.alive()
+        with self._lock:
+            if not alive:
+                return False, why
+            if not self._worker_running:
+                return False, "worker is not polling"
+            if not self._temporal_ok:
+                return False, f"Temporal unreachable: {self.reason}"
+        return True, "ok"
+
+
+class MetricsServer:
+    """A small threaded HTTP server; stopped with ``close()``."""
+
+    def __init__(
+        self, bind_address: str, port: int, health: WorkerHealth, sdk_metrics_url: str | None
+    ) -> None:
+        handler = _make_handler(health, sdk_metrics_url)
+        self._server = ThreadingHTTPServer((bind_address, port), handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _fetch_sdk_metrics(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback only)
+            return response.read()
+    except OSError as err:
+        log.warning("metrics.sdk_unavailable", error=str(err))
+        return b""
+
+
+def _make_handler(
+    health: WorkerHealth, sdk_metrics_url: str | None
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body = generate_latest(REGISTRY)
+                if sdk_metrics_url:
+                    body += _fetch_sdk_metrics(sdk_metrics_url)
+                self._reply(200, body, CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/livez"):
+                ok, why = health.alive()
+                self._reply(200 if ok else 503, why.encode() + b"\n")
+            elif path == "/readyz":
+                ok, why = health.ready()
+                self._reply(200 if ok else 503, why.encode() + b"\n")
+            else:
+                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            return  # probes every few seconds would drown the logs
+
+    return Handler

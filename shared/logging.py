@@ -1,0 +1,97 @@
+"""structlog, configured once per process: JSON off a terminal, readable on one.
+
+Every line logged inside a workflow or activity carries the Temporal context (workflow id,
+activity attempt, task queue) and the run id bound by the activity.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+_SECRET_KEYS = ("api_key", "apikey", "password", "token", "secret", "authorization")
+
+
+def _temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    from temporalio import activity, workflow
+
+    try:
+        info = activity.info()
+    except RuntimeError:
+        info = None
+    if info is not None:
+        event.setdefault("workflow_id", info.workflow_id)
+        event.setdefault("workflow_run_id", info.workflow_run_id)
+        event.setdefault("activity_type", info.activity_type)
+        event.setdefault("activity_attempt", info.attempt)
+        event.setdefault("task_queue", info.task_queue)
+        return event
+    try:
+        winfo = workflow.info()
+    except Exception:  # outside a workflow the SDK raises a non-public error type
+        return event
+    event.setdefault("workflow_id", winfo.workflow_id)
+    event.setdefault("workflow_run_id", winfo.run_id)
+    event.setdefault("workflow_type", winfo.workflow_type)
+    event.setdefault("task_queue", winfo.task_queue)
+    return event
+
+
+def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if any(secret in key.lower() for secret in _SECRET_KEYS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Route structlog and stdlib logging (the SDK, workflow.logger) through one renderer."""
+    global _configured
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _temporal_context,
+        _redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if use_json else _identity,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def _identity(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return event
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.stdlib.get_logger(name)

@@ -1,0 +1,140 @@
+"""The project's own Prometheus metrics (``bert_`` prefix, base units, no run ids as labels).
+
+The Temporal SDK's ``temporal_*`` metrics are served beside these on the same ``/metrics``
+endpoint (see ``shared.health``). The default registry also carries the standard process
+and Python collectors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+_DURATION_BUCKETS = (
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1200,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    float("inf"),
+)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    float("inf"),
+)
+_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf"))
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
+
+WORKER_INFO = Info("bert_worker", "The worker's service and version")
+
+# Training
+RUNS_STARTED = Counter("bert_training_runs_started", "Training attempts started")
+RUNS_SUCCEEDED = Counter("bert_training_runs_succeeded", "Training runs that finished")
+RUNS_FAILED = Counter(
+    "bert_training_runs_failed", "Training attempts that failed, by error type", ["error_type"]
+)
+RUNS_CANCELLED = Counter("bert_training_runs_cancelled", "Training runs cancelled by a user")
+RUNS_RESUMED = Counter(
+    "bert_training_runs_resumed", "Training attempts that resumed from a checkpoint"
+)
+RUNS_IN_FLIGHT = Gauge("bert_training_runs_in_flight", "Training runs executing on this worker")
+RUN_DURATION = Histogram(
+    "bert_training_run_duration_seconds",
+    "Wall time of one training attempt, by outcome",
+    ["outcome"],
+    buckets=_DURATION_BUCKETS,
+)
+STEPS = Counter("bert_training_steps", "Optimizer steps taken")
+SAMPLES_PER_SECOND = Gauge(
+    "bert_training_samples_per_second", "Training throughput of the run in flight"
+)
+TRAINING_LOSS = Gauge("bert_training_loss", "Latest training loss of the run in flight")
+EVAL_ACCURACY = Gauge(
+    "bert_training_eval_accuracy", "Eval accuracy of the latest run evaluated on this worker"
+)
+CHECKPOINTS = Counter("bert_training_checkpoints", "Verified checkpoints written")
+HEARTBEATS = Counter("bert_training_heartbeats", "Activity heartbeats sent")
+LAST_HEARTBEAT = Gauge(
+    "bert_training_last_heartbeat_timestamp_seconds", "Unix time of the latest heartbeat sent"
+)
+
+# Inference
+INFERENCE_REQUESTS = Counter(
+    "bert_inference_requests", "Inference requests by outcome", ["outcome"]
+)
+INFERENCE_LATENCY = Histogram(
+    "bert_inference_request_duration_seconds",
+    "Time to answer one inference request, model loading included",
+    buckets=_LATENCY_BUCKETS,
+)
+INFERENCE_TEXTS = Counter("bert_inference_texts", "Texts classified")
+INFERENCE_BATCH_SIZE = Histogram(
+    "bert_inference_batch_size", "Texts per forward pass", buckets=_BATCH_BUCKETS
+)
+MODEL_CACHE_HITS = Counter("bert_model_cache_hits", "Inference requests served by a cached model")
+MODEL_CACHE_MISSES = Counter("bert_model_cache_misses", "Inference requests that loaded a model")
+MODEL_LOADS = Counter("bert_model_loads", "Models loaded from the runs directory")
+MODEL_LOAD_DURATION = Histogram(
+    "bert_model_load_duration_seconds", "Time to load a model and tokenizer", buckets=_LOAD_BUCKETS
+)
+MODELS_CACHED = Gauge("bert_models_cached", "Models held in the inferencer's cache")
+
+
+class HeartbeatClock:
+    """Seconds since the last heartbeat, 0 while no run is in flight (so idle is not stale)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._in_flight = 0
+
+    def beat(self) -> None:
+        now = time.time()
+        with self._lock:
+            self._last = now
+        HEARTBEATS.inc()
+        LAST_HEARTBEAT.set(now)
+
+    def run_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._last = time.time()
+
+    def run_finished(self) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    def seconds_since_last(self) -> float:
+        with self._lock:
+            if not self._in_flight or self._last is None:
+                return 0.0
+            return max(0.0, time.time() - self._last)
+
+
+HEARTBEAT_CLOCK = HeartbeatClock()
+SECONDS_SINCE_HEARTBEAT = Gauge(
+    "bert_training_seconds_since_last_heartbeat",
+    "Seconds since this worker last heartbeated a run in flight (0 when idle)",
+)
+SECONDS_SINCE_HEARTBEAT.set_function(HEARTBEAT_CLOCK.seconds_since_last)

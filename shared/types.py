@@ -1,0 +1,228 @@
+"""The fixed interface (DESIGN.md): workflow and activity inputs/outputs, queue names, run ids.
+
+This module is imported by workflows, so it stays free of I/O and heavy imports.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TRAINING_TASK_QUEUE = "bert-finetune-task-queue"
+INFERENCE_TASK_QUEUE = "bert-inference-task-queue"
+
+FINE_TUNING_WORKFLOW = "BertFineTuningWorkflow"
+INFERENCE_WORKFLOW = "BertInferenceWorkflow"
+FINE_TUNE_ACTIVITY = "fine_tune_bert"
+INFERENCE_ACTIVITY = "run_bert_inference"
+
+PROGRESS_QUERY = "progress"
+PROGRESS_SIGNAL = "report_progress"
+
+EXPERIMENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_UNSAFE_MODEL_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_EXPERIMENT_NAME = re.compile(EXPERIMENT_NAME_PATTERN)
+# A run id is one path component of at most 255 bytes (the common filesystem limit).
+MAX_RUN_ID_LENGTH = 255
+
+
+def sanitize_model_name(model_name: str) -> str:
+    """Replace every character outside ``[A-Za-z0-9._-]`` with ``_``."""
+    return _UNSAFE_MODEL_CHARS.sub("_", model_name)
+
+
+def make_run_id(experiment_name: str, index: int, model_name: str) -> str:
+    """``{experiment_name}-run-{index}-{model_name_sanitized}`` (DESIGN.md)."""
+    return f"{experiment_name}-run-{index}-{sanitize_model_name(model_name)}"
+
+
+def is_safe_run_id(run_id: str) -> bool:
+    """True when ``run_id`` is a single, non-hidden path component that cannot escape a root."""
+    return (
+        0 < len(run_id.encode()) <= MAX_RUN_ID_LENGTH
+        and run_id not in {".", ".."}
+        and not run_id.startswith(".")
+        and _UNSAFE_MODEL_CHARS.search(run_id) is None
+    )
+
+
+class _Strict(BaseModel):
+    # Unknown fields are rejected; a typo in a hyperparameter name must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class BertFineTuneConfig(_Strict):
+    """One fine-tuning run. Hyperparameters live here, not in worker configuration."""
+
+    model_name: Annotated[str, Field(min_length=1, max_length=1024)] = "bert-base-uncased"
+    dataset_name: str | None = "glue"
+    dataset_config_name: str | None = "sst2"
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_column: Annotated[str, Field(min_length=1)] = "sentence"
+    label_column: Annotated[str, Field(min_length=1)] = "label"
+    num_epochs: Annotated[int, Field(ge=1, le=20)] = 3
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 16
+    learning_rate: Annotated[float, Field(gt=0, le=0.1)] = 5e-5
+    max_seq_length: Annotated[int, Field(ge=8, le=512)] = 128
+    max_train_samples: Annotated[int, Field(ge=1)] | None = None
+    max_eval_samples: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 42
+    use_gpu: bool = True
+    checkpoint_steps: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("model_name", "text_column", "label_column")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _has_training_data(self) -> BertFineTuneConfig:
+        if not self.train_file and not self.dataset_name:
+            raise ValueError(
+                "no training data: set train_file (a local csv/json/jsonl/parquet file) "
+                "or dataset_name (a Hugging Face dataset id)"
+            )
+        if self.validation_file and not self.train_file:
+            raise ValueError("validation_file is set without train_file: set both or neither")
+        return self
+
+
+class BertExperimentInput(_Strict):
+    """Input of ``BertFineTuningWorkflow``."""
+
+    experiment_name: Annotated[str, Field(pattern=EXPERIMENT_NAME_PATTERN)]
+    runs: Annotated[list[BertFineTuneConfig], Field(min_length=1, max_length=1000)]
+    heartbeat_timeout_seconds: Annotated[int, Field(ge=5, le=600)] = 60
+    overwrite: bool = Field(
+        default=False,
+        description=(
+            "Replace finished runs with the same run_id. Without it a finished run with the "
+            "same config and data is reused, and one with a different config is refused."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _run_ids_are_safe(self) -> BertExperimentInput:
+        for index, config in enumerate(self.runs):
+            run_id = make_run_id(self.experiment_name, index, config.model_name)
+            if not is_safe_run_id(run_id):
+                raise ValueError(
+                    f"runs[{index}].model_name: the run id {run_id[:80]!r}... is longer than "
+                    f"{MAX_RUN_ID_LENGTH} bytes; shorten experiment_name or model_name"
+                )
+        return self
+
+    def run_ids(self) -> list[str]:
+        return [make_run_id(self.experiment_name, i, c.model_name) for i, c in enumerate(self.runs)]
+
+
+class BertFineTuneRequest(_Strict):
+    """Input of the ``fine_tune_bert`` activity."""
+
+    run_id: str
+    config: BertFineTuneConfig
+    overwrite: bool = False
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str) -> str:
+        if not is_safe_run_id(value):
+            raise ValueError("must be one path component of [A-Za-z0-9._-] not starting with '.'")
+        return value
+
+
+class BertFineTuneResult(_Strict):
+    run_id: str
+    config: BertFineTuneConfig
+    train_loss: float
+    eval_accuracy: float | None
+    training_time_seconds: float
+    num_parameters: int
+    model_dir: str
+    num_train_samples: int
+    train_samples_per_second: float
+    label_names: list[str]
+    resumed_from_step: int | None = None
+    num_eval_samples: int = 0
+    majority_baseline_accuracy: float | None = None
+    reused: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+class BertExperimentOutput(_Strict):
+    experiment_name: str
+    runs: list[BertFineTuneResult]
+
+
+class BertInferenceRequest(_Strict):
+    run_id: Annotated[str, Field(min_length=1)]
+    texts: Annotated[list[str], Field(min_length=1)]
+    max_seq_length: Annotated[int, Field(ge=8, le=512)] = 128
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    use_gpu: bool = False
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str) -> str:
+        if not is_safe_run_id(value):
+            raise ValueError(
+                "must be the id of a saved run (one path component of [A-Za-z0-9._-]); "
+                "list saved runs with `bert-finetune runs`"
+            )
+        return value
+
+
+class BertInferenceResult(_Strict):
+    run_id: str
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    confidences: list[float]
+
+
+RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class TrainingProgress(_Strict):
+    """What the training activity reports: heartbeat details and the workflow's progress signal."""
+
+    run_id: str
+    phase: str = "starting"
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    eval_accuracy: float | None = None
+    latest_checkpoint: str | None = None
+    attempt: int = 1
+    resumed_from_step: int | None = None
+    steps_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class RunProgress(_Strict):
+    """One entry of the ``progress`` query."""
+
+    run_id: str
+    state: RunState = "pending"
+    phase: str = "pending"
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    eval_accuracy: float | None = None
+    latest_checkpoint: str | None = None
+    attempt: int = 0
+    resumed_from_step: int | None = None
+    eta_seconds: float | None = None
+    error: str | None = None
+
+
+class ExperimentProgress(_Strict):
+    experiment_name: str
+    runs: list[RunProgress]
