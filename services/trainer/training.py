@@ -203,6 +203,8 @@ def _save_final(run_dir: Path, trainer: Any, attempt: int, manifest: dict[str, A
     staging = run_dir / f".final-attempt-{attempt}"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
+    # A pickle; the run's settings live in run.json, and run folders hold no pickles.
+    (staging / "training_args.bin").unlink(missing_ok=True)
     for entry in staging.iterdir():
         target = run_dir / entry.name
         if target.is_dir():
@@ -255,6 +257,10 @@ def fine_tune(
 
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     reporter.update(phase="loading_model")
     tokenizer, model = _load_model(config, data.label_names)
@@ -309,6 +315,7 @@ def fine_tune(
         compute_metrics=_compute_accuracy,
         callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)  # our callback logs structured events instead
     log.info(
         "training.start",
         device="cuda" if use_cuda else "cpu",

