@@ -2,7 +2,12 @@
 
 The Temporal SDK's ``temporal_*`` metrics are served beside these on the same ``/metrics``
 endpoint (see ``shared.health``). The default registry also carries the standard process
-and Python collectors.
+and Python collectors. ``docs/observability.md`` documents every metric; the Grafana
+dashboards in ``charts/bert-finetune/dashboards`` query them.
+
+Label values come from small fixed sets. Known values are initialised at import so every
+series exists (at 0) from the first scrape: ``rate()`` and ``increase()`` then see the
+first failure instead of treating the series' first sample as its starting point.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import threading
 import time
 
 from prometheus_client import Counter, Gauge, Histogram, Info
+
+from shared.errors import NON_RETRYABLE_TYPES
 
 _DURATION_BUCKETS = (
     10,
@@ -46,7 +53,17 @@ _LATENCY_BUCKETS = (
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf"))
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
 
-WORKER_INFO = Info("bert_worker", "The worker's service and version")
+# Outcomes of one training attempt (``bert_training_run_duration_seconds{outcome}``).
+RUN_OUTCOMES = ("succeeded", "failed", "interrupted", "cancelled", "superseded")
+# A SIGTERM'd worker seals a checkpoint and fails the attempt with this retryable type.
+WORKER_SHUTDOWN = "WorkerShutdown"
+TRAINING_ERROR_TYPES = (*NON_RETRYABLE_TYPES, WORKER_SHUTDOWN)
+INFERENCE_SUCCESS = "success"
+INFERENCE_OUTCOMES = (INFERENCE_SUCCESS, *NON_RETRYABLE_TYPES)
+
+# The label is ``worker``, not ``service``: Prometheus Operator sets a ``service`` target
+# label, which would rename ours to ``exported_service``.
+WORKER_INFO = Info("bert_worker", "The worker's role (trainer or inferencer) and version")
 
 # Training
 RUNS_STARTED = Counter("bert_training_runs_started", "Training attempts started")
@@ -66,10 +83,15 @@ RUN_DURATION = Histogram(
     buckets=_DURATION_BUCKETS,
 )
 STEPS = Counter("bert_training_steps", "Optimizer steps taken")
-SAMPLES_PER_SECOND = Gauge(
-    "bert_training_samples_per_second", "Training throughput of the run in flight"
+SAMPLES = Counter(
+    "bert_training_samples",
+    "Training samples processed (optimizer steps times the effective batch size)",
 )
-TRAINING_LOSS = Gauge("bert_training_loss", "Latest training loss of the run in flight")
+SAMPLES_PER_SECOND = Gauge(
+    "bert_training_samples_per_second",
+    "Training throughput of the latest finished run, as measured by the Trainer",
+)
+TRAINING_LOSS = Gauge("bert_training_loss", "Latest logged training loss on this worker")
 EVAL_ACCURACY = Gauge(
     "bert_training_eval_accuracy", "Eval accuracy of the latest run evaluated on this worker"
 )
@@ -92,13 +114,26 @@ INFERENCE_TEXTS = Counter("bert_inference_texts", "Texts classified")
 INFERENCE_BATCH_SIZE = Histogram(
     "bert_inference_batch_size", "Texts per forward pass", buckets=_BATCH_BUCKETS
 )
-MODEL_CACHE_HITS = Counter("bert_model_cache_hits", "Inference requests served by a cached model")
-MODEL_CACHE_MISSES = Counter("bert_model_cache_misses", "Inference requests that loaded a model")
-MODEL_LOADS = Counter("bert_model_loads", "Models loaded from the runs directory")
-MODEL_LOAD_DURATION = Histogram(
-    "bert_model_load_duration_seconds", "Time to load a model and tokenizer", buckets=_LOAD_BUCKETS
+MODEL_CACHE_HITS = Counter(
+    "bert_inference_model_cache_hits", "Inference requests served by an already loaded model"
 )
-MODELS_CACHED = Gauge("bert_models_cached", "Models held in the inferencer's cache")
+MODEL_CACHE_MISSES = Counter(
+    "bert_inference_model_cache_misses", "Inference requests that had to load their model"
+)
+MODEL_LOADS = Counter("bert_inference_model_loads", "Models loaded from the runs directory")
+MODEL_LOAD_DURATION = Histogram(
+    "bert_inference_model_load_duration_seconds",
+    "Time to load a model and its tokenizer",
+    buckets=_LOAD_BUCKETS,
+)
+MODELS_CACHED = Gauge("bert_inference_models_cached", "Models held in the inferencer's cache")
+
+for _error_type in TRAINING_ERROR_TYPES:
+    RUNS_FAILED.labels(error_type=_error_type)
+for _outcome in RUN_OUTCOMES:
+    RUN_DURATION.labels(outcome=_outcome)
+for _outcome in INFERENCE_OUTCOMES:
+    INFERENCE_REQUESTS.labels(outcome=_outcome)
 
 
 class HeartbeatClock:

@@ -74,7 +74,7 @@ async def run_worker_service(
 ) -> None:
     """Serve ``/metrics``, connect, run the worker until SIGTERM/SIGINT, then drain."""
     configure_logging(settings.log_level, settings.log_format)
-    metrics.WORKER_INFO.info({"service": service, "version": _package_version()})
+    metrics.WORKER_INFO.info({"worker": service, "version": _package_version()})
     sdk_port = free_loopback_port()
     runtime = build_runtime(f"127.0.0.1:{sdk_port}")
     health = WorkerHealth()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -57,6 +58,7 @@ class InferenceActivities:
     def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
         started = time.monotonic()
         outcome = "success"
+        structlog.contextvars.bind_contextvars(run_id=request.run_id)
         try:
             run_dir = require_complete_run(self._runs_root, request.run_id)
             device = "cpu"
@@ -92,3 +94,4 @@ class InferenceActivities:
         finally:
             metrics.INFERENCE_REQUESTS.labels(outcome=outcome).inc()
             metrics.INFERENCE_LATENCY.observe(time.monotonic() - started)
+            structlog.contextvars.unbind_contextvars("run_id")

@@ -151,7 +151,14 @@ def _make_callback(
             )
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            metrics.STEPS.inc(state.global_step - self.last_step)
+            steps = state.global_step - self.last_step
+            metrics.STEPS.inc(steps)
+            metrics.SAMPLES.inc(
+                steps
+                * args.per_device_train_batch_size
+                * args.gradient_accumulation_steps
+                * max(1, args.world_size)
+            )
             self.last_step = state.global_step
             reporter.update(global_step=state.global_step, epoch=float(state.epoch or 0))
             if stop.cancel_requested():
