@@ -16,7 +16,7 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from shared.errors import describe_validation_error
+from shared.errors import INVALID_CONFIG, describe_validation_error
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -33,7 +33,19 @@ PREDICT_CHUNK_BYTES = 512 * 1024
 
 
 class UserError(Exception):
-    """A problem the user can fix; the CLI prints it as one line."""
+    """A problem the user can fix; the CLI prints it as one line.
+
+    ``error_type`` is the failure type (docs/errors.md) the workflow would have failed with,
+    so a problem caught before anything is sent reads the same as one a worker reports.
+    """
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"[{self.error_type}] {message}" if self.error_type else message
 
 
 def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
@@ -42,16 +54,24 @@ def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
     try:
         text = path.read_text(encoding="utf-8")
         raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (ValueError, yaml.YAMLError) as err:
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        detail = " ".join(str(err).split())
+        raise UserError(f"{path}: not valid {kind}: {detail}", INVALID_CONFIG) from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected an object with experiment_name and runs")
+        raise UserError(
+            f"{path}: expected an object with experiment_name and runs, "
+            f"got {type(raw).__name__}",
+            INVALID_CONFIG,
+        )
     if overwrite:
         raw["overwrite"] = True
     try:
         return BertExperimentInput.model_validate(raw)
     except ValidationError as err:
-        raise UserError(f"{path}: {describe_validation_error(err)}") from None
+        raise UserError(f"{path}: {describe_validation_error(err)}", INVALID_CONFIG) from None
 
 
 def experiment_workflow_id(experiment_name: str) -> str:
@@ -78,7 +98,7 @@ async def watch_experiment(
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} steps"),
+        TextColumn("{task.fields[steps]}"),
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
         console=console,
@@ -96,13 +116,17 @@ async def watch_experiment(
                     status += f" loss={run.loss:.4f}"
                 if run.attempt > 1:
                     status += f" attempt={run.attempt}"
+                steps = f"{run.global_step}/{run.max_steps} steps" if run.max_steps else ""
                 if run.run_id not in tasks:
-                    tasks[run.run_id] = bars.add_task(run.run_id, total=None, status=status)
+                    tasks[run.run_id] = bars.add_task(
+                        run.run_id, total=None, status=status, steps=steps
+                    )
                 bars.update(
                     tasks[run.run_id],
                     total=run.max_steps or None,
                     completed=run.global_step,
                     status=status,
+                    steps=steps,
                 )
             await asyncio.wait({result_task}, timeout=poll_seconds)
     return result_task.result()
@@ -156,9 +180,15 @@ async def predict(
     **options: Any,
 ) -> BertInferenceResult:
     """Classify ``texts``; large inputs are split over several workflow executions."""
+    try:
+        requests = [
+            BertInferenceRequest(run_id=run_id, texts=chunk, **options)
+            for chunk in chunk_texts(texts)
+        ]
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
     results = []
-    for chunk in chunk_texts(texts):
-        request = BertInferenceRequest(run_id=run_id, texts=chunk, **options)
+    for request in requests:
         results.append(
             await client.execute_workflow(
                 INFERENCE_WORKFLOW,
