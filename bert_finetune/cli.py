@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from shared.settings import Settings, SettingsError
@@ -49,9 +51,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the local stack as cleanly as Ctrl-C (children are in their own session)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from bert_finetune.stack import LocalStack
     from shared.logging import configure_logging
+
+    _stop_on_sigterm()
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -60,12 +73,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
         port=args.port,
         ui_port=args.ui_port,
         runs_dir=settings.runs_dir,
+        trainer_metrics_port=args.trainer_metrics_port,
+        inferencer_metrics_port=args.inferencer_metrics_port,
     )
     stack.start()
     console.print(
         f"[bold green]Local stack up[/]: Temporal {stack.address}, Web UI {stack.ui_url}, "
         f"runs in {settings.runs_dir}, history in {Path(args.state_dir) / 'temporal.db'}.\n"
-        "Metrics: trainer http://localhost:9464/metrics, inferencer http://localhost:9465/metrics."
+        f"Metrics: trainer http://localhost:{args.trainer_metrics_port}/metrics, "
+        f"inferencer http://localhost:{args.inferencer_metrics_port}/metrics."
         " Ctrl-C stops everything."
     )
     try:
@@ -105,7 +121,14 @@ async def _predict(args: argparse.Namespace) -> int:
         path = Path(args.file)
         if not path.is_file():
             raise client_ops.UserError(f"--file {args.file!r} does not exist")
-        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise client_ops.UserError(
+                f"--file {args.file!r} is not UTF-8 ({err.reason} at byte {err.start}); "
+                "re-encode it, e.g. `iconv -f latin1 -t utf-8`"
+            ) from None
+        texts += [line for line in content.splitlines() if line.strip()]
     if not texts:
         raise client_ops.UserError("give at least one TEXT or a --file with one text per line")
     settings = _settings()
@@ -196,6 +219,7 @@ async def _check_pollers(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bert_finetune.demo import run_demo
 
+    _stop_on_sigterm()
     return run_demo(
         state_dir=Path(args.state_dir),
         port=args.port,
@@ -219,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--state-dir", default=str(STATE_DIR), help="Temporal history lives here")
         p.add_argument("--port", type=int, default=7233, help="Temporal frontend port")
         p.add_argument("--ui-port", type=int, default=8233, help="Temporal Web UI port")
+        p.add_argument("--trainer-metrics-port", type=int, default=9464)
+        p.add_argument("--inferencer-metrics-port", type=int, default=9465)
 
     p = sub.add_parser("dev", help="run the Temporal dev server and both workers")
     stack_options(p)
@@ -277,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         ConnectionError: str,
         StackError: str,
         WorkflowFailureError: failure_message,
+        WorkflowAlreadyStartedError: lambda e: (
+            f"workflow {e.workflow_id!r} is already running; wait for it, cancel it with "
+            "`bert-finetune cancel`, or pass another --workflow-id"
+        ),
         RPCError: lambda e: f"Temporal refused the request: {e.message}",
         FileNotFoundError: str,
     }

@@ -45,6 +45,8 @@ class LocalStack:
     ui_port: int = 8233
     runs_dir: Path | None = None
     start_workers: bool = True
+    trainer_metrics_port: int = 9464
+    inferencer_metrics_port: int = 9465
     quiet_workers: bool = False
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
@@ -100,11 +102,14 @@ class LocalStack:
                 "TEMPORAL_NAMESPACE": "default",
                 "BERT_RUNS_DIR": str(self.runs_dir or Path("bert_runs").absolute()),
             }
-            for service in ("trainer", "inferencer"):
+            for service, metrics_port in (
+                ("trainer", self.trainer_metrics_port),
+                ("inferencer", self.inferencer_metrics_port),
+            ):
                 self._spawn(
                     service,
                     [sys.executable, "-m", "bert_finetune.cli", "worker", service],
-                    worker_env,
+                    {**worker_env, "METRICS_PORT": str(metrics_port)},
                     quiet=self.quiet_workers,
                 )
         return self
