@@ -16,7 +16,7 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from shared.errors import INVALID_CONFIG, describe_validation_error
+from shared.errors import INVALID_CONFIG, describe_validation_error, one_line
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -62,8 +62,7 @@ def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
         raise UserError(f"{path}: not valid {kind}: {detail}", INVALID_CONFIG) from None
     if not isinstance(raw, dict):
         raise UserError(
-            f"{path}: expected an object with experiment_name and runs, "
-            f"got {type(raw).__name__}",
+            f"{path}: expected an object with experiment_name and runs, got {type(raw).__name__}",
             INVALID_CONFIG,
         )
     if overwrite:
@@ -224,6 +223,6 @@ def failure_message(err: WorkflowFailureError) -> str:
     cause: BaseException | None = err.cause
     while cause is not None:
         if isinstance(cause, ApplicationError):
-            return f"[{cause.type or 'ApplicationError'}] {cause.message}"
+            return one_line(f"[{cause.type or 'ApplicationError'}] {cause.message}")
         cause = cause.__cause__ or getattr(cause, "cause", None)
-    return str(err.cause or err)
+    return one_line(str(err.cause or err))

@@ -19,9 +19,14 @@ def truncate(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return message if len(message) <= limit else message[: limit - 15] + "... (truncated)"
 
 
+def one_line(message: str) -> str:
+    """Collapse newlines and runs of spaces: library errors often span lines."""
+    return " ".join(message.split())
+
+
 def failure(error_type: str, message: str) -> ApplicationError:
-    """A non-retryable ApplicationError of one of the DESIGN.md failure types."""
-    return ApplicationError(truncate(message), type=error_type, non_retryable=True)
+    """A non-retryable ApplicationError of one of the DESIGN.md failure types, on one line."""
+    return ApplicationError(truncate(one_line(message)), type=error_type, non_retryable=True)
 
 
 def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
@@ -36,6 +41,9 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
             message = "unknown field (check the spelling; see the README's JSON formats)"
         elif item.get("type") == "missing":
             message = "required field is missing"
+        elif item.get("type") == "list_type":
+            # pydantic says "array" for JSON input and "list" for Python input; say both.
+            message = "must be a list (a JSON array)"
         problems.append(f"{path or 'input'}: {message}")
     return "; ".join(problems)
 

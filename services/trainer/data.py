@@ -113,19 +113,39 @@ def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
     except ApplicationError:
         raise
     except Exception as err:  # datasets raises many unrelated types for unreadable data
-        source = config.train_file or config.dataset_name
-        raise failure(
-            DATASET_ERROR,
-            f"could not load the dataset {source!r}: {type(err).__name__}: {err}. "
-            "Check dataset_name / dataset_config_name (offline, only local files and cached "
-            "datasets load) or the train_file / validation_file contents",
-        ) from None
+        raise _load_failure(config, err) from None
     if "train" not in loaded:
         raise failure(
             DATASET_ERROR,
             f"dataset {config.dataset_name!r} has no 'train' split (splits: {sorted(loaded)})",
         )
     return loaded["train"], loaded.get("validation"), fingerprint
+
+
+def _load_failure(config: BertFineTuneConfig, err: Exception) -> ApplicationError:
+    # DatasetGenerationError only says "an error occurred"; the parser's error is its cause.
+    inner = err.__cause__ or err.__context__ or err
+    if type(err).__name__ != "DatasetGenerationError":
+        inner = err
+    lines = str(inner).strip().splitlines() or [""]
+    reason = f"{type(inner).__name__}: {lines[0][:300]}"
+    if "corresponds to no data" in str(err):
+        reason = "it has no data rows"
+    if config.train_file:
+        files = f"train_file {config.train_file!r}"
+        if config.validation_file:
+            files += f" or validation_file {config.validation_file!r}"
+        return failure(
+            DATASET_ERROR,
+            f"{files} could not be read ({reason}); check that the file is a valid "
+            f"{Path(config.train_file).suffix.lstrip('.')} file with a header row",
+        )
+    return failure(
+        DATASET_ERROR,
+        f"dataset_name {config.dataset_name!r} (dataset_config_name "
+        f"{config.dataset_config_name!r}) could not be loaded ({reason}); offline only "
+        "datasets already in the Hugging Face cache load, otherwise use train_file",
+    )
 
 
 def _label_kind(values: list[Any], split: str, column: str) -> str:

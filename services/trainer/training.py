@@ -93,6 +93,13 @@ def _load_model(config: BertFineTuneConfig, label_names: list[str]) -> tuple[Any
             f"model_name {config.model_name!r}: no usable tokenizer ({type(err).__name__}: "
             f"{err}); give a hub id or a directory with a saved model and tokenizer",
         ) from None
+    # transformers builds an empty tokenizer from a bare config: every word would be [UNK].
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"model_name {config.model_name!r}: no usable tokenizer (no vocabulary files next "
+            "to the weights); save the tokenizer with the model (tokenizer.save_pretrained)",
+        )
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             config.model_name,
@@ -107,8 +114,8 @@ def _load_model(config: BertFineTuneConfig, label_names: list[str]) -> tuple[Any
         raise failure(
             MODEL_LOAD_ERROR,
             f"model_name {config.model_name!r} cannot be loaded for sequence classification "
-            f"({type(err).__name__}: {err}); it must be a BERT-style checkpoint saved with "
-            "safetensors",
+            f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); it must be a "
+            "BERT-style checkpoint saved with safetensors (no pickles, no remote code)",
         ) from None
     return tokenizer, model
 
@@ -275,6 +282,9 @@ def fine_tune(
     train_set, eval_set = _tokenize(data, tokenizer, config.max_seq_length)
     if stop.cancel_requested():
         raise TrainingCancelled()
+    if stop.shutdown_requested():
+        # Nothing trained in this attempt yet: hand the run to another worker right away.
+        raise TrainingInterrupted("worker shutting down before training started")
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_complete(run_dir):  # overwrite requested
@@ -339,6 +349,12 @@ def fine_tune(
             raise TrainingInterrupted(
                 f"worker shutting down; checkpoint saved at step {trainer.state.global_step}"
             )
+        log.info(
+            "training.finished",
+            global_step=trainer.state.global_step,
+            resumed_from_step=resume.step if resume else None,
+            steps_trained=trainer.state.global_step - (resume.step if resume else 0),
+        )
         train_seconds = time.monotonic() - started
         eval_accuracy = None
         if eval_set is not None:

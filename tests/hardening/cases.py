@@ -1,0 +1,687 @@
+"""The table of bad inputs: each case, the error type it must produce, and what the message names.
+
+``docs/errors.md`` lists the same cases; ``test_errors_doc`` keeps the two in step. A case's
+``expect`` fragments must all appear in the error message the workflow fails with (and, unless
+``cli_expect`` says otherwise, in the line the CLI prints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import DATASET_ERROR, INVALID_CONFIG, MODEL_LOAD_ERROR, RUN_NOT_FOUND
+from tests.conftest import SentimentData, tiny_config
+from tests.hardening.artefacts import Artefacts
+
+EXPERIMENT = "hardening-bad"
+SYMLINK_RUN_ID = "escape-link"
+INCOMPLETE_RUN_ID = "half-written"
+CORRUPT_RUN_ID = "corrupt-weights"
+OVERSIZE_TEXT_BYTES = 1024 * 1024 + 1
+
+
+class RawJSON(str):
+    """Bytes sent exactly as written, for input that is not valid JSON."""
+
+
+@dataclass(frozen=True)
+class Context:
+    tiny_model: Path
+    data: SentimentData
+    bad: Artefacts
+    good_run_id: str  # a complete run in the inference runs root
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    area: str
+    workflow: Literal["train", "predict"]
+    build: Callable[[Context], Any]
+    error_type: str
+    expect: tuple[str, ...]
+    cli_expect: tuple[str, ...] | None = None
+    cli: bool = True
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+    def expected_on_cli(self) -> tuple[str, ...]:
+        return self.expect if self.cli_expect is None else self.cli_expect
+
+
+def experiment(**top: Any) -> Callable[[Context], dict[str, Any]]:
+    def build(ctx: Context) -> dict[str, Any]:
+        value = {"experiment_name": EXPERIMENT, "runs": [tiny_config(ctx.tiny_model, ctx.data)]}
+        value.update(top)
+        return value
+
+    return build
+
+
+def run_with(**overrides: Any) -> Callable[[Context], dict[str, Any]]:
+    """An experiment whose single run has ``overrides``; callables get the context."""
+
+    def build(ctx: Context) -> dict[str, Any]:
+        resolved = {k: (v(ctx) if callable(v) else v) for k, v in overrides.items()}
+        return {
+            "experiment_name": EXPERIMENT,
+            "runs": [tiny_config(ctx.tiny_model, ctx.data, **resolved)],
+        }
+
+    return build
+
+
+def without(*keys: str) -> Callable[[Context], dict[str, Any]]:
+    def build(ctx: Context) -> dict[str, Any]:
+        value = experiment()(ctx)
+        for key in keys:
+            del value[key]
+        return value
+
+    return build
+
+
+def local(name: str) -> Callable[[Context], str]:
+    return lambda ctx: str(getattr(ctx.bad, name))
+
+
+def predict(**overrides: Any) -> Callable[[Context], dict[str, Any]]:
+    def build(ctx: Context) -> dict[str, Any]:
+        value: dict[str, Any] = {"run_id": ctx.good_run_id, "texts": ["a good movie"]}
+        value.update({k: (v(ctx) if callable(v) else v) for k, v in overrides.items()})
+        return value
+
+    return build
+
+
+T, P = "train", "predict"
+SHAPE, NAMES, HYPER, DATA, MODELS, INFER = (
+    "input shape",
+    "names and paths",
+    "hyperparameters",
+    "data",
+    "models",
+    "inference",
+)
+IC, DE, ML, RNF = INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, RUN_NOT_FOUND
+PATTERN = "should match pattern"
+
+CASES: list[Case] = [
+    # input shape
+    Case(
+        "train-invalid-json",
+        SHAPE,
+        T,
+        lambda c: RawJSON('{"experiment_name": "x", "runs": ['),
+        IC,
+        ("not valid JSON",),
+    ),
+    Case(
+        "train-not-an-object",
+        SHAPE,
+        T,
+        lambda c: ["a", "list"],
+        IC,
+        ("input",),
+        cli_expect=("expected an object",),
+    ),
+    Case(
+        "train-wrong-type",
+        SHAPE,
+        T,
+        run_with(num_epochs="three"),
+        IC,
+        ("runs[0].num_epochs", "valid integer"),
+    ),
+    Case(
+        "train-runs-not-a-list",
+        SHAPE,
+        T,
+        experiment(runs={"model_name": "x"}),
+        IC,
+        ("runs", "must be a list"),
+    ),
+    Case(
+        "train-unknown-top-level-field",
+        SHAPE,
+        T,
+        experiment(epochs_total=3),
+        IC,
+        ("epochs_total", "unknown field"),
+    ),
+    Case(
+        "train-unknown-run-field",
+        SHAPE,
+        T,
+        run_with(epochs=3),
+        IC,
+        ("runs[0].epochs", "unknown field"),
+    ),
+    Case(
+        "train-missing-experiment-name",
+        SHAPE,
+        T,
+        without("experiment_name"),
+        IC,
+        ("experiment_name", "required field is missing"),
+    ),
+    Case(
+        "train-missing-runs", SHAPE, T, without("runs"), IC, ("runs", "required field is missing")
+    ),
+    Case("train-empty-runs", SHAPE, T, experiment(runs=[]), IC, ("runs", "at least 1")),
+    Case("train-null-runs", SHAPE, T, experiment(runs=None), IC, ("runs", "must be a list")),
+    Case(
+        "train-no-data-source",
+        SHAPE,
+        T,
+        run_with(train_file=None, validation_file=None, dataset_name=None),
+        IC,
+        ("runs[0]", "no training data"),
+    ),
+    Case(
+        "train-validation-without-train",
+        SHAPE,
+        T,
+        run_with(train_file=None),
+        IC,
+        ("runs[0]", "validation_file is set without train_file"),
+    ),
+    # names and paths
+    Case(
+        "name-with-slash",
+        NAMES,
+        T,
+        experiment(experiment_name="a/b"),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case(
+        "name-dot-dot", NAMES, T, experiment(experiment_name=".."), IC, ("experiment_name", PATTERN)
+    ),
+    Case(
+        "name-traversal",
+        NAMES,
+        T,
+        experiment(experiment_name="../../outside"),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case(
+        "name-absolute-path",
+        NAMES,
+        T,
+        lambda c: experiment(experiment_name=str(c.bad.outside))(c),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case(
+        "name-nul-character",
+        NAMES,
+        T,
+        experiment(experiment_name="bad\x00name"),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case(
+        "name-control-character",
+        NAMES,
+        T,
+        experiment(experiment_name="bad\nname"),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case(
+        "name-hidden",
+        NAMES,
+        T,
+        experiment(experiment_name=".hidden"),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case("name-empty", NAMES, T, experiment(experiment_name=""), IC, ("experiment_name", PATTERN)),
+    Case(
+        "name-too-long",
+        NAMES,
+        T,
+        experiment(experiment_name="x" * 101),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
+    Case(
+        "model-name-control-character",
+        NAMES,
+        T,
+        run_with(model_name="tiny\x07bert"),
+        IC,
+        ("runs[0].model_name", "control characters"),
+    ),
+    Case(
+        "run-id-too-long",
+        NAMES,
+        T,
+        lambda c: {
+            "experiment_name": "x" * 100,
+            "runs": [tiny_config(c.tiny_model, c.data, model_name="m" * 200)],
+        },
+        IC,
+        ("runs[0].model_name", "longer than 255 bytes"),
+    ),
+    # hyperparameters
+    Case(
+        "epochs-zero",
+        HYPER,
+        T,
+        run_with(num_epochs=0),
+        IC,
+        ("runs[0].num_epochs", "greater than or equal to 1"),
+    ),
+    Case(
+        "epochs-negative",
+        HYPER,
+        T,
+        run_with(num_epochs=-3),
+        IC,
+        ("runs[0].num_epochs", "greater than or equal to 1"),
+    ),
+    Case(
+        "epochs-too-many",
+        HYPER,
+        T,
+        run_with(num_epochs=21),
+        IC,
+        ("runs[0].num_epochs", "less than or equal to 20"),
+    ),
+    Case(
+        "batch-size-zero",
+        HYPER,
+        T,
+        run_with(batch_size=0),
+        IC,
+        ("runs[0].batch_size", "greater than or equal to 1"),
+    ),
+    Case(
+        "batch-size-huge",
+        HYPER,
+        T,
+        run_with(batch_size=100000),
+        IC,
+        ("runs[0].batch_size", "less than or equal to 256"),
+    ),
+    Case(
+        "learning-rate-zero",
+        HYPER,
+        T,
+        run_with(learning_rate=0),
+        IC,
+        ("runs[0].learning_rate", "greater than 0"),
+    ),
+    Case(
+        "learning-rate-negative",
+        HYPER,
+        T,
+        run_with(learning_rate=-0.001),
+        IC,
+        ("runs[0].learning_rate", "greater than 0"),
+    ),
+    Case(
+        "learning-rate-huge",
+        HYPER,
+        T,
+        run_with(learning_rate=3.0),
+        IC,
+        ("runs[0].learning_rate", "less than or equal to 0.1"),
+    ),
+    Case(
+        "max-seq-length-huge",
+        HYPER,
+        T,
+        run_with(max_seq_length=100000),
+        IC,
+        ("runs[0].max_seq_length", "less than or equal to 512"),
+    ),
+    Case(
+        "max-seq-length-tiny",
+        HYPER,
+        T,
+        run_with(max_seq_length=2),
+        IC,
+        ("runs[0].max_seq_length", "greater than or equal to 8"),
+    ),
+    Case(
+        "max-train-samples-zero",
+        HYPER,
+        T,
+        run_with(max_train_samples=0),
+        IC,
+        ("runs[0].max_train_samples", "greater than or equal to 1"),
+    ),
+    Case(
+        "max-eval-samples-negative",
+        HYPER,
+        T,
+        run_with(max_eval_samples=-1),
+        IC,
+        ("runs[0].max_eval_samples", "greater than or equal to 1"),
+    ),
+    Case(
+        "checkpoint-steps-zero",
+        HYPER,
+        T,
+        run_with(checkpoint_steps=0),
+        IC,
+        ("runs[0].checkpoint_steps", "greater than or equal to 1"),
+    ),
+    Case(
+        "heartbeat-timeout-too-short",
+        HYPER,
+        T,
+        experiment(heartbeat_timeout_seconds=1),
+        IC,
+        ("heartbeat_timeout_seconds", "greater than or equal to 5"),
+    ),
+    Case(
+        "use-gpu-not-boolean",
+        HYPER,
+        T,
+        run_with(use_gpu="maybe"),
+        IC,
+        ("runs[0].use_gpu", "valid boolean"),
+    ),
+    # data
+    Case(
+        "dataset-not-found-offline",
+        DATA,
+        T,
+        run_with(train_file=None, validation_file=None, dataset_name="no-such-org/no-such-dataset"),
+        DE,
+        ("dataset_name", "no-such-org/no-such-dataset"),
+    ),
+    Case(
+        "train-file-missing",
+        DATA,
+        T,
+        run_with(train_file=local("missing_file"), validation_file=None),
+        DE,
+        ("train_file", "does not exist"),
+    ),
+    Case(
+        "validation-file-missing",
+        DATA,
+        T,
+        run_with(validation_file=local("missing_file")),
+        DE,
+        ("validation_file", "does not exist"),
+    ),
+    Case(
+        "train-file-unsupported-type",
+        DATA,
+        T,
+        run_with(train_file=local("unsupported_file"), validation_file=None),
+        DE,
+        ("train_file", "unsupported file type"),
+    ),
+    Case(
+        "train-file-not-parquet",
+        DATA,
+        T,
+        run_with(train_file=local("garbage_parquet"), validation_file=None),
+        DE,
+        ("train_file", "could not be read"),
+    ),
+    Case(
+        "train-file-broken-json",
+        DATA,
+        T,
+        run_with(train_file=local("broken_json"), validation_file=None),
+        DE,
+        ("train_file", "could not be read"),
+    ),
+    Case(
+        "text-column-missing",
+        DATA,
+        T,
+        run_with(train_file=local("no_text_column"), validation_file=None),
+        DE,
+        ("text_column", "'sentence'", "columns are"),
+    ),
+    Case(
+        "label-column-missing",
+        DATA,
+        T,
+        run_with(train_file=local("no_label_column"), validation_file=None),
+        DE,
+        ("label_column", "'label'", "columns are"),
+    ),
+    Case(
+        "train-file-empty",
+        DATA,
+        T,
+        run_with(train_file=local("header_only"), validation_file=None),
+        DE,
+        ("train_file", "no data rows"),
+    ),
+    Case(
+        "single-class",
+        DATA,
+        T,
+        run_with(train_file=local("single_class"), validation_file=None),
+        DE,
+        ("single class",),
+    ),
+    Case(
+        "single-class-after-subsampling",
+        DATA,
+        T,
+        run_with(max_train_samples=1),
+        DE,
+        ("single class", "max_train_samples"),
+    ),
+    Case(
+        "float-labels",
+        DATA,
+        T,
+        run_with(train_file=local("float_labels"), validation_file=None),
+        DE,
+        ("label_column", "float"),
+    ),
+    Case(
+        "mixed-label-types",
+        DATA,
+        T,
+        run_with(train_file=local("mixed_labels"), validation_file=None),
+        DE,
+        ("label_column", "mixes"),
+    ),
+    Case(
+        "non-utf8-text",
+        DATA,
+        T,
+        run_with(train_file=local("latin1"), validation_file=None),
+        DE,
+        ("train_file", "not UTF-8"),
+    ),
+    Case(
+        "null-text",
+        DATA,
+        T,
+        run_with(train_file=local("null_text"), validation_file=None),
+        DE,
+        ("text_column", "row"),
+    ),
+    # models
+    Case(
+        "model-not-found-offline",
+        MODELS,
+        T,
+        run_with(model_name="no-such-org/no-such-bert"),
+        ML,
+        ("model_name", "no-such-org/no-such-bert"),
+    ),
+    Case(
+        "model-path-not-a-model",
+        MODELS,
+        T,
+        run_with(model_name=local("not_a_model")),
+        ML,
+        ("model_name", "not-a-model"),
+    ),
+    Case(
+        "model-without-tokenizer",
+        MODELS,
+        T,
+        run_with(model_name=local("no_tokenizer")),
+        ML,
+        ("model_name", "no usable tokenizer"),
+    ),
+    Case(
+        "model-not-for-classification",
+        MODELS,
+        T,
+        run_with(model_name=local("vision_model")),
+        ML,
+        ("model_name", "sequence classification"),
+    ),
+    Case(
+        "model-pickle-only",
+        MODELS,
+        T,
+        run_with(model_name=local("pickle_only")),
+        ML,
+        ("model_name", "safetensors"),
+    ),
+    Case(
+        "model-needs-remote-code",
+        MODELS,
+        T,
+        run_with(model_name=local("remote_code")),
+        ML,
+        ("model_name", "remote-code"),
+        tags=frozenset({"remote-code"}),
+    ),
+    # inference
+    Case(
+        "predict-invalid-json",
+        SHAPE,
+        P,
+        lambda c: RawJSON('{"run_id": "x", "texts": '),
+        IC,
+        ("not valid JSON",),
+        cli=False,
+    ),
+    Case(
+        "predict-unknown-field",
+        SHAPE,
+        P,
+        predict(temperature=0.5),
+        IC,
+        ("temperature", "unknown field"),
+        cli=False,
+    ),
+    Case(
+        "predict-missing-run-id",
+        SHAPE,
+        P,
+        lambda c: {"texts": ["good"]},
+        IC,
+        ("run_id", "required field is missing"),
+        cli=False,
+    ),
+    Case(
+        "predict-empty-texts",
+        SHAPE,
+        P,
+        predict(texts=[]),
+        IC,
+        ("texts", "at least 1"),
+        cli_expect=("at least one TEXT",),
+    ),
+    Case(
+        "predict-null-texts",
+        SHAPE,
+        P,
+        predict(texts=None),
+        IC,
+        ("texts", "must be a list"),
+        cli=False,
+    ),
+    Case(
+        "predict-texts-not-strings",
+        SHAPE,
+        P,
+        predict(texts=[1, 2]),
+        IC,
+        ("texts[0]", "valid string"),
+        cli=False,
+    ),
+    Case("predict-run-id-traversal", NAMES, P, predict(run_id="../x"), IC, ("run_id",)),
+    Case("predict-run-id-absolute", NAMES, P, predict(run_id="/etc"), IC, ("run_id",)),
+    Case("predict-run-id-dot-dot", NAMES, P, predict(run_id=".."), IC, ("run_id",)),
+    Case("predict-run-id-nested", NAMES, P, predict(run_id="a/b"), IC, ("run_id",)),
+    Case("predict-run-id-empty", NAMES, P, predict(run_id=""), IC, ("run_id",)),
+    Case(
+        "predict-run-id-symlink-out",
+        NAMES,
+        P,
+        predict(run_id=SYMLINK_RUN_ID),
+        IC,
+        ("run_id", "outside BERT_RUNS_DIR"),
+    ),
+    Case(
+        "predict-max-seq-length-huge",
+        HYPER,
+        P,
+        predict(max_seq_length=100000),
+        IC,
+        ("max_seq_length", "less than or equal to 512"),
+    ),
+    Case(
+        "predict-batch-size-zero",
+        HYPER,
+        P,
+        predict(batch_size=0),
+        IC,
+        ("batch_size", "greater than or equal to 1"),
+    ),
+    Case(
+        "predict-unknown-run",
+        INFER,
+        P,
+        predict(run_id="never-trained"),
+        RNF,
+        ("never-trained", "does not exist"),
+    ),
+    Case(
+        "predict-incomplete-run",
+        INFER,
+        P,
+        predict(run_id=INCOMPLETE_RUN_ID),
+        RNF,
+        (INCOMPLETE_RUN_ID, "incomplete"),
+    ),
+    Case(
+        "predict-corrupt-run",
+        INFER,
+        P,
+        predict(run_id=CORRUPT_RUN_ID),
+        ML,
+        (CORRUPT_RUN_ID, "could not be loaded"),
+    ),
+    Case(
+        "predict-over-payload-limit",
+        INFER,
+        P,
+        predict(texts=["x" * (OVERSIZE_TEXT_BYTES // 2)] * 2 + ["x"]),
+        IC,
+        ("texts", "split them"),
+        cli=False,
+    ),
+]
+
+CASES_BY_ID = {case.id: case for case in CASES}
+assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
+
+
+def cases(workflow: str) -> list[Case]:
+    return [case for case in CASES if case.workflow == workflow]
