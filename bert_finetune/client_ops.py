@@ -132,20 +132,25 @@ async def watch_experiment(
 
 
 def results_table(output: BertExperimentOutput) -> Table:
-    table = Table(title=f"Experiment {output.experiment_name}")
+    """One row per run; run ids (often long: they embed the model name) go in the caption."""
+    table = Table(
+        title=f"Experiment {output.experiment_name}",
+        caption="\n".join(f"#{i}: {run.run_id}" for i, run in enumerate(output.runs)),
+        caption_justify="left",
+    )
     for column in (
-        "run_id",
+        "#",
         "train loss",
         "eval acc",
         "majority baseline",
         "samples/s",
         "time (s)",
-        "resumed from",
+        "resumed from step",
     ):
-        table.add_column(column)
-    for run in output.runs:
+        table.add_column(column, justify="right")
+    for index, run in enumerate(output.runs):
         table.add_row(
-            run.run_id,
+            str(index),
             f"{run.train_loss:.4f}",
             "-" if run.eval_accuracy is None else f"{run.eval_accuracy:.3f}",
             "-"
@@ -207,7 +212,7 @@ async def predict(
 
 
 def predictions_table(result: BertInferenceResult) -> Table:
-    table = Table(title=f"Predictions of {result.run_id}")
+    table = Table(title="Predictions", caption=f"run {result.run_id}", caption_justify="left")
     table.add_column("text", overflow="fold", max_width=70)
     table.add_column("label")
     table.add_column("confidence", justify="right")

@@ -49,8 +49,10 @@ class StopSignals:
     shutdown_requested: Callable[[], bool]
 
 
-def config_digest(config: BertFineTuneConfig) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+def config_digest(config: BertFineTuneConfig, data_fingerprint: str = "") -> str:
+    """Identifies what a checkpoint was trained on: only an identical run may resume it."""
+    payload = config.model_dump_json() + data_fingerprint
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def default_checkpoint_steps(max_steps: int) -> int:
@@ -289,7 +291,7 @@ def fine_tune(
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_complete(run_dir):  # overwrite requested
         _clear_finished_run(run_dir)
-    digest = config_digest(config)
+    digest = config_digest(config, data.fingerprint)
     resume = checkpoints.find_resume_checkpoint(run_dir, resume_hint, digest)
     if resume:
         metrics.RUNS_RESUMED.inc()
