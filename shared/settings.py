@@ -95,7 +95,6 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        metrics_port = env.get("METRICS_PORT")
         log_format = env.get("LOG_FORMAT", "auto").lower()
         if log_format not in {"auto", "json", "console"}:
             raise SettingsError(f"LOG_FORMAT={log_format!r} must be auto, json or console")
@@ -105,12 +104,8 @@ class Settings:
             training_task_queue=env.get("BERT_TRAINING_TASK_QUEUE") or TRAINING_TASK_QUEUE,
             inference_task_queue=env.get("BERT_INFERENCE_TASK_QUEUE") or INFERENCE_TASK_QUEUE,
             metrics_bind_address=env.get("METRICS_BIND_ADDRESS") or "0.0.0.0",
-            trainer_metrics_port=_int(env, "METRICS_PORT", DEFAULT_TRAINER_METRICS_PORT)
-            if metrics_port
-            else DEFAULT_TRAINER_METRICS_PORT,
-            inferencer_metrics_port=_int(env, "METRICS_PORT", DEFAULT_INFERENCER_METRICS_PORT)
-            if metrics_port
-            else DEFAULT_INFERENCER_METRICS_PORT,
+            trainer_metrics_port=_int(env, "METRICS_PORT", DEFAULT_TRAINER_METRICS_PORT),
+            inferencer_metrics_port=_int(env, "METRICS_PORT", DEFAULT_INFERENCER_METRICS_PORT),
             trainer_max_concurrent_activities=_int(
                 env, "BERT_TRAINER_MAX_CONCURRENT_ACTIVITIES", 1, minimum=1
             ),
