@@ -134,3 +134,57 @@ async def test_worker_survives_the_table_and_reports_clamped_samples(
     assert run.num_train_samples == 160
     assert run.notes == ["max_train_samples=100000 is more than the 160 rows available; used all"]
     assert Path(run.model_dir).parent == train_env.runs_root.resolve()
+
+
+async def test_rerunning_an_experiment_never_corrupts_a_finished_run(
+    train_env: TrainEnv, tmp_path: Path
+) -> None:
+    """Same config and data: reused. Different config or data: refused unless overwrite."""
+    context = train_env.context
+    train_file = tmp_path / "train.csv"
+    train_file.write_bytes(context.data.train.read_bytes())
+    config = tiny_config(context.tiny_model, context.data, num_epochs=1, train_file=str(train_file))
+
+    async def run(config: dict, **top: object) -> BertExperimentOutput:
+        return await train_env.client.execute_workflow(
+            FINE_TUNING_WORKFLOW,
+            {"experiment_name": "rerun", "runs": [config], **top},
+            id=f"rerun-{uuid.uuid4()}",
+            task_queue=train_env.queue,
+            result_type=BertExperimentOutput,
+        )
+
+    first = (await run(config)).runs[0]
+    run_dir = Path(first.model_dir)
+    manifest = run_dir / "run.json"
+    finished = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+    again = (await run(config)).runs[0]
+    assert again.reused and again.train_loss == first.train_loss
+
+    changed = {**config, "learning_rate": 0.001}
+    refused = await expect_failure(
+        train_env.client,
+        FINE_TUNING_WORKFLOW,
+        train_env.queue,
+        {"experiment_name": "rerun", "runs": [changed]},
+    )
+    assert refused.error.type == "InvalidConfig"
+    assert "different config" in refused.error.message and "overwrite" in refused.error.message
+
+    train_file.write_text(train_file.read_text() + "a good good film,positive\n")
+    refused = await expect_failure(
+        train_env.client,
+        FINE_TUNING_WORKFLOW,
+        train_env.queue,
+        {"experiment_name": "rerun", "runs": [config]},
+    )
+    assert "different data" in refused.error.message
+    # Neither refusal touched the finished run.
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == finished
+
+    replaced = (await run(changed, overwrite=True)).runs[0]
+    assert not replaced.reused
+    assert json.loads(manifest.read_text())["config"]["learning_rate"] == 0.001
+    assert not (run_dir / "checkpoints").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "staging left behind"
