@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -17,7 +18,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from services.trainer.progress import ProgressReporter
+from services.trainer.progress import SIGNAL_INTERVAL_SECONDS, ProgressReporter
 from services.trainer.training import (
     StopSignals,
     TrainingCancelled,
@@ -49,21 +50,31 @@ def _resume_hint() -> str | None:
 
 
 class TrainingActivities:
-    """Holds what the activity needs from the worker: the runs root and the event loop."""
+    """Holds what the activity needs from the worker: the runs root and the event loop.
 
-    def __init__(self, runs_root: Path, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    ``progress_signal_interval`` bounds how stale the workflow's ``progress`` query may be
+    while a run trains; each signal adds about four events to the workflow's history.
+    """
+
+    def __init__(
+        self,
+        runs_root: Path,
+        loop: asyncio.AbstractEventLoop | None = None,
+        client: Client | None = None,
+        progress_signal_interval: float = SIGNAL_INTERVAL_SECONDS,
+    ) -> None:
         self._runs_root = runs_root
         self._loop = loop
+        # The worker's client: ``activity.client()`` exists only in ``async def`` activities.
+        self._client = client
+        self._progress_signal_interval = progress_signal_interval
 
-    def _progress_signaller(self):  # noqa: ANN202 (a private closure factory)
-        info = activity.info()
-        try:
-            client: Client | None = activity.client()
-        except RuntimeError:  # ActivityEnvironment in tests has no client
-            client = None
-        if client is None or self._loop is None:
+    def _progress_signaller(self) -> Callable[[TrainingProgress], None] | None:
+        if self._client is None or self._loop is None:
+            log.warning("training.progress_query_disabled", reason="no client or event loop")
             return None
-        handle = client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        info = activity.info()
+        handle = self._client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
         loop = self._loop
 
         def signal(progress: TrainingProgress) -> None:
@@ -81,6 +92,7 @@ class TrainingActivities:
         reporter = ProgressReporter(
             TrainingProgress(run_id=request.run_id, attempt=info.attempt),
             signal=self._progress_signaller(),
+            signal_interval=self._progress_signal_interval,
         )
         stop = StopSignals(
             cancel_requested=activity.is_cancelled,

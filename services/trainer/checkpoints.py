@@ -97,6 +97,13 @@ def _candidates(run_dir: Path) -> list[tuple[int, int, Path]]:
     return sorted(found, reverse=True)
 
 
+def sealed_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints whose manifest has been written (not yet verified), newest first."""
+    return [
+        path for _step, _attempt, path in _candidates(run_dir) if (path / MANIFEST_NAME).is_file()
+    ]
+
+
 def find_resume_checkpoint(
     run_dir: Path, hint: str | None, config_digest: str
 ) -> Checkpoint | None:

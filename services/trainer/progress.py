@@ -42,6 +42,7 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._training_started: tuple[float, int] | None = None
+        self._phase_changed = False
 
     @property
     def progress(self) -> TrainingProgress:
@@ -61,6 +62,8 @@ class ProgressReporter:
                     rate = (step - first_step) / elapsed
                     progress.steps_per_second = rate
                     progress.eta_seconds = max(0.0, (progress.max_steps - step) / rate)
+            if progress.phase != self._progress.phase:
+                self._phase_changed = True  # phase changes reach the query without delay
             self._progress = progress
 
     def beat(self, force_signal: bool = False) -> None:
@@ -70,7 +73,11 @@ class ProgressReporter:
         metrics.HEARTBEAT_CLOCK.beat()
         now = time.monotonic()
         due = now - self._last_signal >= self._signal_interval
+        with self._lock:
+            force_signal = force_signal or self._phase_changed
         if self._signal and (force_signal or (due and progress != self._last_signalled)):
+            with self._lock:
+                self._phase_changed = False
             self._last_signal = now
             self._last_signalled = progress
             try:

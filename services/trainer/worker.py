@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.trainer.activities import TrainingActivities
+from services.trainer.progress import SIGNAL_INTERVAL_SECONDS
 from services.trainer.workflows import BertFineTuningWorkflow
 from shared.service import run_worker_service
 from shared.settings import Settings
@@ -26,6 +27,7 @@ def build_trainer_worker(
     runs_root: Path,
     max_concurrent_activities: int = 1,
     graceful_shutdown: timedelta = timedelta(seconds=30),
+    progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
 ) -> Worker:
     """The training worker.
 
@@ -35,8 +37,16 @@ def build_trainer_worker(
         max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
         graceful_shutdown: how long a SIGTERM'd worker lets training seal a checkpoint
             before the SDK cancels it; keep it below the pod's termination grace period.
+        progress_signal_interval: the most a ``progress`` query may lag a training run
+            (phase changes and checkpoints are signalled at once). Each signal costs about
+            four history events, so a shorter interval trades history size for freshness.
     """
-    activities = TrainingActivities(runs_root, asyncio.get_running_loop())
+    activities = TrainingActivities(
+        runs_root,
+        asyncio.get_running_loop(),
+        client=client,
+        progress_signal_interval=progress_signal_interval.total_seconds(),
+    )
     return Worker(
         client,
         task_queue=task_queue,
