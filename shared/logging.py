@@ -7,6 +7,7 @@ activity attempt, task queue) and the run id bound by the activity.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -41,6 +42,40 @@ def _temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+# The SDK's loggers (workflow.logger, activity.logger and its own) attach their context as
+# a dict in ``extra``; these become top-level fields under our names.
+_SDK_CONTEXT_FIELDS = {
+    "temporal_workflow": {
+        "workflow_id": "workflow_id",
+        "run_id": "workflow_run_id",
+        "workflow_type": "workflow_type",
+        "task_queue": "task_queue",
+        "attempt": "workflow_attempt",
+        "namespace": "temporal_namespace",
+    },
+    "temporal_activity": {
+        "activity_id": "activity_id",
+        "activity_type": "activity_type",
+        "attempt": "activity_attempt",
+        "task_queue": "task_queue",
+        "workflow_id": "workflow_id",
+        "workflow_run_id": "workflow_run_id",
+        "workflow_type": "workflow_type",
+        "namespace": "temporal_namespace",
+    },
+}
+
+
+def _flatten_sdk_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, fields in _SDK_CONTEXT_FIELDS.items():
+        details = event.pop(key, None)
+        if isinstance(details, dict):
+            for source, target in fields.items():
+                if source in details:
+                    event.setdefault(target, details[source])
+    return event
+
+
 def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in list(event):
         if any(secret in key.lower() for secret in _SECRET_KEYS):
@@ -51,12 +86,21 @@ def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """Route structlog and stdlib logging (the SDK, workflow.logger) through one renderer."""
     global _configured
+    from temporalio import activity, workflow
+
+    # The context goes into fields (see _flatten_sdk_context), not into the event name.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
+    logging.captureWarnings(True)  # warnings.warn output becomes a structured line too
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    if use_json:
+        _disable_progress_bars()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _flatten_sdk_context,
         _temporal_context,
         _redact_secrets,
     ]
@@ -80,6 +124,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # The SDK's DEBUG lines dump whole payloads (users' texts, predictions): never below INFO.
+    logging.getLogger("temporalio").setLevel(max(logging.INFO, logging.getLevelName(level)))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -87,6 +133,15 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     _configured = True
+
+
+def _disable_progress_bars() -> None:
+    """tqdm bars (Hugging Face's "Loading weights") would break one-JSON-object-per-line."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _identity(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

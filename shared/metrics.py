@@ -15,9 +15,17 @@ from __future__ import annotations
 import threading
 import time
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 
-from shared.errors import NON_RETRYABLE_TYPES
+from shared.errors import (
+    DATASET_ERROR,
+    INVALID_CONFIG,
+    MODEL_LOAD_ERROR,
+    NON_RETRYABLE_TYPES,
+)
+
+# ``*_created`` gauges double the series count and no dashboard or alert reads them.
+disable_created_metrics()
 
 _DURATION_BUCKETS = (
     10,
@@ -57,7 +65,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
 RUN_OUTCOMES = ("succeeded", "failed", "interrupted", "cancelled", "superseded")
 # A SIGTERM'd worker seals a checkpoint and fails the attempt with this retryable type.
 WORKER_SHUTDOWN = "WorkerShutdown"
-TRAINING_ERROR_TYPES = (*NON_RETRYABLE_TYPES, WORKER_SHUTDOWN)
+TRAINING_ERROR_TYPES = (INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, WORKER_SHUTDOWN)
 INFERENCE_SUCCESS = "success"
 INFERENCE_OUTCOMES = (INFERENCE_SUCCESS, *NON_RETRYABLE_TYPES)
 
@@ -128,6 +136,10 @@ MODEL_LOAD_DURATION = Histogram(
 )
 MODELS_CACHED = Gauge("bert_inference_models_cached", "Models held in the inferencer's cache")
 
+# No value until a run reports one: NaN leaves a gap in a panel where 0 would read as a
+# perfect loss or a failed accuracy.
+for _gauge in (TRAINING_LOSS, EVAL_ACCURACY, SAMPLES_PER_SECOND):
+    _gauge.set(float("nan"))
 for _error_type in TRAINING_ERROR_TYPES:
     RUNS_FAILED.labels(error_type=_error_type)
 for _outcome in RUN_OUTCOMES:

@@ -47,5 +47,7 @@ def find(objects: list[dict[str, Any]], kind: str, component: str | None = None)
 
 def only(objects: list[dict[str, Any]], kind: str, component: str | None = None) -> dict:
     found = find(objects, kind, component)
+    if kind == "ConfigMap":  # the Grafana dashboards ship as ConfigMaps of their own
+        found = [o for o in found if "grafana_dashboard" not in o["metadata"].get("labels", {})]
     assert len(found) == 1, f"expected one {kind} {component or ''}, got {len(found)}"
     return found[0]

@@ -1,0 +1,1 @@
+"""Benchmarks and tools that run against a live stack (not tests)."""

@@ -1,0 +1,358 @@
+"""A real Prometheus scraping real worker processes through a tiny fine-tune and inferences.
+
+Package-scoped: the stack starts once, the scenario runs once, and every test in the package
+reads what it left behind (Prometheus data, worker logs, live endpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from bench.plot_panel import prometheus_get
+from shared.types import (
+    FINE_TUNING_WORKFLOW,
+    INFERENCE_WORKFLOW,
+    BertExperimentInput,
+    BertExperimentOutput,
+    BertInferenceRequest,
+    BertInferenceResult,
+)
+from tests.conftest import SentimentData, tiny_config
+
+pytestmark = pytest.mark.slow
+
+NAMESPACE = "bert-obs"  # what a ServiceMonitor's target labels would say in Kubernetes
+SCRAPE_INTERVAL_SECONDS = 1
+STARTUP_TIMEOUT_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.5)
+
+
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        pytest.fail(
+            "the `prometheus` server binary is missing: run `make system-deps` "
+            "(apt-get install prometheus); CI installs it before the tests"
+        )
+    return path
+
+
+@dataclass
+class WorkerProcess:
+    role: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_lines(self) -> list[str]:
+        return [line for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    def assert_running(self) -> None:
+        assert self.process.poll() is None, (
+            f"{self.role} exited with {self.process.returncode}:\n"
+            + "\n".join(self.log_lines()[-40:])
+        )
+
+
+@dataclass
+class ObservedStack:
+    prometheus_url: str
+    trainer: WorkerProcess
+    inferencer: WorkerProcess
+    training_queue: str
+    inference_queue: str
+    started_at: float
+    run_id: str = ""
+    failed_run_id: str = ""
+    finished_at: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def query(self, expr: str) -> list[dict]:
+        return prometheus_get(self.prometheus_url, "/api/v1/query", {"query": expr})["result"]
+
+    def scalar(self, expr: str) -> float:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else float("nan")
+
+
+def start_worker(role: str, env: dict[str, str], log_dir: Path) -> WorkerProcess:
+    port = free_port()
+    log_path = log_dir / f"{role}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bert_finetune.cli", "worker", role],
+            env={**env, "METRICS_PORT": str(port)},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(role, port, process, log_path)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def write_prometheus_config(path: Path, workers: list[WorkerProcess]) -> None:
+    config = {
+        "global": {
+            "scrape_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+            "scrape_timeout": f"{SCRAPE_INTERVAL_SECONDS}s",
+            "evaluation_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+        },
+        # Job names and target labels as the chart's ServiceMonitor produces them
+        # (jobLabel app.kubernetes.io/component; namespace and pod from discovery).
+        "scrape_configs": [
+            {
+                "job_name": worker.role,
+                "static_configs": [
+                    {
+                        "targets": [worker.target],
+                        "labels": {"namespace": NAMESPACE, "pod": f"{worker.role}-0"},
+                    }
+                ],
+            }
+            for worker in workers
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="package")
+def prometheus_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[list[WorkerProcess]], str]]:
+    binary = prometheus_binary()
+    root = tmp_path_factory.mktemp("prometheus")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(workers: list[WorkerProcess]) -> str:
+        config = root / "prometheus.yml"
+        write_prometheus_config(config, workers)
+        port = free_port()
+        log = (root / "prometheus.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={root / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--storage.tsdb.retention.time=1h",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert processes[-1].poll() is None, (root / "prometheus.log").read_text()[-3000:]
+            try:
+                return http_get(f"{url}/-/ready", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 60, "Prometheus did not become ready")
+        return url
+
+    yield start
+    for process in processes:
+        stop(process)
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def observed(
+    temporal_env: WorkflowEnvironment,
+    tiny_model: Path,
+    sentiment_csv: SentimentData,
+    prometheus_server: Callable[[list[WorkerProcess]], str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[ObservedStack]:
+    client: Client = temporal_env.client
+    root = tmp_path_factory.mktemp("observed")
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": client.namespace,
+        "BERT_RUNS_DIR": str(root / "runs"),
+        "BERT_TRAINING_TASK_QUEUE": f"obs-train-{suffix}",
+        "BERT_INFERENCE_TASK_QUEUE": f"obs-infer-{suffix}",
+        "METRICS_BIND_ADDRESS": "127.0.0.1",
+        "LOG_FORMAT": "json",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    started_at = time.time()
+    trainer = start_worker("trainer", env, root)
+    # DEBUG so the per-batch ``inference.batch`` events are emitted too.
+    inferencer = start_worker("inferencer", {**env, "LOG_LEVEL": "DEBUG"}, root)
+    workers = [trainer, inferencer]
+    try:
+        url = prometheus_server(workers)
+        stack = ObservedStack(
+            prometheus_url=url,
+            trainer=trainer,
+            inferencer=inferencer,
+            training_queue=env["BERT_TRAINING_TASK_QUEUE"],
+            inference_queue=env["BERT_INFERENCE_TASK_QUEUE"],
+            started_at=started_at,
+        )
+        for worker in workers:
+
+            def ready(worker: WorkerProcess = worker) -> bool:
+                worker.assert_running()
+                try:
+                    return http_get(f"{worker.base_url}/readyz", timeout=1)[0] == 200
+                except OSError:
+                    return False
+
+            wait_until(ready, STARTUP_TIMEOUT_SECONDS, f"{worker.role} never became ready")
+        stack.timings["workers_ready_s"] = time.time() - started_at
+        # A few scrapes of the idle workers first: every counter's baseline is 0.
+        wait_until(
+            lambda: (
+                stack.scalar("min(count_over_time(up[1m]))") >= 3 and stack.scalar("min(up)") == 1
+            ),
+            60,
+            "Prometheus is not scraping both workers",
+        )
+        await run_scenario(stack, client, tiny_model, sentiment_csv)
+        # Let the final state be scraped, and a few points after it for the rate windows.
+        wait_until(
+            lambda: (
+                stack.scalar('sum(bert_inference_requests_total{outcome="RunNotFound"})') >= 1
+                and stack.scalar("sum(bert_training_runs_succeeded_total)") >= 1
+                and stack.scalar('sum(bert_training_runs_failed_total{error_type="DatasetError"})')
+                >= 1
+            ),
+            30,
+            "Prometheus never scraped the scenario's final counters",
+        )
+        time.sleep(3 * SCRAPE_INTERVAL_SECONDS)
+        stack.finished_at = time.time()
+        yield stack
+    finally:
+        for worker in workers:
+            stop(worker.process)
+
+
+def failure_types(error: BaseException | None) -> list[str]:
+    """The ``type`` of every ApplicationError in a Temporal failure's cause chain."""
+    types = []
+    while error is not None:
+        if isinstance(error, ApplicationError) and error.type:
+            types.append(error.type)
+        error = getattr(error, "cause", None) or error.__cause__
+    return types
+
+
+async def run_scenario(
+    stack: ObservedStack, client: Client, tiny_model: Path, data: SentimentData
+) -> None:
+    """One successful fine-tune, one failing one, several inferences and a failing one."""
+    started = time.time()
+    experiment = BertExperimentInput.model_validate(
+        {
+            "experiment_name": "obs",
+            "runs": [tiny_config(tiny_model, data, num_epochs=8, checkpoint_steps=40)],
+        }
+    )
+    output = await client.execute_workflow(
+        FINE_TUNING_WORKFLOW,
+        experiment,
+        id=f"obs-train-{uuid.uuid4()}",
+        task_queue=stack.training_queue,
+        result_type=BertExperimentOutput,
+    )
+    stack.run_id = output.runs[0].run_id
+    stack.timings["training_s"] = time.time() - started
+
+    broken = BertExperimentInput.model_validate(
+        {
+            "experiment_name": "obs-broken",
+            "runs": [tiny_config(tiny_model, data, label_column="no_such_column")],
+        }
+    )
+    stack.failed_run_id = broken.run_ids()[0]
+    with pytest.raises(WorkflowFailureError):
+        await client.execute_workflow(
+            FINE_TUNING_WORKFLOW,
+            broken,
+            id=f"obs-broken-{uuid.uuid4()}",
+            task_queue=stack.training_queue,
+        )
+
+    started = time.time()
+    texts = ["the movie was great fun", "it was awful and boring", "so wonderful", "very bad"]
+    for round_ in range(6):
+        result = await client.execute_workflow(
+            INFERENCE_WORKFLOW,
+            BertInferenceRequest(run_id=stack.run_id, texts=texts * (round_ + 1), batch_size=8),
+            id=f"obs-infer-{uuid.uuid4()}",
+            task_queue=stack.inference_queue,
+            result_type=BertInferenceResult,
+        )
+        assert len(result.labels) == len(texts) * (round_ + 1)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await client.execute_workflow(
+            INFERENCE_WORKFLOW,
+            BertInferenceRequest(run_id="obs-run-0-no_such_model", texts=["hello"]),
+            id=f"obs-infer-missing-{uuid.uuid4()}",
+            task_queue=stack.inference_queue,
+        )
+    assert "RunNotFound" in failure_types(failed.value)
+    stack.timings["inference_s"] = time.time() - started
