@@ -51,6 +51,11 @@ def load_model(run_dir: Path, device: str) -> LoadedModel:
             f"run {run_dir.name!r} could not be loaded ({type(err).__name__}: {err}); "
             "retrain it or check the runs volume",
         ) from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"run {run_dir.name!r} has no tokenizer vocabulary; retrain it or restore its files",
+        )
     model.to(device).eval()
     id2label = model.config.id2label or {}
     label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
