@@ -8,6 +8,7 @@ worker shutdown, and turns every known problem into a typed ApplicationError.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import shutil
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from shared.types import (
 log = get_logger(__name__)
 
 WORKER_SHUTDOWN = "WorkerShutdown"
+SIGNAL_TIMEOUT_SECONDS = 10.0
 
 
 def _resume_hint() -> str | None:
@@ -81,7 +83,11 @@ class TrainingActivities:
             future = asyncio.run_coroutine_threadsafe(
                 handle.signal(PROGRESS_SIGNAL, progress), loop
             )
-            future.result(timeout=10)
+            try:
+                future.result(timeout=SIGNAL_TIMEOUT_SECONDS)
+            except concurrent.futures.TimeoutError:
+                future.cancel()  # don't let signals pile up while the server is away
+                raise
 
         return signal
 
@@ -114,8 +120,7 @@ class TrainingActivities:
                     attempt=info.attempt,
                     resume_hint=_resume_hint(),
                 )
-                reporter.update(phase="succeeded")
-                reporter.beat(force_signal=True)
+                reporter.update(phase="succeeded")  # signalled on the way out
             outcome = "succeeded"
             metrics.RUNS_SUCCEEDED.inc()
             return result

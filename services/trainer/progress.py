@@ -25,6 +25,12 @@ SIGNAL_INTERVAL_SECONDS = 10.0
 
 
 class ProgressReporter:
+    """Latest progress, heartbeated and signalled from a helper thread.
+
+    The training thread only calls ``update``, ``heartbeat_now`` and ``signal_soon``; none of
+    them waits on the network, so a slow or unreachable Temporal server never stalls a step.
+    """
+
     def __init__(
         self,
         progress: TrainingProgress,
@@ -39,10 +45,11 @@ class ProgressReporter:
         self._signal_interval = signal_interval
         self._last_signal = 0.0
         self._last_signalled: TrainingProgress | None = None
+        self._signal_pending = False
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._training_started: tuple[float, int] | None = None
-        self._phase_changed = False
 
     @property
     def progress(self) -> TrainingProgress:
@@ -62,28 +69,38 @@ class ProgressReporter:
                     rate = (step - first_step) / elapsed
                     progress.steps_per_second = rate
                     progress.eta_seconds = max(0.0, (progress.max_steps - step) / rate)
-            if progress.phase != self._progress.phase:
-                self._phase_changed = True  # phase changes reach the query without delay
+            phase_changed = progress.phase != self._progress.phase
             self._progress = progress
+        if phase_changed:
+            self.signal_soon()  # phase changes reach the query without waiting an interval
+
+    def signal_soon(self) -> None:
+        """Have the helper thread heartbeat and signal the workflow now (e.g. a new checkpoint)."""
+        with self._lock:
+            self._signal_pending = True
+        self._wake.set()
+
+    def heartbeat_now(self) -> None:
+        """Record a heartbeat (non-blocking: the SDK sends it at its next throttle tick)."""
+        activity.heartbeat(self.progress.model_dump(mode="json"))
+        metrics.HEARTBEAT_CLOCK.beat()
 
     def beat(self, force_signal: bool = False) -> None:
-        """Heartbeat now; signal the workflow when due (or forced)."""
+        """Heartbeat now; signal the workflow when due, requested or forced (may block)."""
+        self.heartbeat_now()
         progress = self.progress
-        activity.heartbeat(progress.model_dump(mode="json"))
-        metrics.HEARTBEAT_CLOCK.beat()
         now = time.monotonic()
         due = now - self._last_signal >= self._signal_interval
         with self._lock:
-            force_signal = force_signal or self._phase_changed
+            force_signal = force_signal or self._signal_pending
+            self._signal_pending = False
         if self._signal and (force_signal or (due and progress != self._last_signalled)):
-            with self._lock:
-                self._phase_changed = False
             self._last_signal = now
             self._last_signalled = progress
             try:
                 self._signal(progress)
             except Exception as err:  # progress is best effort; training must go on
-                log.warning("training.progress_signal_failed", error=str(err))
+                log.warning("training.progress_signal_failed", error=str(err)[:300])
 
     def __enter__(self) -> ProgressReporter:
         self.beat(force_signal=True)
@@ -96,12 +113,22 @@ class ProgressReporter:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=15)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            with self._lock:
+                pending = self._signal_pending
+            if stopping and not pending:
+                return
             try:
                 self.beat()
             except Exception as err:
-                log.warning("training.heartbeat_failed", error=str(err))
+                log.warning("training.heartbeat_failed", error=str(err)[:300])
+            if stopping:
+                return

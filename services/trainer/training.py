@@ -197,7 +197,8 @@ def _make_callback(
             checkpoints.prune(run_dir, attempt)
             metrics.CHECKPOINTS.inc()
             reporter.update(latest_checkpoint=str(path))
-            reporter.beat(force_signal=True)
+            reporter.heartbeat_now()  # the retry's resume hint
+            reporter.signal_soon()
             log.info("training.checkpoint", step=state.global_step, path=str(path))
 
     return TemporalCallback()

@@ -44,7 +44,7 @@ async def _temporal_query(address: str, workflow_id: str) -> dict:
 async def test_progress_query_is_live_monotonic_and_has_an_eta(
     client: Client, tiny_model: Path, runs_root: Path, tmp_path: Path, measure: Callable[..., None]
 ) -> None:
-    train, validation = long_run_csv(tmp_path, rows=2000)  # 2000 steps: time to watch it
+    train, validation = long_run_csv(tmp_path, rows=4000)  # 4000 steps: time to watch it
     experiment = BertExperimentInput.model_validate(
         {
             "experiment_name": "progress",
@@ -87,7 +87,7 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
     assert steps == sorted(steps), f"progress went backwards: {steps}"
     first_at, first = samples[0]
     last_at, last = samples[-1]
-    assert last.max_steps == 2000 and last.attempt == 1
+    assert last.max_steps == 4000 and last.attempt == 1
     assert last.epoch > 0 and last.loss is not None
     # The ETA agrees (within a factor of three) with the rate the queries themselves observed.
     observed_rate = (last.global_step - first.global_step) / (last_at - first_at)
