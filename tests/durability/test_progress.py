@@ -82,6 +82,8 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
             await asyncio.wait_for(handle.result(), timeout=60)
+        events = [event async for event in handle.fetch_history_events()]
+        signals = sum(e.HasField("workflow_execution_signaled_event_attributes") for e in events)
 
     steps = [run.global_step for _, run in samples]
     assert steps == sorted(steps), f"progress went backwards: {steps}"
@@ -105,4 +107,6 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
         max_query_latency_s=max(latencies),
         eta_s=last.eta_seconds,
         eta_from_observed_rate_s=expected_eta,
+        progress_signals=signals,
+        history_events=len(events),
     )
