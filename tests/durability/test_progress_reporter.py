@@ -1,0 +1,49 @@
+"""ProgressReporter: the training thread never waits on Temporal; nothing is dropped on exit."""
+
+from __future__ import annotations
+
+import time
+
+from temporalio.testing import ActivityEnvironment
+
+from services.trainer.progress import ProgressReporter
+from shared.types import TrainingProgress
+
+SLOW_SIGNAL_SECONDS = 0.5
+
+
+def test_training_thread_never_waits_for_a_slow_signal() -> None:
+    signalled: list[TrainingProgress] = []
+    heartbeats: list[dict] = []
+
+    def slow_signal(progress: TrainingProgress) -> None:
+        time.sleep(SLOW_SIGNAL_SECONDS)  # a server that is slow or away
+        signalled.append(progress)
+
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: heartbeats.append(details[0])
+
+    def training() -> float:
+        reporter = ProgressReporter(
+            TrainingProgress(run_id="r"), signal=slow_signal, interval=0.05, signal_interval=60
+        )
+        with reporter:
+            started = time.monotonic()
+            # What the training callback does at each step and checkpoint.
+            reporter.update(phase="training", global_step=1, max_steps=10)
+            for step in range(2, 6):
+                reporter.update(global_step=step)
+            reporter.update(latest_checkpoint="/runs/r/checkpoints/attempt-1/checkpoint-5")
+            reporter.heartbeat_now()
+            reporter.signal_soon()
+            blocked = time.monotonic() - started
+            time.sleep(2 * SLOW_SIGNAL_SECONDS)
+            reporter.update(phase="succeeded")
+        return blocked
+
+    blocked = env.run(training)
+    assert blocked < SLOW_SIGNAL_SECONDS / 5
+    assert heartbeats[-1]["latest_checkpoint"].endswith("checkpoint-5")
+    assert any(p.latest_checkpoint and p.global_step == 5 for p in signalled)
+    # The final phase change is signalled on the way out, not lost to the thread stopping.
+    assert signalled[-1].phase == "succeeded"
