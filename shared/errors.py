@@ -10,6 +10,8 @@ RUN_NOT_FOUND = "RunNotFound"
 DATASET_ERROR = "DatasetError"
 MODEL_LOAD_ERROR = "ModelLoadError"
 NON_RETRYABLE_TYPES = [INVALID_CONFIG, RUN_NOT_FOUND, DATASET_ERROR, MODEL_LOAD_ERROR]
+# Retryable: a preempted trainer sealed a checkpoint and handed the run back.
+WORKER_SHUTDOWN = "WorkerShutdown"
 
 # Temporal rejects payloads over 2 MiB; an error message must never get near that.
 MAX_MESSAGE_CHARS = 2000

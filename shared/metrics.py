@@ -22,6 +22,7 @@ from shared.errors import (
     INVALID_CONFIG,
     MODEL_LOAD_ERROR,
     NON_RETRYABLE_TYPES,
+    WORKER_SHUTDOWN,
 )
 
 # ``*_created`` gauges double the series count and no dashboard or alert reads them.
@@ -64,7 +65,6 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
 # Outcomes of one training attempt (``bert_training_run_duration_seconds{outcome}``).
 RUN_OUTCOMES = ("succeeded", "failed", "interrupted", "cancelled", "superseded")
 # A SIGTERM'd worker seals a checkpoint and fails the attempt with this retryable type.
-WORKER_SHUTDOWN = "WorkerShutdown"
 TRAINING_ERROR_TYPES = (INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, WORKER_SHUTDOWN)
 INFERENCE_SUCCESS = "success"
 INFERENCE_OUTCOMES = (INFERENCE_SUCCESS, *NON_RETRYABLE_TYPES)

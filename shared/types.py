@@ -127,6 +127,9 @@ class BertFineTuneRequest(_Strict):
     run_id: str
     config: BertFineTuneConfig
     overwrite: bool = False
+    # Attempts used by earlier executions of this run's activity (re-executed after
+    # preemptions), so attempt numbers, and checkpoint folders, keep increasing.
+    attempt_offset: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("run_id")
     @classmethod

@@ -27,6 +27,7 @@ from services.trainer.training import (
     fine_tune,
 )
 from shared import metrics
+from shared.errors import WORKER_SHUTDOWN
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
 from shared.types import (
@@ -39,7 +40,6 @@ from shared.types import (
 
 log = get_logger(__name__)
 
-WORKER_SHUTDOWN = "WorkerShutdown"
 SIGNAL_TIMEOUT_SECONDS = 10.0
 
 
@@ -94,9 +94,12 @@ class TrainingActivities:
     @activity.defn(name=FINE_TUNE_ACTIVITY, no_thread_cancel_exception=True)
     def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
         info = activity.info()
+        # Attempts keep increasing across re-executions after preemptions (see the workflow),
+        # which keeps checkpoint folders of superseded attempts ordered below newer ones.
+        attempt = request.attempt_offset + info.attempt
         structlog.contextvars.bind_contextvars(run_id=request.run_id)
         reporter = ProgressReporter(
-            TrainingProgress(run_id=request.run_id, attempt=info.attempt),
+            TrainingProgress(run_id=request.run_id, attempt=attempt),
             signal=self._progress_signaller(),
             signal_interval=self._progress_signal_interval,
         )
@@ -109,7 +112,7 @@ class TrainingActivities:
         metrics.HEARTBEAT_CLOCK.run_started()
         started = time.monotonic()
         outcome = "failed"
-        log.info("training.attempt_started", attempt=info.attempt)
+        log.info("training.attempt_started", attempt=attempt)
         try:
             with reporter:
                 result = fine_tune(
@@ -117,7 +120,7 @@ class TrainingActivities:
                     self._runs_root,
                     reporter,
                     stop,
-                    attempt=info.attempt,
+                    attempt=attempt,
                     resume_hint=_resume_hint(),
                 )
                 reporter.update(phase="succeeded")  # signalled on the way out

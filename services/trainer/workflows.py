@@ -15,7 +15,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from shared.errors import NON_RETRYABLE_TYPES, truncate
+    from shared.errors import NON_RETRYABLE_TYPES, WORKER_SHUTDOWN, truncate
     from shared.types import (
         FINE_TUNE_ACTIVITY,
         FINE_TUNING_WORKFLOW,
@@ -38,6 +38,10 @@ TRAINING_RETRY_POLICY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=NON_RETRYABLE_TYPES,
 )
+# A preemption (the worker sealed a checkpoint and handed the run back) costs no work, so it
+# must not use up the retry budget meant for crashes: when the last attempt ended that way
+# the activity is executed again, up to this many times per run.
+MAX_PREEMPTION_REEXECUTIONS = 50
 
 
 # Any exception fails the workflow: a bug must never leave it RUNNING with a retrying task.
@@ -75,27 +79,37 @@ class BertFineTuningWorkflow:
         self, request: BertFineTuneRequest, heartbeat_seconds: int
     ) -> BertFineTuneResult:
         entry = self._runs[request.run_id]
-        try:
-            result = await workflow.execute_activity(
-                FINE_TUNE_ACTIVITY,
-                request,
-                result_type=BertFineTuneResult,
-                start_to_close_timeout=TRAINING_START_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=heartbeat_seconds),
-                retry_policy=TRAINING_RETRY_POLICY,
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
-        except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, CancelledError):
+        for execution in range(MAX_PREEMPTION_REEXECUTIONS + 1):
+            attempt_offset = execution * (TRAINING_RETRY_POLICY.maximum_attempts or 1)
+            try:
+                result = await workflow.execute_activity(
+                    FINE_TUNE_ACTIVITY,
+                    request.model_copy(update={"attempt_offset": attempt_offset}),
+                    result_type=BertFineTuneResult,
+                    start_to_close_timeout=TRAINING_START_TO_CLOSE,
+                    heartbeat_timeout=timedelta(seconds=heartbeat_seconds),
+                    retry_policy=TRAINING_RETRY_POLICY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+                break
+            except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, CancelledError):
+                    entry.state = "cancelled"
+                    raise cause from None
+                preempted = isinstance(cause, ApplicationError) and cause.type == WORKER_SHUTDOWN
+                if preempted and execution < MAX_PREEMPTION_REEXECUTIONS:
+                    workflow.logger.warning(
+                        "training.reexecuting_after_preemption",
+                        extra={"run_id": request.run_id, "execution": execution + 1},
+                    )
+                    continue
+                entry.state = "failed"
+                entry.error = truncate(str(cause or err), 500)
+                raise
+            except (CancelledError, asyncio.CancelledError):
                 entry.state = "cancelled"
-                raise cause from None
-            entry.state = "failed"
-            entry.error = truncate(str(cause or err), 500)
-            raise
-        except (CancelledError, asyncio.CancelledError):
-            entry.state = "cancelled"
-            raise
+                raise
         entry.state = "succeeded"
         entry.phase = "succeeded"
         entry.eval_accuracy = result.eval_accuracy

