@@ -191,39 +191,40 @@ class BertInferenceResult(_Strict):
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
 
-class TrainingProgress(_Strict):
+class _RunProgressFields(_Strict):
+    run_id: str
+    phase: str
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    eval_accuracy: float | None = None
+    latest_checkpoint: str | None = None
+    attempt: int
+    resumed_from_step: int | None = None
+    eta_seconds: float | None = None
+
+
+class TrainingProgress(_RunProgressFields):
     """What the training activity reports: heartbeat details and the workflow's progress signal."""
 
-    run_id: str
     phase: str = "starting"
-    global_step: int = 0
-    max_steps: int = 0
-    epoch: float = 0.0
-    loss: float | None = None
-    eval_accuracy: float | None = None
-    latest_checkpoint: str | None = None
     attempt: int = 1
-    resumed_from_step: int | None = None
     steps_per_second: float | None = None
-    eta_seconds: float | None = None
 
 
-class RunProgress(_Strict):
+class RunProgress(_RunProgressFields):
     """One entry of the ``progress`` query."""
 
-    run_id: str
     state: RunState = "pending"
     phase: str = "pending"
-    global_step: int = 0
-    max_steps: int = 0
-    epoch: float = 0.0
-    loss: float | None = None
-    eval_accuracy: float | None = None
-    latest_checkpoint: str | None = None
     attempt: int = 0
-    resumed_from_step: int | None = None
-    eta_seconds: float | None = None
     error: str | None = None
+
+    def update_from(self, progress: TrainingProgress) -> None:
+        """Take every field the training activity reports."""
+        for name in _RunProgressFields.model_fields:
+            setattr(self, name, getattr(progress, name))
 
 
 class ExperimentProgress(_Strict):

@@ -32,6 +32,26 @@ def temporal_cli() -> str:
     return path
 
 
+async def run_temporal_cli(address: str, *args: str) -> dict:
+    """Run the real `temporal` CLI against ``address`` (off the event loop); parse its JSON."""
+    import asyncio
+    import json
+
+    process = await asyncio.create_subprocess_exec(
+        temporal_cli(),
+        *args,
+        "--address",
+        address,
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    return json.loads(stdout)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging("INFO", "json")

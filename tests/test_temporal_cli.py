@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 from temporalio.client import Client
 
-from tests.conftest import SentimentData, running_workers, temporal_cli, tiny_config
+from tests.conftest import SentimentData, run_temporal_cli, running_workers, tiny_config
 
 
 async def temporal(client: Client, *args: str) -> dict:
-    """Run the real `temporal` CLI against the test server and parse its JSON output."""
-    process = await asyncio.create_subprocess_exec(
-        temporal_cli(),
-        *args,
-        "--address",
-        client.service_client.config.target_host,
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, stderr.decode()
-    return json.loads(stdout)
+    return await run_temporal_cli(client.service_client.config.target_host, *args)
 
 
 async def test_temporal_cli_runs_both_workflows_with_plain_json(

@@ -138,16 +138,7 @@ class BertFineTuningWorkflow:
         if progress.attempt < entry.attempt:
             return  # a late signal from a superseded attempt
         entry.state = "running"
-        entry.phase = progress.phase
-        entry.attempt = progress.attempt
-        entry.global_step = progress.global_step
-        entry.max_steps = progress.max_steps
-        entry.epoch = progress.epoch
-        entry.loss = progress.loss
-        entry.eval_accuracy = progress.eval_accuracy
-        entry.latest_checkpoint = progress.latest_checkpoint
-        entry.resumed_from_step = progress.resumed_from_step
-        entry.eta_seconds = progress.eta_seconds
+        entry.update_from(progress)
 
     @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> ExperimentProgress:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -15,30 +14,8 @@ from temporalio.client import Client, WorkflowFailureError
 
 from services.trainer.worker import build_trainer_worker
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, RunProgress
-from tests.conftest import temporal_cli
+from tests.conftest import run_temporal_cli
 from tests.durability.harness import long_config, long_run_csv, query_progress, task_queue
-
-
-async def _temporal_query(address: str, workflow_id: str) -> dict:
-    """``temporal workflow query --name progress``, run off the event loop."""
-    process = await asyncio.create_subprocess_exec(
-        temporal_cli(),
-        "workflow",
-        "query",
-        "--address",
-        address,
-        "--workflow-id",
-        workflow_id,
-        "--name",
-        "progress",
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 0, stderr.decode()
-    return json.loads(stdout)
 
 
 async def test_progress_query_is_live_monotonic_and_has_an_eta(
@@ -78,7 +55,9 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
             await asyncio.sleep(0.5)
 
         address = client.service_client.config.target_host
-        from_cli = await _temporal_query(address, workflow_id)
+        from_cli = await run_temporal_cli(
+            address, "workflow", "query", "--workflow-id", workflow_id, "--name", "progress"
+        )
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
             await asyncio.wait_for(handle.result(), timeout=60)
