@@ -16,6 +16,8 @@ INFERENCE_TASK_QUEUE = "bert-inference-task-queue"
 FINE_TUNING_WORKFLOW = "BertFineTuningWorkflow"
 INFERENCE_WORKFLOW = "BertInferenceWorkflow"
 FINE_TUNE_ACTIVITY = "fine_tune_bert"
+# A local activity of the training worker: removes a cancelled run's partial output.
+DISCARD_RUN_ACTIVITY = "discard_partial_run"
 INFERENCE_ACTIVITY = "run_bert_inference"
 
 PROGRESS_QUERY = "progress"

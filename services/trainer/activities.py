@@ -31,6 +31,7 @@ from shared.errors import WORKER_SHUTDOWN
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
 from shared.types import (
+    DISCARD_RUN_ACTIVITY,
     FINE_TUNE_ACTIVITY,
     PROGRESS_SIGNAL,
     BertFineTuneRequest,
@@ -150,6 +151,22 @@ class TrainingActivities:
             metrics.RUNS_IN_FLIGHT.dec()
             metrics.HEARTBEAT_CLOCK.run_finished()
             structlog.contextvars.unbind_contextvars("run_id")
+
+    @activity.defn(name=DISCARD_RUN_ACTIVITY)
+    async def discard_partial_run(self, run_id: str) -> bool:
+        """Remove the output of a cancelled run unless it finished; True when removed.
+
+        The workflow runs this as a local activity after a cancel, which covers a run
+        cancelled while waiting between attempts (no attempt is running to clean up).
+        Async, with the deletion on the loop's default executor, so it never waits behind
+        a training run for the activity thread pool.
+        """
+        run_dir = resolve_run_dir(self._runs_root, run_id)
+        if not run_dir.is_dir() or is_complete(run_dir):
+            return False
+        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+        log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
+        return True
 
     def _on_stopped(self, request: BertFineTuneRequest) -> str:
         """After a stop at a step boundary: clean up only when a user asked to cancel."""

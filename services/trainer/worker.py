@@ -51,7 +51,7 @@ def build_trainer_worker(
         client,
         task_queue=task_queue,
         workflows=[BertFineTuningWorkflow],
-        activities=[activities.fine_tune_bert],
+        activities=[activities.fine_tune_bert, activities.discard_partial_run],
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
         ),

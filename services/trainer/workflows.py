@@ -17,6 +17,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from shared.errors import NON_RETRYABLE_TYPES, WORKER_SHUTDOWN, truncate
     from shared.types import (
+        DISCARD_RUN_ACTIVITY,
         FINE_TUNE_ACTIVITY,
         FINE_TUNING_WORKFLOW,
         PROGRESS_QUERY,
@@ -95,7 +96,7 @@ class BertFineTuningWorkflow:
             except ActivityError as err:
                 cause = err.cause
                 if isinstance(cause, CancelledError):
-                    entry.state = "cancelled"
+                    await self._discard(entry)
                     raise cause from None
                 preempted = isinstance(cause, ApplicationError) and cause.type == WORKER_SHUTDOWN
                 if preempted and execution < MAX_PREEMPTION_REEXECUTIONS:
@@ -108,7 +109,7 @@ class BertFineTuningWorkflow:
                 entry.error = truncate(str(cause or err), 500)
                 raise
             except (CancelledError, asyncio.CancelledError):
-                entry.state = "cancelled"
+                await self._discard(entry)
                 raise
         entry.state = "succeeded"
         entry.phase = "succeeded"
@@ -116,6 +117,16 @@ class BertFineTuningWorkflow:
         entry.global_step = entry.max_steps or entry.global_step
         entry.eta_seconds = 0.0
         return result
+
+    async def _discard(self, entry: RunProgress) -> None:
+        """A cancelled run leaves no partial output, even when cancelled between attempts."""
+        entry.state = "cancelled"
+        await workflow.execute_local_activity(
+            DISCARD_RUN_ACTIVITY,
+            entry.run_id,
+            result_type=bool,
+            start_to_close_timeout=timedelta(minutes=5),
+        )
 
     def _experiment_failure(self, errors: list[BaseException], total: int) -> ApplicationError:
         first = errors[0]

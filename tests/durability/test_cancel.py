@@ -12,12 +12,23 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import activity as temporal_activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import Worker
 
+from services.trainer.activities import TrainingActivities
 from services.trainer.worker import build_trainer_worker
+from services.trainer.workflows import BertFineTuningWorkflow
 from shared import metrics
-from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, ExperimentProgress
+from shared.types import (
+    FINE_TUNE_ACTIVITY,
+    FINE_TUNING_WORKFLOW,
+    BertExperimentInput,
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    ExperimentProgress,
+)
 from tests.conftest import SentimentData, tiny_config
 from tests.durability.harness import (
     long_config,
@@ -129,3 +140,43 @@ async def test_cancel_stops_training_and_keeps_finished_sibling(
         steps_after_cancel_request=int(steps_after_stop - steps_at_cancel),
         heartbeat_timeout_s=HEARTBEAT_TIMEOUT_SECONDS,
     )
+
+
+async def test_cancel_between_attempts_discards_the_partial_run(
+    client: Client, tiny_model: Path, runs_root: Path
+) -> None:
+    """Cancelled while waiting to retry: no attempt runs to clean up, the workflow does."""
+    failed_once = asyncio.Event()
+
+    # Stands in for an attempt that wrote checkpoints, then crashed: the real workflow
+    # schedules a retry after its backoff, and the cancel lands during that wait.
+    @temporal_activity.defn(name=FINE_TUNE_ACTIVITY)
+    async def crashes_after_checkpointing(request: BertFineTuneRequest) -> BertFineTuneResult:
+        checkpoint = runs_root / request.run_id / "checkpoints" / "attempt-1" / "checkpoint-5"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")
+        failed_once.set()
+        raise ApplicationError("simulated crash")  # retryable
+
+    queue = f"cancel-backoff-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[BertFineTuningWorkflow],
+        activities=[crashes_after_checkpointing, TrainingActivities(runs_root).discard_partial_run],
+    ):
+        handle = await client.start_workflow(
+            FINE_TUNING_WORKFLOW,
+            {"experiment_name": "backoff", "runs": [{"train_file": "unused.csv"}]},
+            id=f"cancel-backoff-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        await asyncio.wait_for(failed_once.wait(), timeout=30)
+        run_dir = runs_root / "backoff-run-0-bert-base-uncased"
+        assert run_dir.is_dir()
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    assert not run_dir.exists(), "the cancelled run's checkpoints were left behind"
