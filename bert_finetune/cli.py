@@ -225,6 +225,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         port=args.port,
         ui_port=args.ui_port,
         console=console,
+        trainer_metrics_port=args.trainer_metrics_port,
+        inferencer_metrics_port=args.inferencer_metrics_port,
     )
 
 
@@ -294,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from bert_finetune.client_ops import UserError, failure_message
+    from bert_finetune.demo_data import DemoDataMissing
     from bert_finetune.stack import StackError
 
     args = build_parser().parse_args(argv)
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         RPCError: lambda e: f"Temporal refused the request: {e.message}",
         FileNotFoundError: str,
+        DemoDataMissing: str,
     }
     try:
         return int(args.func(args) or 0)

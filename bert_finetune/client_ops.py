@@ -20,16 +20,18 @@ from shared.errors import INVALID_CONFIG, describe_validation_error, one_line
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
+    MAX_INFERENCE_PAYLOAD_BYTES,
     PROGRESS_QUERY,
     BertExperimentInput,
     BertExperimentOutput,
     BertInferenceRequest,
     BertInferenceResult,
     ExperimentProgress,
+    inference_payload_bytes,
 )
 
-# Keep each inference request well under the workflow's 1 MiB text limit.
-PREDICT_CHUNK_BYTES = 512 * 1024
+# Keep each inference request well under the workflow's payload budget.
+PREDICT_CHUNK_BYTES = MAX_INFERENCE_PAYLOAD_BYTES // 2
 
 
 class UserError(Exception):
@@ -167,7 +169,7 @@ def chunk_texts(texts: list[str], max_bytes: int = PREDICT_CHUNK_BYTES) -> list[
     chunks: list[list[str]] = [[]]
     size = 0
     for text in texts:
-        length = len(text.encode("utf-8"))
+        length = inference_payload_bytes([text])
         if chunks[-1] and size + length > max_bytes:
             chunks.append([])
             size = 0

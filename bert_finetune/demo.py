@@ -89,13 +89,22 @@ async def _run(stack: LocalStack, console: Console, data_dir: Path) -> None:
         raise client_ops.UserError("the demo model did not beat the majority baseline")
 
 
-def run_demo(state_dir: Path, port: int, ui_port: int, console: Console) -> int:
+def run_demo(
+    state_dir: Path,
+    port: int,
+    ui_port: int,
+    console: Console,
+    trainer_metrics_port: int = 9464,
+    inferencer_metrics_port: int = 9465,
+) -> int:
     stack = LocalStack(
         state_dir=state_dir,
         port=port,
         ui_port=ui_port,
         runs_dir=Settings.from_env().runs_dir,
         quiet_workers=True,
+        trainer_metrics_port=trainer_metrics_port,
+        inferencer_metrics_port=inferencer_metrics_port,
     )
     console.print(f"Starting the local stack (Temporal dev server on {stack.address})...")
     stack.start()

@@ -95,6 +95,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        log_level = (env.get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise SettingsError(
+                f"LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
         log_format = env.get("LOG_FORMAT", "auto").lower()
         if log_format not in {"auto", "json", "console"}:
             raise SettingsError(f"LOG_FORMAT={log_format!r} must be auto, json or console")
@@ -114,6 +119,6 @@ class Settings:
             ),
             model_cache_size=_int(env, "BERT_MODEL_CACHE_SIZE", 4, minimum=1),
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            log_level=log_level,
             log_format=log_format,
         )

@@ -5,6 +5,7 @@ This module is imported by workflows, so it stays free of I/O and heavy imports.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Literal
 
@@ -19,6 +20,21 @@ FINE_TUNE_ACTIVITY = "fine_tune_bert"
 # A local activity of the training worker: removes a cancelled run's partial output.
 DISCARD_RUN_ACTIVITY = "discard_partial_run"
 INFERENCE_ACTIVITY = "run_bert_inference"
+
+# Temporal refuses payloads over 2 MiB. An inference result echoes the texts and adds, per
+# text, a label id, a label name and a confidence: budget half the limit, with an allowance
+# per text, so many short texts are refused as surely as a few huge ones.
+MAX_INFERENCE_PAYLOAD_BYTES = 1024 * 1024
+RESULT_BYTES_PER_TEXT = 96
+
+
+def inference_payload_bytes(texts: list[str]) -> int:
+    """Estimated size of a ``BertInferenceResult`` for ``texts`` (JSON-encoded texts + extras)."""
+    return sum(
+        len(json.dumps(text, ensure_ascii=False).encode("utf-8")) + RESULT_BYTES_PER_TEXT
+        for text in texts
+    )
+
 
 PROGRESS_QUERY = "progress"
 PROGRESS_SIGNAL = "report_progress"

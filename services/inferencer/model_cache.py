@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import metrics
-from shared.errors import MODEL_LOAD_ERROR, failure
+from shared.errors import MODEL_LOAD_ERROR, RUN_NOT_FOUND, failure
 from shared.logging import get_logger
 from shared.runs import RUN_MANIFEST
 
@@ -31,7 +31,13 @@ class LoadedModel:
 
 
 def _stamp(run_dir: Path) -> tuple[int, int]:
-    stat = (run_dir / RUN_MANIFEST).stat()
+    try:
+        stat = (run_dir / RUN_MANIFEST).stat()
+    except FileNotFoundError:  # replaced or removed since it was found complete
+        raise failure(
+            RUN_NOT_FOUND,
+            f"run {run_dir.name!r} was removed or is being retrained; try again when it finishes",
+        ) from None
     return stat.st_ino, stat.st_mtime_ns
 
 
@@ -99,6 +105,10 @@ class ModelCache:
                 self._models.move_to_end(key)
                 while len(self._models) > self._max:
                     evicted, _ = self._models.popitem(last=False)
+                    # Keep the per-run locks bounded too: drop an evicted run's idle lock.
+                    evicted_lock = self._loading.get(evicted)
+                    if evicted_lock is not None and not evicted_lock.locked():
+                        del self._loading[evicted]
                     log.info("model.evicted", run_id=evicted[0])
                 metrics.MODELS_CACHED.set(len(self._models))
             return loaded

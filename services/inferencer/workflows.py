@@ -12,12 +12,11 @@ with workflow.unsafe.imports_passed_through():
     from shared.types import (
         INFERENCE_ACTIVITY,
         INFERENCE_WORKFLOW,
+        MAX_INFERENCE_PAYLOAD_BYTES,
         BertInferenceRequest,
         BertInferenceResult,
+        inference_payload_bytes,
     )
-
-# The result echoes the texts, and Temporal refuses payloads over 2 MiB: leave room for it.
-MAX_REQUEST_TEXT_BYTES = 1024 * 1024
 
 INFERENCE_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -32,13 +31,15 @@ INFERENCE_RETRY_POLICY = RetryPolicy(
 class BertInferenceWorkflow:
     @workflow.run
     async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
-        size = sum(len(text.encode("utf-8")) for text in request.texts)
-        if size > MAX_REQUEST_TEXT_BYTES:
+        size = inference_payload_bytes(request.texts)
+        if size > MAX_INFERENCE_PAYLOAD_BYTES:
             raise failure(
                 INVALID_CONFIG,
-                f"texts: {size} bytes in one request, over the {MAX_REQUEST_TEXT_BYTES}-byte "
-                "limit (the result echoes the texts and Temporal caps payloads at 2 MiB); "
-                "split them over several requests (`bert-finetune predict --file` does this)",
+                f"texts: {len(request.texts)} texts make a result of about {size} bytes, over "
+                f"the {MAX_INFERENCE_PAYLOAD_BYTES}-byte limit per request (the result echoes "
+                "the texts with a label and confidence each, and Temporal caps payloads at "
+                "2 MiB); split them over several requests (`bert-finetune predict --file` "
+                "does this)",
             )
         return await workflow.execute_activity(
             INFERENCE_ACTIVITY,

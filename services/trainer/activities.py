@@ -158,13 +158,16 @@ class TrainingActivities:
 
         The workflow runs this as a local activity after a cancel, which covers a run
         cancelled while waiting between attempts (no attempt is running to clean up).
-        Async, with the deletion on the loop's default executor, so it never waits behind
-        a training run for the activity thread pool.
+        Async, with all file system work on the loop's default executor, so it never waits
+        behind a training run for the activity thread pool nor blocks the event loop.
         """
+        return await asyncio.to_thread(self._discard_if_incomplete, run_id)
+
+    def _discard_if_incomplete(self, run_id: str) -> bool:
         run_dir = resolve_run_dir(self._runs_root, run_id)
         if not run_dir.is_dir() or is_complete(run_dir):
             return False
-        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+        shutil.rmtree(run_dir, ignore_errors=True)
         log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
         return True
 

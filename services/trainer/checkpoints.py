@@ -130,16 +130,20 @@ def prune(run_dir: Path, current_attempt: int, keep: int = KEEP_PER_ATTEMPT) -> 
     Called only after this attempt has sealed a checkpoint, so the newest verified state
     always survives.
     """
-    mine = attempt_dir(run_dir, current_attempt)
-    own = sorted(
-        (int(m.group(1)), p)
-        for p in mine.iterdir()
-        if (m := _CHECKPOINT_DIR.match(p.name)) and p.is_dir()
-    )
-    for _step, path in own[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-    root = run_dir / CHECKPOINTS_DIR
-    for other in root.iterdir():
-        match = _ATTEMPT_DIR.match(other.name)
-        if match and int(match.group(1)) < current_attempt:
-            shutil.rmtree(other, ignore_errors=True)
+    try:
+        mine = attempt_dir(run_dir, current_attempt)
+        own = sorted(
+            (int(m.group(1)), p)
+            for p in mine.iterdir()
+            if (m := _CHECKPOINT_DIR.match(p.name)) and p.is_dir()
+        )
+        for _step, path in own[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
+        for other in (run_dir / CHECKPOINTS_DIR).iterdir():
+            match = _ATTEMPT_DIR.match(other.name)
+            if match and int(match.group(1)) < current_attempt:
+                shutil.rmtree(other, ignore_errors=True)
+    except FileNotFoundError:
+        # The folder went away under us (the run was cancelled or finished elsewhere):
+        # pruning is housekeeping and must never fail the attempt.
+        log.warning("checkpoint.prune_skipped", run_dir=str(run_dir))

@@ -359,6 +359,8 @@ def fine_tune(
             steps_trained=trainer.state.global_step - (resume.step if resume else 0),
         )
         train_seconds = time.monotonic() - started
+        if stop.cancel_requested():  # cancelled on the last step: do not evaluate or save
+            raise TrainingCancelled()
         eval_accuracy = None
         if eval_set is not None:
             reporter.update(phase="evaluating")
@@ -367,6 +369,8 @@ def fine_tune(
             metrics.EVAL_ACCURACY.set(eval_accuracy)
             reporter.update(eval_accuracy=eval_accuracy)
 
+        if stop.cancel_requested():  # cancelled (or superseded) during evaluation
+            raise TrainingCancelled()
         reporter.update(phase="saving")
         samples_per_second = float(output.metrics.get("train_samples_per_second", 0.0))
         metrics.SAMPLES_PER_SECOND.set(samples_per_second)

@@ -677,6 +677,17 @@ CASES: list[Case] = [
         ("texts", "split them"),
         cli=False,
     ),
+    Case(
+        # Few bytes of text but a result too big for one payload: the label name and
+        # confidence added per text dominate.
+        "predict-too-many-short-texts",
+        INFER,
+        P,
+        predict(texts=["ok"] * 12_000),
+        IC,
+        ("12000 texts", "split them"),
+        cli=False,
+    ),
 ]
 
 CASES_BY_ID = {case.id: case for case in CASES}

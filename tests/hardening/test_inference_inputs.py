@@ -213,7 +213,7 @@ async def test_worker_still_serves_and_truncates_a_long_text(infer_env: InferEnv
 async def test_requests_over_the_payload_limit_are_chunked_by_the_client(
     infer_env: InferEnv,
 ) -> None:
-    """The workflow refuses > 1 MiB of text (see the table); ``predict`` splits it for you."""
+    """The workflow refuses results over ~1 MiB (see the table); ``predict`` splits them."""
     texts = [("so good " if i % 2 else "so bad ") * 2000 for i in range(100)]
     assert sum(len(t.encode()) for t in texts) > 1024 * 1024
     result = await client_ops.predict(
