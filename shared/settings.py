@@ -89,6 +89,7 @@ class Settings:
     inference_max_concurrent_activities: int = 4
     model_cache_size: int = 4
     graceful_shutdown_seconds: int = 30
+    progress_signal_interval_seconds: int = 10
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -119,6 +120,9 @@ class Settings:
             ),
             model_cache_size=_int(env, "BERT_MODEL_CACHE_SIZE", 4, minimum=1),
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
+            progress_signal_interval_seconds=_int(
+                env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1
+            ),
             log_level=log_level,
             log_format=log_format,
         )

@@ -114,7 +114,8 @@ class BertExperimentInput(_Strict):
     """Input of ``BertFineTuningWorkflow``."""
 
     experiment_name: Annotated[str, Field(pattern=EXPERIMENT_NAME_PATTERN)]
-    runs: Annotated[list[BertFineTuneConfig], Field(min_length=1, max_length=1000)]
+    # One workflow history holds every run's progress; split bigger sweeps (docs/durability.md).
+    runs: Annotated[list[BertFineTuneConfig], Field(min_length=1, max_length=100)]
     heartbeat_timeout_seconds: Annotated[int, Field(ge=5, le=600)] = 60
     overwrite: bool = Field(
         default=False,

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from temporalio import activity
@@ -42,6 +43,10 @@ from shared.types import (
 log = get_logger(__name__)
 
 SIGNAL_TIMEOUT_SECONDS = 10.0
+# Temporal terminates a workflow whose history passes 51,200 events. Past this many, the
+# activity stops periodic progress signals and sends only phase and checkpoint changes.
+HISTORY_EVENTS_BUDGET = 25_000
+HISTORY_CHECK_EVERY_SIGNALS = 25
 
 
 def _resume_hint() -> str | None:
@@ -79,16 +84,32 @@ class TrainingActivities:
         info = activity.info()
         handle = self._client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
         loop = self._loop
+        state = {"sent": 0, "coarse": False, "milestone": ("", "")}
 
-        def signal(progress: TrainingProgress) -> None:
-            future = asyncio.run_coroutine_threadsafe(
-                handle.signal(PROGRESS_SIGNAL, progress), loop
-            )
+        def call(coroutine: Any) -> Any:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
             try:
-                future.result(timeout=SIGNAL_TIMEOUT_SECONDS)
+                return future.result(timeout=SIGNAL_TIMEOUT_SECONDS)
             except concurrent.futures.TimeoutError:
                 future.cancel()  # don't let signals pile up while the server is away
                 raise
+
+        def signal(progress: TrainingProgress) -> None:
+            milestone = (progress.phase, progress.latest_checkpoint or "")
+            if state["coarse"] and milestone == state["milestone"]:
+                return  # history budget spent: only phase and checkpoint changes go out
+            call(handle.signal(PROGRESS_SIGNAL, progress))
+            state["milestone"] = milestone
+            state["sent"] += 1
+            if not state["coarse"] and state["sent"] % HISTORY_CHECK_EVERY_SIGNALS == 0:
+                history_length = call(handle.describe()).history_length
+                if history_length > HISTORY_EVENTS_BUDGET:
+                    state["coarse"] = True
+                    log.warning(
+                        "training.progress_signals_reduced",
+                        history_length=history_length,
+                        budget=HISTORY_EVENTS_BUDGET,
+                    )
 
         return signal
 

@@ -73,5 +73,6 @@ async def run_trainer(settings: Settings) -> None:
             runs_root=settings.runs_dir,
             max_concurrent_activities=settings.trainer_max_concurrent_activities,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
+            progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
         ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -89,3 +90,45 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
         progress_signals=signals,
         history_events=len(events),
     )
+
+
+async def test_progress_signals_stop_growing_history_past_the_budget(
+    client: Client, tiny_model: Path, runs_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Past the history budget only phase and checkpoint changes are signalled."""
+    from services.trainer import activities
+
+    monkeypatch.setattr(activities, "HISTORY_EVENTS_BUDGET", 20)
+    monkeypatch.setattr(activities, "HISTORY_CHECK_EVERY_SIGNALS", 2)
+    train, validation = long_run_csv(tmp_path, rows=4000)  # 1000 steps per epoch
+    experiment = BertExperimentInput.model_validate(
+        {
+            "experiment_name": "budget",
+            "runs": [
+                long_config(tiny_model, train, validation, num_epochs=3, checkpoint_steps=1000)
+            ],
+        }
+    )
+    queue = task_queue()
+    async with build_trainer_worker(
+        client,
+        task_queue=queue,
+        runs_root=runs_root,
+        progress_signal_interval=timedelta(seconds=0.2),
+    ):
+        handle = await client.start_workflow(
+            FINE_TUNING_WORKFLOW, experiment, id=f"budget-{uuid.uuid4()}", task_queue=queue
+        )
+        await asyncio.wait_for(handle.result(), timeout=180)
+        (run,) = (await query_progress(handle)).runs
+    assert run.state == "succeeded"
+    milestones = []
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_execution_signaled_event_attributes"):
+            payload = event.workflow_execution_signaled_event_attributes.input.payloads[0]
+            progress = json.loads(payload.data)
+            milestones.append((progress["phase"], progress["latest_checkpoint"]))
+    # Periodic signals repeat the previous phase and checkpoint. Without the guard a run of
+    # several seconds sends one every 2 s; with it they stop once the budget is seen.
+    periodic = sum(a == b for a, b in zip(milestones, milestones[1:], strict=False))
+    assert periodic <= 3, f"{periodic} periodic signals despite the history budget: {milestones}"
