@@ -17,11 +17,14 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError, RPCStatusCode
 
+from services.trainer import ownership
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS, ProgressReporter
 from services.trainer.training import (
+    Ownership,
     StopSignals,
     TrainingCancelled,
     TrainingInterrupted,
@@ -144,6 +147,7 @@ class TrainingActivities:
                     stop,
                     attempt=attempt,
                     resume_hint=_resume_hint(),
+                    owner=Ownership(info.workflow_id, self._workflow_running),
                 )
                 reporter.update(phase="succeeded")  # signalled on the way out
             outcome = "succeeded"
@@ -182,11 +186,17 @@ class TrainingActivities:
         Async, with all file system work on the loop's default executor, so it never waits
         behind a training run for the activity thread pool nor blocks the event loop.
         """
-        return await asyncio.to_thread(self._discard_if_incomplete, run_id)
+        return await asyncio.to_thread(
+            self._discard_if_incomplete, run_id, activity.info().workflow_id
+        )
 
-    def _discard_if_incomplete(self, run_id: str) -> bool:
+    def _discard_if_incomplete(self, run_id: str, workflow_id: str) -> bool:
+        """Remove an unfinished run folder, but never one another workflow is training."""
         run_dir = resolve_run_dir(self._runs_root, run_id)
         if not run_dir.is_dir() or is_complete(run_dir):
+            return False
+        if not ownership.owned_by(run_dir, workflow_id):
+            log.info("training.partial_run_kept", owner=ownership.owner_of(run_dir))
             return False
         shutil.rmtree(run_dir, ignore_errors=True)
         log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
@@ -200,8 +210,20 @@ class TrainingActivities:
             log.warning("training.superseded")
             return "superseded"
         metrics.RUNS_CANCELLED.inc()
-        run_dir = resolve_run_dir(self._runs_root, request.run_id)
-        if run_dir.is_dir() and not is_complete(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        log.info("training.cancelled", removed=str(run_dir))
+        self._discard_if_incomplete(request.run_id, activity.info().workflow_id)
+        log.info("training.cancelled")
         return "cancelled"
+
+    def _workflow_running(self, workflow_id: str) -> bool:
+        """Whether another workflow that claimed a run folder is still running."""
+        if self._client is None or self._loop is None:
+            return False  # cannot tell (tests without a client): the newer claim wins
+        handle = self._client.get_workflow_handle(workflow_id)
+        future = asyncio.run_coroutine_threadsafe(handle.describe(), self._loop)
+        try:
+            status = future.result(timeout=SIGNAL_TIMEOUT_SECONDS).status
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return status == WorkflowExecutionStatus.RUNNING

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.trainer import checkpoints
+from services.trainer import checkpoints, ownership
 from services.trainer.data import PreparedData, prepare_data
 from services.trainer.progress import ProgressReporter
 from shared import metrics
@@ -47,6 +47,14 @@ class TrainingInterrupted(Exception):
 class StopSignals:
     cancel_requested: Callable[[], bool]
     shutdown_requested: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who is training (the workflow id) and how to tell whether another workflow runs."""
+
+    workflow_id: str
+    is_running: Callable[[str], bool]
 
 
 def config_digest(config: BertFineTuneConfig, data_fingerprint: str = "") -> str:
@@ -80,7 +88,7 @@ def _clear_finished_run(run_dir: Path) -> None:
     """Retire a finished run before overwriting it: the manifest goes first."""
     (run_dir / RUN_MANIFEST).unlink(missing_ok=True)
     for entry in run_dir.iterdir():
-        if entry.name != CHECKPOINTS_DIR:
+        if entry.name not in (CHECKPOINTS_DIR, ownership.OWNER_FILE):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
@@ -230,6 +238,8 @@ def _save_final(run_dir: Path, trainer: Any, attempt: int, manifest: dict[str, A
     staging.rmdir()
     write_json_atomic(run_dir / RUN_MANIFEST, manifest)
     shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    # Finished: run.json now guards the folder (reuse or refuse), no owner is needed.
+    (run_dir / ownership.OWNER_FILE).unlink(missing_ok=True)
 
 
 def _versions() -> dict[str, str]:
@@ -251,6 +261,7 @@ def fine_tune(
     stop: StopSignals,
     attempt: int = 1,
     resume_hint: str | None = None,
+    owner: Ownership | None = None,
 ) -> BertFineTuneResult:
     config = request.config
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -290,6 +301,8 @@ def fine_tune(
         raise TrainingInterrupted("worker shutting down before training started")
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        ownership.claim(run_dir, owner.workflow_id, owner.is_running)
     if is_complete(run_dir):  # overwrite requested
         _clear_finished_run(run_dir)
     digest = config_digest(config, data.fingerprint)
