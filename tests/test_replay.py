@@ -1,13 +1,16 @@
 """Workflow code stays deterministic: recorded histories replay without errors.
 
-`tests/histories/*.json` were recorded from real executions; replaying them catches a
+`tests/histories/*.json` were recorded from real executions (success and failure of both
+workflows, a training cancelled mid-run with progress signals and the discard local
+activity, and a run re-executed after repeated preemptions); replaying them catches a
 change to workflow code that would break workflows already running in production. Fresh
-histories (success and failure of both workflows) are replayed too. To re-record after an
+histories are replayed too. To re-record after an
 intentional, versioned change: `RECORD_HISTORIES=1 pytest tests/test_replay.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from services.trainer.workflows import BertFineTuningWorkflow
 from shared.converter import data_converter
 from shared.types import FINE_TUNING_WORKFLOW, INFERENCE_WORKFLOW
 from tests.conftest import SentimentData, running_workers, tiny_config
+from tests.durability.harness import long_config, long_run_csv, query_progress
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -37,9 +41,19 @@ async def test_recorded_history_replays(path: Path) -> None:
 
 
 async def test_fresh_histories_replay(
-    client: Client, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+    client: Client,
+    tiny_model: Path,
+    sentiment_csv: SentimentData,
+    runs_root: Path,
+    tmp_path: Path,
 ) -> None:
-    ids = ["replay-train", "replay-infer", "replay-infer-missing", "replay-train-bad-column"]
+    ids = [
+        "replay-train",
+        "replay-infer",
+        "replay-infer-missing",
+        "replay-train-bad-column",
+        "replay-train-cancelled",
+    ]
     async with running_workers(client, runs_root) as queues:
         output = await client.execute_workflow(
             FINE_TUNING_WORKFLOW,
@@ -70,6 +84,26 @@ async def test_fresh_histories_replay(
                 id=ids[3],
                 task_queue=queues.training,
             )
+        # Cancelled mid-training: progress signals, activity cancellation, the discard
+        # local activity, all in one history.
+        train, validation = long_run_csv(tmp_path, rows=2000)
+        cancelled = await client.start_workflow(
+            FINE_TUNING_WORKFLOW,
+            {
+                "experiment_name": "replay-cancel",
+                "runs": [long_config(tiny_model, train, validation, num_epochs=3)],
+            },
+            id=ids[4],
+            task_queue=queues.training,
+        )
+        for _ in range(240):
+            (run,) = (await query_progress(cancelled)).runs
+            if run.phase == "training" and run.global_step > 0:
+                break
+            await asyncio.sleep(0.25)
+        await cancelled.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await cancelled.result()
     for workflow_id in ids:
         history = await client.get_workflow_handle(workflow_id).fetch_history()
         await replayer().replay_workflow(history)

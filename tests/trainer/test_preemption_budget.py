@@ -8,6 +8,7 @@ backoff does not slow the test down.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import uuid
@@ -16,7 +17,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from services.trainer.workflows import TRAINING_RETRY_POLICY, BertFineTuningWorkflow
 from shared.converter import data_converter
@@ -73,13 +74,22 @@ async def test_more_preemptions_than_retry_attempts_still_finish() -> None:
             workflows=[BertFineTuningWorkflow],
             activities=[preempted_then_done],
         ):
-            output = await env.client.execute_workflow(
+            handle = await env.client.start_workflow(
                 FINE_TUNING_WORKFLOW,
                 {"experiment_name": "spot", "runs": [{"train_file": "t.csv"}]},
-                id=f"spot-{uuid.uuid4()}",
+                id="replay-train-preempted",
                 task_queue=queue,
                 result_type=BertExperimentOutput,
             )
+            output = await handle.result()
+        # The re-executions replay deterministically; the history joins the recorded ones.
+        history = await handle.fetch_history()
+        await Replayer(
+            workflows=[BertFineTuningWorkflow], data_converter=data_converter
+        ).replay_workflow(history)
+        if os.environ.get("RECORD_HISTORIES"):
+            histories = Path(__file__).parents[1] / "histories"
+            (histories / f"{handle.id}.json").write_text(history.to_json(), encoding="utf-8")
     assert output.runs[0].resumed_from_step == 10
     assert len(seen_attempts) == preemptions + 1
     # Attempt numbers keep increasing across re-executions (checkpoint folders stay ordered).
