@@ -22,6 +22,25 @@ log = get_logger(__name__)
 # The event loop must tick at least this often for the worker to count as alive.
 LIVENESS_STALE_SECONDS = 60.0
 
+_fatal_lock = threading.Lock()
+_fatal_reason: str | None = None
+
+
+def report_fatal(reason: str) -> None:
+    """Mark this process as needing a restart (liveness fails), e.g. a hung training step.
+
+    A thread stuck in native code cannot be stopped from Python; failing the liveness
+    probe lets the kubelet restart the container and free the device.
+    """
+    global _fatal_reason
+    with _fatal_lock:
+        _fatal_reason = _fatal_reason or reason
+
+
+def fatal_reason() -> str | None:
+    with _fatal_lock:
+        return _fatal_reason
+
 
 class WorkerHealth:
     """State the probes read; updated by the worker's event loop."""
@@ -47,6 +66,8 @@ class WorkerHealth:
             self.reason = reason
 
     def alive(self) -> tuple[bool, str]:
+        if (reason := fatal_reason()) is not None:
+            return False, reason
         with self._lock:
             age = time.monotonic() - self._loop_tick
         if age > LIVENESS_STALE_SECONDS:

@@ -104,6 +104,10 @@ EVAL_ACCURACY = Gauge(
     "bert_training_eval_accuracy", "Eval accuracy of the latest run evaluated on this worker"
 )
 CHECKPOINTS = Counter("bert_training_checkpoints", "Verified checkpoints written")
+TRAINING_STALLS = Counter(
+    "bert_training_stalls",
+    "Training attempts abandoned because a step did not finish within the stall timeout",
+)
 HEARTBEATS = Counter("bert_training_heartbeats", "Activity heartbeats sent")
 LAST_HEARTBEAT = Gauge(
     "bert_training_last_heartbeat_timestamp_seconds", "Unix time of the latest heartbeat sent"

@@ -90,6 +90,7 @@ class Settings:
     model_cache_size: int = 4
     graceful_shutdown_seconds: int = 30
     progress_signal_interval_seconds: int = 10
+    step_stall_timeout_seconds: int = 1800
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -122,6 +123,9 @@ class Settings:
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
             progress_signal_interval_seconds=_int(
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1
+            ),
+            step_stall_timeout_seconds=_int(
+                env, "BERT_STEP_STALL_TIMEOUT_SECONDS", 1800, minimum=10
             ),
             log_level=log_level,
             log_format=log_format,

@@ -30,7 +30,7 @@ from services.trainer.training import (
     TrainingInterrupted,
     fine_tune,
 )
-from shared import metrics
+from shared import health, metrics
 from shared.errors import WORKER_SHUTDOWN
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
@@ -73,12 +73,14 @@ class TrainingActivities:
         loop: asyncio.AbstractEventLoop | None = None,
         client: Client | None = None,
         progress_signal_interval: float = SIGNAL_INTERVAL_SECONDS,
+        step_stall_timeout: float | None = None,
     ) -> None:
         self._runs_root = runs_root
         self._loop = loop
         # The worker's client: ``activity.client()`` exists only in ``async def`` activities.
         self._client = client
         self._progress_signal_interval = progress_signal_interval
+        self._step_stall_timeout = step_stall_timeout
 
     def _progress_signaller(self) -> Callable[[TrainingProgress], None] | None:
         if self._client is None or self._loop is None:
@@ -127,6 +129,8 @@ class TrainingActivities:
             TrainingProgress(run_id=request.run_id, attempt=attempt),
             signal=self._progress_signaller(),
             signal_interval=self._progress_signal_interval,
+            stall_timeout=self._step_stall_timeout,
+            on_stall=health.report_fatal,
         )
         stop = StopSignals(
             cancel_requested=activity.is_cancelled,

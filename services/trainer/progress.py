@@ -37,6 +37,8 @@ class ProgressReporter:
         signal: Callable[[TrainingProgress], None] | None = None,
         interval: float = HEARTBEAT_INTERVAL_SECONDS,
         signal_interval: float = SIGNAL_INTERVAL_SECONDS,
+        stall_timeout: float | None = None,
+        on_stall: Callable[[str], None] | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._progress = progress
@@ -50,6 +52,14 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._training_started: tuple[float, int] | None = None
+        # Watchdog: heartbeats come from this helper thread, so without it a training step
+        # that never returns would heartbeat forever. Past ``stall_timeout`` seconds without
+        # a new step the reporter stops heartbeating: Temporal times the attempt out and
+        # retries it elsewhere (resuming from the last checkpoint).
+        self._stall_timeout = stall_timeout
+        self._on_stall = on_stall
+        self._last_change = (progress.phase, progress.global_step, time.monotonic())
+        self.stalled = False
 
     @property
     def progress(self) -> TrainingProgress:
@@ -70,6 +80,8 @@ class ProgressReporter:
                     progress.steps_per_second = rate
                     progress.eta_seconds = max(0.0, (progress.max_steps - step) / rate)
             phase_changed = progress.phase != self._progress.phase
+            if phase_changed or progress.global_step != self._progress.global_step:
+                self._last_change = (progress.phase, progress.global_step, time.monotonic())
             self._progress = progress
         if phase_changed:
             self.signal_soon()  # phase changes reach the query without waiting an interval
@@ -117,6 +129,22 @@ class ProgressReporter:
         if self._thread:
             self._thread.join(timeout=15)
 
+    def _check_stall(self) -> bool:
+        if self._stall_timeout is None:
+            return False
+        with self._lock:
+            phase, step, since = self._last_change
+        stuck_for = time.monotonic() - since
+        if phase != "training" or stuck_for < self._stall_timeout:
+            return False
+        self.stalled = True
+        reason = f"training step {step} has not finished for {stuck_for:.0f}s"
+        metrics.TRAINING_STALLS.inc()
+        log.error("training.stalled", step=step, stuck_seconds=round(stuck_for))
+        if self._on_stall:
+            self._on_stall(reason)
+        return True
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self._interval)
@@ -126,6 +154,10 @@ class ProgressReporter:
                 pending = self._signal_pending
             if stopping and not pending:
                 return
+            if self.stalled or self._check_stall():
+                if stopping:
+                    return
+                continue  # let the heartbeat time out: the attempt is handed to another worker
             try:
                 self.beat()
             except Exception as err:

@@ -28,6 +28,7 @@ def build_trainer_worker(
     max_concurrent_activities: int = 1,
     graceful_shutdown: timedelta = timedelta(seconds=30),
     progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
+    step_stall_timeout: timedelta | None = timedelta(minutes=30),
 ) -> Worker:
     """The training worker.
 
@@ -40,12 +41,17 @@ def build_trainer_worker(
         progress_signal_interval: the most a ``progress`` query may lag a training run
             (phase changes and checkpoints are signalled at once). Each signal costs about
             four history events, so a shorter interval trades history size for freshness.
+        step_stall_timeout: a training step that has not finished after this long is taken
+            as hung: heartbeats stop (Temporal retries the run elsewhere from its last
+            checkpoint) and liveness fails so the pod restarts. Longer than any real step,
+            including the first one's warm-up; None disables the watchdog.
     """
     activities = TrainingActivities(
         runs_root,
         asyncio.get_running_loop(),
         client=client,
         progress_signal_interval=progress_signal_interval.total_seconds(),
+        step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
     )
     return Worker(
         client,
@@ -74,5 +80,6 @@ async def run_trainer(settings: Settings) -> None:
             max_concurrent_activities=settings.trainer_max_concurrent_activities,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
+            step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
         ),
     )

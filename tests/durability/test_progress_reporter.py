@@ -47,3 +47,38 @@ def test_training_thread_never_waits_for_a_slow_signal() -> None:
     assert any(p.latest_checkpoint and p.global_step == 5 for p in signalled)
     # The final phase change is signalled on the way out, not lost to the thread stopping.
     assert signalled[-1].phase == "succeeded"
+
+
+def test_a_hung_step_stops_heartbeats_and_fails_liveness(monkeypatch) -> None:
+    from shared import health
+
+    monkeypatch.setattr(health, "_fatal_reason", None)
+    heartbeats: list[dict] = []
+    stalls: list[str] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: heartbeats.append(details[0])
+
+    def hung_training() -> ProgressReporter:
+        reporter = ProgressReporter(
+            TrainingProgress(run_id="r"),
+            interval=0.05,
+            stall_timeout=0.5,
+            on_stall=lambda reason: (stalls.append(reason), health.report_fatal(reason)),
+        )
+        with reporter:
+            reporter.update(phase="loading_model")
+            time.sleep(0.8)  # slow phases other than training never count as a stall
+            assert not reporter.stalled
+            for step in range(1, 4):
+                reporter.update(phase="training", global_step=step, max_steps=100)
+                time.sleep(0.2)
+            time.sleep(1.0)  # step 3 never finishes
+            beats_at_stall = len(heartbeats)
+            time.sleep(0.5)
+            assert len(heartbeats) == beats_at_stall, "a stalled attempt kept heartbeating"
+        return reporter
+
+    reporter = env.run(hung_training)
+    assert reporter.stalled and len(stalls) == 1 and "step 3" in stalls[0]
+    alive, why = health.WorkerHealth().alive()
+    assert not alive and "step 3" in why
