@@ -105,3 +105,51 @@ async def test_inference_keeps_input_order_across_batches(
     expected = ["positive" if "good" in t else "negative" for t in varied]
     assert result.label_names == expected
     assert result.texts == varied
+
+
+async def test_a_retrained_run_is_not_served_stale_from_the_model_cache(
+    client: Client, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path, tmp_path: Path
+) -> None:
+    from tests.tiny import sentiment_rows, write_csv
+
+    def renamed(rows: list[tuple[str, object]]) -> list[tuple[str, object]]:
+        return [(text, "good" if label == "positive" else "bad") for text, label in rows]
+
+    relabelled = SentimentData(
+        train=write_csv(tmp_path / "t.csv", renamed(sentiment_rows(160, 1, string_labels=True))),
+        validation=write_csv(
+            tmp_path / "v.csv", renamed(sentiment_rows(40, 2, string_labels=True))
+        ),
+    )
+    texts = ["so great and fun", "awful and sad"]
+    async with running_workers(client, runs_root) as queues:
+
+        async def train(data: SentimentData, overwrite: bool) -> str:
+            output = await client.execute_workflow(
+                FINE_TUNING_WORKFLOW,
+                {
+                    "experiment_name": "stale",
+                    "overwrite": overwrite,
+                    "runs": [tiny_config(tiny_model, data)],
+                },
+                id=f"stale-train-{overwrite}",
+                task_queue=queues.training,
+                result_type=BertExperimentOutput,
+            )
+            return output.runs[0].run_id
+
+        async def predict(run_id: str, suffix: str) -> list[str]:
+            result = await client.execute_workflow(
+                INFERENCE_WORKFLOW,
+                BertInferenceRequest(run_id=run_id, texts=texts),
+                id=f"stale-infer-{suffix}",
+                task_queue=queues.inference,
+                result_type=BertInferenceResult,
+            )
+            return result.label_names
+
+        run_id = await train(sentiment_csv, overwrite=False)
+        assert await predict(run_id, "before") == ["positive", "negative"]
+        assert await predict(run_id, "cached") == ["positive", "negative"]
+        assert await train(relabelled, overwrite=True) == run_id
+        assert await predict(run_id, "after") == ["good", "bad"]

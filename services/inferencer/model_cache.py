@@ -79,19 +79,13 @@ class ModelCache:
         key = (run_dir.name, device)
         current = _stamp(run_dir)
         with self._lock:
-            cached = self._models.get(key)
-            if cached is not None and cached.stamp == current:
-                self._models.move_to_end(key)
-                metrics.MODEL_CACHE_HITS.inc()
+            if cached := self._fresh(key, current):
                 return cached
             load_lock = self._loading.setdefault(key, threading.Lock())
         # One load per key at a time; other requests for the same run wait for it.
         with load_lock:
             with self._lock:
-                cached = self._models.get(key)
-                if cached is not None and cached.stamp == current:
-                    self._models.move_to_end(key)
-                    metrics.MODEL_CACHE_HITS.inc()
+                if cached := self._fresh(key, current):
                     return cached
             metrics.MODEL_CACHE_MISSES.inc()
             started = time.monotonic()
@@ -112,6 +106,15 @@ class ModelCache:
                     log.info("model.evicted", run_id=evicted[0])
                 metrics.MODELS_CACHED.set(len(self._models))
             return loaded
+
+    def _fresh(self, key: tuple[str, str], stamp: tuple[int, int]) -> LoadedModel | None:
+        """The cached model for ``key`` if it was loaded from this very ``run.json``."""
+        cached = self._models.get(key)
+        if cached is None or cached.stamp != stamp:
+            return None
+        self._models.move_to_end(key)
+        metrics.MODEL_CACHE_HITS.inc()
+        return cached
 
     def __len__(self) -> int:
         with self._lock:
