@@ -13,7 +13,6 @@ from typing import Any
 
 import structlog
 
-_configured = False
 _SECRET_KEYS = ("api_key", "apikey", "password", "token", "secret", "authorization")
 
 
@@ -85,7 +84,6 @@ def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """Route structlog and stdlib logging (the SDK, workflow.logger) through one renderer."""
-    global _configured
     from temporalio import activity, workflow
 
     # The context goes into fields (see _flatten_sdk_context), not into the event name.
@@ -132,7 +130,6 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    _configured = True
 
 
 def _disable_progress_bars() -> None:
