@@ -317,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        if args.command == "train":
+            errors.print(
+                "interrupted: the experiment keeps running on Temporal; follow it with "
+                "`bert-finetune progress WORKFLOW_ID` or stop it with `bert-finetune cancel`",
+                highlight=False,
+            )
         return 130
     except tuple(handled) as err:
         describe = next(fn for kind, fn in handled.items() if isinstance(err, kind))
