@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -132,15 +133,12 @@ async def _predict(args: argparse.Namespace) -> int:
     if not texts:
         raise client_ops.UserError("give at least one TEXT or a --file with one text per line")
     settings = _settings()
-    client = await _client(settings)
-    result = await client_ops.predict(
-        client,
-        args.run_id,
-        texts,
-        settings.inference_task_queue,
-        max_seq_length=args.max_seq_length,
-        batch_size=args.batch_size,
+    # Validate before connecting: a bad request never reaches (or waits for) the server.
+    requests = client_ops.inference_requests(
+        args.run_id, texts, max_seq_length=args.max_seq_length, batch_size=args.batch_size
     )
+    client = await _client(settings)
+    result = await client_ops.run_inference(client, requests, settings.inference_task_queue)
     if args.json:
         console.print_json(result.model_dump_json())
     else:
@@ -330,5 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """Console-script entry point: ``main`` then a hard exit.
+
+    The Temporal SDK's native runtime threads can race Python's interpreter finalization
+    and print a fatal error after a command has already finished; exiting with
+    ``os._exit`` once the output is flushed skips finalization altogether.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -178,6 +178,17 @@ def chunk_texts(texts: list[str], max_bytes: int = PREDICT_CHUNK_BYTES) -> list[
     return chunks
 
 
+def inference_requests(run_id: str, texts: list[str], **options: Any) -> list[BertInferenceRequest]:
+    """Validated requests, one per chunk of ``texts`` that fits the payload budget."""
+    try:
+        return [
+            BertInferenceRequest(run_id=run_id, texts=chunk, **options)
+            for chunk in chunk_texts(texts)
+        ]
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
+
+
 async def predict(
     client: Client,
     run_id: str,
@@ -186,13 +197,13 @@ async def predict(
     **options: Any,
 ) -> BertInferenceResult:
     """Classify ``texts``; large inputs are split over several workflow executions."""
-    try:
-        requests = [
-            BertInferenceRequest(run_id=run_id, texts=chunk, **options)
-            for chunk in chunk_texts(texts)
-        ]
-    except ValidationError as err:
-        raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
+    return await run_inference(client, inference_requests(run_id, texts, **options), task_queue)
+
+
+async def run_inference(
+    client: Client, requests: list[BertInferenceRequest], task_queue: str
+) -> BertInferenceResult:
+    """Execute the requests one after another and join the answers in input order."""
     results = []
     for request in requests:
         results.append(
@@ -205,7 +216,7 @@ async def predict(
             )
         )
     return BertInferenceResult(
-        run_id=run_id,
+        run_id=requests[0].run_id,
         texts=[t for r in results for t in r.texts],
         labels=[label for r in results for label in r.labels],
         label_names=[name for r in results for name in r.label_names],
