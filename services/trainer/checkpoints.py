@@ -9,7 +9,6 @@ verifies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.logging import get_logger
-from shared.runs import CHECKPOINTS_DIR, write_json_atomic
+from shared.runs import CHECKPOINTS_DIR, file_sha256, write_json_atomic
 
 log = get_logger(__name__)
 
@@ -38,14 +37,6 @@ def attempt_dir(run_dir: Path, attempt: int) -> Path:
     return run_dir / CHECKPOINTS_DIR / f"attempt-{attempt}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(checkpoint: Path) -> list[Path]:
     return sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
 
@@ -53,7 +44,7 @@ def _files(checkpoint: Path) -> list[Path]:
 def write_manifest(checkpoint: Path, step: int, attempt: int, config_digest: str) -> None:
     """Seal a checkpoint the Trainer has finished writing."""
     files = {
-        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in _files(checkpoint)
     }
     write_json_atomic(
@@ -71,7 +62,7 @@ def verify(checkpoint: Path, config_digest: str) -> Checkpoint | None:
             return None
         for name, expected in files.items():
             path = checkpoint / name
-            if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+            if path.stat().st_size != expected["size"] or file_sha256(path) != expected["sha256"]:
                 log.warning("checkpoint.corrupt", checkpoint=str(checkpoint), file=name)
                 return None
         return Checkpoint(

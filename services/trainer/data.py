@@ -15,6 +15,7 @@ from typing import Any
 from temporalio.exceptions import ApplicationError
 
 from shared.errors import DATASET_ERROR, failure
+from shared.runs import file_sha256
 from shared.types import BertFineTuneConfig
 
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -73,14 +74,6 @@ def _check_utf8(field_name: str, path: Path) -> None:
         ) from None
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
     """(train, validation or None, a fingerprint of the source data)."""
     import datasets
@@ -90,7 +83,7 @@ def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
         if config.train_file:
             builder, train_path = _check_local_file("train_file", config.train_file)
             files = {"train": str(train_path)}
-            digests = [_file_digest(train_path)]
+            digests = [file_sha256(train_path)]
             if config.validation_file:
                 eval_builder, eval_path = _check_local_file(
                     "validation_file", config.validation_file
@@ -102,7 +95,7 @@ def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
                         f"({train_path.suffix} vs {eval_path.suffix})",
                     )
                 files["validation"] = str(eval_path)
-                digests.append(_file_digest(eval_path))
+                digests.append(file_sha256(eval_path))
             loaded = datasets.load_dataset(builder, data_files=files)
             fingerprint = "files:" + ":".join(digests)
         else:
