@@ -10,14 +10,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from rich.markup import escape
+from temporalio.client import Client
 
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings
 from shared.temporal import connect
 
 STATE_DIR = Path(".bert-finetune")
@@ -30,13 +28,12 @@ def _settings() -> Settings:
 
 
 async def _client(settings: Settings) -> Client:
+    from bert_finetune.cli_errors import TemporalUnreachable
+
     try:
         return await connect(settings.temporal)
     except Exception as err:
-        raise ConnectionError(
-            f"cannot reach Temporal at {settings.temporal.address} ({str(err)[:120]}); "
-            "start the local stack with `bert-finetune dev` or set TEMPORAL_ADDRESS"
-        ) from None
+        raise TemporalUnreachable(settings.temporal.address, err) from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -78,11 +75,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         inferencer_metrics_port=args.inferencer_metrics_port,
     )
     stack.start()
+    for note in stack.port_notes:
+        console.print(f"[yellow]{note}[/]", highlight=False)
     console.print(
         f"[bold green]Local stack up[/]: Temporal {stack.address}, Web UI {stack.ui_url}, "
         f"runs in {settings.runs_dir}, history in {Path(args.state_dir) / 'temporal.db'}.\n"
-        f"Metrics: trainer http://localhost:{args.trainer_metrics_port}/metrics, "
-        f"inferencer http://localhost:{args.inferencer_metrics_port}/metrics."
+        f"Metrics: trainer http://localhost:{stack.trainer_metrics_port}/metrics, "
+        f"inferencer http://localhost:{stack.inferencer_metrics_port}/metrics."
         " Ctrl-C stops everything."
     )
     try:
@@ -165,9 +164,15 @@ async def _progress(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from bert_finetune import client_ops
     from shared.runs import list_runs
 
     settings = _settings()
+    if settings.runs_dir.exists() and not settings.runs_dir.is_dir():
+        raise client_ops.UserError(
+            f"BERT_RUNS_DIR {str(settings.runs_dir)!r} is not a directory; point it at the "
+            "runs folder"
+        )
     runs = list_runs(settings.runs_dir)
     if args.json:
         console.print_json(json.dumps(runs, default=str))
@@ -209,7 +214,10 @@ async def _check_pollers(args: argparse.Namespace) -> int:
         if not response.pollers:
             missing.append(queue)
     if missing:
-        raise ConnectionError(f"no workers polling {', '.join(missing)}")
+        raise ConnectionError(
+            f"no workers polling {', '.join(missing)}; start them with `bert-finetune dev` "
+            "or `bert-finetune worker trainer|inferencer` (same TEMPORAL_* and BERT_*_TASK_QUEUE)"
+        )
     console.print("both task queues have pollers")
     return 0
 
@@ -293,25 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bert_finetune.client_ops import UserError, failure_message
-    from bert_finetune.demo_data import DemoDataMissing
-    from bert_finetune.stack import StackError
+    from bert_finetune.cli_errors import explain
 
     args = build_parser().parse_args(argv)
-    handled: dict[type[BaseException], Callable[[Any], str]] = {
-        UserError: str,
-        SettingsError: lambda e: f"configuration: {e}",
-        ConnectionError: str,
-        StackError: str,
-        WorkflowFailureError: failure_message,
-        WorkflowAlreadyStartedError: lambda e: (
-            f"workflow {e.workflow_id!r} is already running; wait for it, cancel it with "
-            "`bert-finetune cancel`, or pass another --workflow-id"
-        ),
-        RPCError: lambda e: f"Temporal refused the request: {e.message}",
-        FileNotFoundError: str,
-        DemoDataMissing: str,
-    }
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -322,9 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                 highlight=False,
             )
         return 130
-    except tuple(handled) as err:
-        describe = next(fn for kind, fn in handled.items() if isinstance(err, kind))
-        errors.print(f"[bold red]error:[/] {describe(err)}", highlight=False, soft_wrap=True)
+    except Exception as err:
+        message = explain(err, args.command)
+        if message is None:
+            raise  # a bug: keep the traceback
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 1
 
 

@@ -52,7 +52,8 @@ class UserError(Exception):
 
 def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
     if not path.is_file():
-        raise UserError(f"experiment file {str(path)!r} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise UserError(f"experiment file {str(path)!r} {problem}")
     try:
         text = path.read_text(encoding="utf-8")
         raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)

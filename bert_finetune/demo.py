@@ -108,6 +108,8 @@ def run_demo(
     )
     console.print(f"Starting the local stack (Temporal dev server on {stack.address})...")
     stack.start()
+    for note in stack.port_notes:
+        console.print(note, highlight=False)
     try:
         asyncio.run(_run(stack, console, state_dir / "demo-data"))
     finally:

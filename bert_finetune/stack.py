@@ -27,6 +27,23 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on every interface (so on loopback too)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def any_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
 def temporal_binary() -> str:
     found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     if not Path(found).exists():
@@ -49,6 +66,9 @@ class LocalStack:
     inferencer_metrics_port: int = 9465
     quiet_workers: bool = False
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    # One line per port that was taken and replaced by a free one, for the CLI to print.
+    port_notes: list[str] = field(default_factory=list)
+    _output_of: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def address(self) -> str:
@@ -65,13 +85,42 @@ class LocalStack:
             command, env=env, stdout=output, stderr=output, start_new_session=True
         )
         self.processes.append((name, process))
+        self._output_of[name] = f"see {log_path}" if quiet else "its error is printed above"
+
+    def _exited(self, name: str, process: subprocess.Popen[bytes]) -> StackError:
+        return StackError(
+            f"{name} exited with code {process.returncode}; {self._output_of.get(name, '')}"
+        )
+
+    def _free_or_substitute(self, port: int, what: str, taken: set[int]) -> int:
+        """``port`` if free, else any free port: nothing local depends on these numbers."""
+        if port not in taken and port_free(port):
+            taken.add(port)
+            return port
+        substitute = any_free_port()
+        while substitute in taken:
+            substitute = any_free_port()
+        taken.add(substitute)
+        self.port_notes.append(f"{what} port {port} is in use; using {substitute} instead")
+        return substitute
 
     def start(self) -> LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The frontend port is not substituted: every other command finds Temporal there.
         if port_open("127.0.0.1", self.port):
             raise StackError(
-                f"port {self.port} is already in use (is `bert-finetune dev` running?); "
-                "stop it or pass --port"
+                f"Temporal port {self.port} is already in use (is `bert-finetune dev` running?); "
+                f"stop it, or pass --port P and set TEMPORAL_ADDRESS=localhost:P for other "
+                "commands"
+            )
+        taken = {self.port}
+        self.ui_port = self._free_or_substitute(self.ui_port, "Web UI", taken)
+        if self.start_workers:
+            self.trainer_metrics_port = self._free_or_substitute(
+                self.trainer_metrics_port, "trainer metrics", taken
+            )
+            self.inferencer_metrics_port = self._free_or_substitute(
+                self.inferencer_metrics_port, "inferencer metrics", taken
             )
         env = dict(os.environ)
         self._spawn(
@@ -121,17 +170,14 @@ class LocalStack:
                 return
             for name, process in self.processes:
                 if process.poll() is not None:
-                    raise StackError(
-                        f"{name} exited with code {process.returncode}; "
-                        f"see {self.state_dir / (name + '.log')}"
-                    )
+                    raise self._exited(name, process)
             time.sleep(0.2)
         raise StackError(f"{what} did not open port {port} within {timeout:.0f}s")
 
     def check_alive(self) -> None:
         for name, process in self.processes:
             if process.poll() is not None:
-                raise StackError(f"{name} exited with code {process.returncode}")
+                raise self._exited(name, process)
 
     def stop(self, grace_seconds: float = 40.0) -> None:
         # Workers first (they drain), then the server.

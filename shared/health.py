@@ -7,6 +7,7 @@ Prometheus scrapes one target per worker.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 import urllib.request
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from shared.logging import get_logger
+from shared.settings import SettingsError
 
 log = get_logger(__name__)
 
@@ -86,6 +88,10 @@ class WorkerHealth:
         return True, "ok"
 
 
+class MetricsPortInUse(SettingsError):
+    """The metrics port (``METRICS_PORT``) is taken by another process."""
+
+
 class MetricsServer:
     """A small threaded HTTP server; stopped with ``close()``."""
 
@@ -93,7 +99,16 @@ class MetricsServer:
         self, bind_address: str, port: int, health: WorkerHealth, sdk_metrics_url: str | None
     ) -> None:
         handler = _make_handler(health, sdk_metrics_url)
-        self._server = ThreadingHTTPServer((bind_address, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((bind_address, port), handler)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise MetricsPortInUse(
+                f"METRICS_PORT={port} is already in use on {bind_address} (another worker or "
+                "`bert-finetune dev` on this machine?); set METRICS_PORT to a free port, "
+                "or 0 for any free port"
+            ) from None
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(

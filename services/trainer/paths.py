@@ -1,0 +1,85 @@
+"""Which local files and folders a training config may make the trainer read.
+
+``train_file``, ``validation_file``, and a ``model_name`` or ``dataset_name`` that names a
+local folder, are resolved (relative to the worker's working directory, symlinks followed)
+and must lie inside one of the configured roots (``BERT_LOCAL_PATH_ROOTS``). Anything else
+is refused with ``InvalidConfig`` before it is opened, so whoever may start a workflow
+cannot make the trainer read other tenants' data or secrets mounted in the pod. The refusal
+reads the same whether or not the path exists, so it does not reveal what is on the disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import INVALID_CONFIG, failure
+from shared.types import BertFineTuneConfig
+
+
+@dataclass(frozen=True)
+class LocalPathRoots:
+    """Resolved absolute folders; a path is allowed when it resolves inside one of them."""
+
+    roots: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, roots: Iterable[Path]) -> LocalPathRoots:
+        return cls(tuple(Path(root).resolve() for root in roots))
+
+    def contains(self, path: Path) -> bool:
+        return any(path == root or path.is_relative_to(root) for root in self.roots)
+
+    def confine(self, field_name: str, value: str) -> Path:
+        """The resolved path ``value`` names, or ``InvalidConfig`` when it is outside."""
+        resolved = _resolve(value)
+        if not self.contains(resolved):
+            raise self._refusal(field_name, value)
+        return resolved
+
+    def confine_tree(self, field_name: str, value: str) -> Path:
+        """``confine`` for a folder, and every link inside it must stay inside the roots too."""
+        folder = self.confine(field_name, value)
+        if folder.is_dir():
+            for entry in folder.rglob("*"):
+                if entry.is_symlink() and not self.contains(entry.resolve()):
+                    raise self._refusal(field_name, value, inside=entry.relative_to(folder))
+        return folder
+
+    def _refusal(self, field_name: str, value: str, inside: Path | None = None) -> Exception:
+        where = f" (its entry {str(inside)!r} links there)" if inside is not None else ""
+        allowed = ", ".join(str(root) for root in self.roots) or "none"
+        return failure(
+            INVALID_CONFIG,
+            f"{field_name} {value!r} is outside the folders the trainer may read{where}; "
+            f"allowed: {allowed} (BERT_LOCAL_PATH_ROOTS, symlinks followed): move the files "
+            "under one of them or ask the operator to add their folder",
+        )
+
+
+def _resolve(value: str) -> Path:
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else Path.cwd() / path).resolve()
+
+
+def names_local_path(value: str) -> bool:
+    """Whether a ``model_name``/``dataset_name`` is a local path rather than a hub id.
+
+    The loaders treat an existing folder as local before asking the hub, so an existing
+    relative path counts as local too.
+    """
+    return value.startswith(("/", ".", "~")) or os.path.exists(value)
+
+
+def confine_config(config: BertFineTuneConfig, roots: LocalPathRoots) -> None:
+    """Refuse a config that names a local path outside the roots, before anything is read."""
+    for field_name in ("train_file", "validation_file"):
+        value = getattr(config, field_name)
+        if value:
+            roots.confine(field_name, value)
+    if config.dataset_name and not config.train_file and names_local_path(config.dataset_name):
+        roots.confine_tree("dataset_name", config.dataset_name)
+    if names_local_path(config.model_name):
+        roots.confine_tree("model_name", config.model_name)
