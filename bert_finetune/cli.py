@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +20,8 @@ from shared.settings import Settings
 from shared.temporal import connect
 
 STATE_DIR = Path(".bert-finetune")
+# A query waits for a worker to answer it; without one, say so instead of waiting long.
+PROGRESS_QUERY_TIMEOUT = timedelta(seconds=10)
 console = Console(stderr=False)
 errors = Console(stderr=True)
 
@@ -157,7 +160,7 @@ async def _progress(args: argparse.Namespace) -> int:
 
     client = await _client(_settings())
     progress = await client.get_workflow_handle(args.workflow_id).query(
-        PROGRESS_QUERY, result_type=ExperimentProgress
+        PROGRESS_QUERY, result_type=ExperimentProgress, rpc_timeout=PROGRESS_QUERY_TIMEOUT
     )
     console.print_json(progress.model_dump_json())
     return 0
