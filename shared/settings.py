@@ -31,6 +31,27 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _local_path_roots(env: Mapping[str, str], runs_dir: Path) -> tuple[Path, ...]:
+    """``BERT_LOCAL_PATH_ROOTS``: absolute folders separated by ``:``; default cwd + runs."""
+    raw = env.get("BERT_LOCAL_PATH_ROOTS")
+    if raw is None or raw.strip() == "":
+        return (Path.cwd(), runs_dir)
+    roots = []
+    for part in raw.split(":"):
+        if not part.strip():
+            continue
+        root = Path(part.strip())
+        if not root.is_absolute():
+            raise SettingsError(
+                f"BERT_LOCAL_PATH_ROOTS: {part.strip()!r} is not an absolute path; list "
+                "absolute folders separated by ':'"
+            )
+        roots.append(root)
+    if not roots:
+        raise SettingsError("BERT_LOCAL_PATH_ROOTS lists no folder; unset it for the defaults")
+    return tuple(roots)
+
+
 @dataclass(frozen=True)
 class TemporalSettings:
     """How to reach Temporal: the SDK's standard TEMPORAL_* variables (address, TLS, API key)."""
@@ -80,6 +101,8 @@ class TemporalSettings:
 class Settings:
     temporal: TemporalSettings
     runs_dir: Path
+    # Folders whose files a training config may name (train_file, a local model_name...).
+    local_path_roots: tuple[Path, ...] = ()
     training_task_queue: str = TRAINING_TASK_QUEUE
     inference_task_queue: str = INFERENCE_TASK_QUEUE
     metrics_bind_address: str = "0.0.0.0"
@@ -105,9 +128,11 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "auto").lower()
         if log_format not in {"auto", "json", "console"}:
             raise SettingsError(f"LOG_FORMAT={log_format!r} must be auto, json or console")
+        runs_dir = Path(env.get("BERT_RUNS_DIR") or "./bert_runs").expanduser().absolute()
         return cls(
             temporal=TemporalSettings.from_env(env),
-            runs_dir=Path(env.get("BERT_RUNS_DIR") or "./bert_runs").expanduser().absolute(),
+            runs_dir=runs_dir,
+            local_path_roots=_local_path_roots(env, runs_dir),
             training_task_queue=env.get("BERT_TRAINING_TASK_QUEUE") or TRAINING_TASK_QUEUE,
             inference_task_queue=env.get("BERT_INFERENCE_TASK_QUEUE") or INFERENCE_TASK_QUEUE,
             metrics_bind_address=env.get("METRICS_BIND_ADDRESS") or "0.0.0.0",

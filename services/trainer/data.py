@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,16 +116,42 @@ def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
     return loaded["train"], loaded.get("validation"), fingerprint
 
 
+# Parser messages can quote the file (a row, a value); only these content-free parts are
+# kept, so an error never shows what a file holds.
+_PARSER_PROBLEMS = {
+    "EOF inside string": "a quoted field is never closed",
+    "Error tokenizing data": "malformed CSV",
+    "JSON parse error": "malformed JSON",
+    "Parquet magic bytes not found": "not a parquet file",
+}
+_FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_LOCATION = re.compile(r"\b(line|row) (\d+)")
+
+
+def _content_free_reason(err: BaseException) -> str:
+    """The parser error's type, what went wrong and where, never the text it read."""
+    text = str(err)
+    if "corresponds to no data" in text:
+        return "it has no data rows"
+    reason = type(err).__name__
+    problem = next((why for marker, why in _PARSER_PROBLEMS.items() if marker in text), None)
+    if problem:
+        reason += f": {problem}"
+    if counts := _FIELD_COUNT.search(text):
+        expected, line, seen = counts.groups()
+        return f"{reason}: line {line} has {seen} fields, the header {expected}"
+    if location := _LOCATION.search(text):
+        reason += f" at {location.group(1)} {location.group(2)}"
+    return reason
+
+
 def _load_failure(config: BertFineTuneConfig, err: Exception) -> ApplicationError:
     # DatasetGenerationError only says "an error occurred"; the parser's error is its cause.
     inner = err.__cause__ or err.__context__ or err
     if type(err).__name__ != "DatasetGenerationError":
         inner = err
-    lines = str(inner).strip().splitlines() or [""]
-    reason = f"{type(inner).__name__}: {lines[0][:300]}"
-    if "corresponds to no data" in str(err):
-        reason = "it has no data rows"
     if config.train_file:
+        reason = _content_free_reason(err if "corresponds to no data" in str(err) else inner)
         files = f"train_file {config.train_file!r}"
         if config.validation_file:
             files += f" or validation_file {config.validation_file!r}"
@@ -133,11 +160,13 @@ def _load_failure(config: BertFineTuneConfig, err: Exception) -> ApplicationErro
             f"{files} could not be read ({reason}); check that the file is a valid "
             f"{Path(config.train_file).suffix.lstrip('.')} file with a header row",
         )
+    lines = str(inner).strip().splitlines() or [""]
     return failure(
         DATASET_ERROR,
         f"dataset_name {config.dataset_name!r} (dataset_config_name "
-        f"{config.dataset_config_name!r}) could not be loaded ({reason}); offline only "
-        "datasets already in the Hugging Face cache load, otherwise use train_file",
+        f"{config.dataset_config_name!r}) could not be loaded ({type(inner).__name__}: "
+        f"{lines[0][:300]}); offline only datasets already in the Hugging Face cache load, "
+        "otherwise use train_file",
     )
 
 
@@ -157,7 +186,7 @@ def _label_kind(values: list[Any], split: str, column: str) -> str:
         else:
             raise failure(
                 DATASET_ERROR,
-                f"label_column {column!r} holds {type(value).__name__} values (e.g. {value!r} in "
+                f"label_column {column!r} holds {type(value).__name__} values (the first in "
                 f"{split} row {row}); labels must be integers or strings",
             )
     if len(kinds) > 1:
@@ -251,20 +280,22 @@ def prepare_data(config: BertFineTuneConfig) -> PreparedData:
             "use a train_file that covers every class",
         )
 
-    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         texts = batch[config.text_column]
-        for value in texts:
+        for row, value in zip(indices, texts, strict=True):
             if not isinstance(value, str):
                 raise ValueError(
                     f"text_column {config.text_column!r} holds a {type(value).__name__} value "
-                    f"({value!r}); every row needs text"
+                    f"in row {row}; every row needs text"
                 )
         labels = [to_id[v if kind == "int" else str(v)] for v in batch[config.label_column]]
         return {"text": texts, "labels": labels}
 
     def convert(dataset: Any) -> Any:
         try:
-            return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+            return dataset.map(
+                encode, batched=True, with_indices=True, remove_columns=dataset.column_names
+            )
         except ValueError as err:
             raise failure(DATASET_ERROR, str(err)) from None
 

@@ -50,6 +50,19 @@ class Artefacts:
     vision_model: Path
     pickle_only: Path
     remote_code: Path
+    # Outside the trainer's local path roots (another tenant's data, a mounted secret).
+    forbidden: Path
+    forbidden_file: Path
+    forbidden_model: Path
+    forbidden_dataset: Path
+    link_to_forbidden_file: Path  # inside the roots, pointing out of them
+    model_linking_out: Path  # a model folder inside the roots with one file linking out
+    dict_labels: Path  # labels that are objects holding a secret
+    list_text: Path  # texts that are lists holding a secret
+
+
+# Written into files whose contents must never show up in an error message.
+SECRET = "SECRET-TOKEN-do-not-echo"
 
 
 def _copy_tokenizer(tiny_model: Path, target: Path) -> None:
@@ -146,6 +159,30 @@ def build_artefacts(root: Path, tiny_model: Path, data: SentimentData) -> Artefa
         REMOTE_CODE.replace("MARKER", str(remote_code_marker)), encoding="utf-8"
     )
 
+    forbidden = root.with_name(root.name + "-forbidden")
+    forbidden.mkdir()
+    forbidden_file = write_csv(forbidden / "tenant-b.csv", [(SECRET, 1), ("good day", 0)] * 4)
+    forbidden_model = forbidden / "model"
+    shutil.copytree(tiny_model, forbidden_model)
+    forbidden_dataset = forbidden / "dataset"
+    write_csv(forbidden_dataset / "train.csv", rows)
+    link_to_forbidden = root / "link-to-tenant-b.csv"
+    link_to_forbidden.symlink_to(forbidden_file)
+    model_linking_out = root / "models" / "config-links-out"
+    shutil.copytree(tiny_model, model_linking_out)
+    (model_linking_out / "config.json").unlink()
+    (model_linking_out / "config.json").symlink_to(forbidden_model / "config.json")
+    dict_labels = root / "dict_labels.jsonl"
+    dict_labels.write_text(
+        "\n".join(json.dumps({"sentence": t, "label": {"token": SECRET}}) for t, _ in rows),
+        encoding="utf-8",
+    )
+    list_text = root / "list_text.jsonl"
+    list_text.write_text(
+        "\n".join(json.dumps({"sentence": [SECRET], "label": label}) for _, label in rows),
+        encoding="utf-8",
+    )
+
     return Artefacts(
         root=root,
         outside=outside,
@@ -166,4 +203,12 @@ def build_artefacts(root: Path, tiny_model: Path, data: SentimentData) -> Artefa
         vision_model=vision,
         pickle_only=pickle_only,
         remote_code=remote,
+        forbidden=forbidden,
+        forbidden_file=forbidden_file,
+        forbidden_model=forbidden_model,
+        forbidden_dataset=forbidden_dataset,
+        link_to_forbidden_file=link_to_forbidden,
+        model_linking_out=model_linking_out,
+        dict_labels=dict_labels,
+        list_text=list_text,
     )

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from shared.errors import DATASET_ERROR, INVALID_CONFIG, MODEL_LOAD_ERROR, RUN_NOT_FOUND
 from tests.conftest import SentimentData, tiny_config
-from tests.hardening.artefacts import Artefacts
+from tests.hardening.artefacts import SECRET, Artefacts
 
 EXPERIMENT = "hardening-bad"
 SYMLINK_RUN_ID = "escape-link"
@@ -46,6 +46,8 @@ class Case:
     cli_expect: tuple[str, ...] | None = None
     cli: bool = True
     tags: frozenset[str] = field(default_factory=frozenset)
+    # Fragments that must never appear (what a file holds must not leak into messages).
+    hidden: tuple[str, ...] = ()
 
     def expected_on_cli(self) -> tuple[str, ...]:
         return self.expect if self.cli_expect is None else self.cli_expect
@@ -97,14 +99,16 @@ def predict(**overrides: Any) -> Callable[[Context], dict[str, Any]]:
 
 
 T, P = "train", "predict"
-SHAPE, NAMES, HYPER, DATA, MODELS, INFER = (
+SHAPE, NAMES, HYPER, DATA, MODELS, INFER, CONFINED = (
     "input shape",
     "names and paths",
     "hyperparameters",
     "data",
     "models",
     "inference",
+    "local paths",
 )
+OUTSIDE = ("outside the folders the trainer may read", "BERT_LOCAL_PATH_ROOTS")
 IC, DE, ML, RNF = INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, RUN_NOT_FOUND
 PATTERN = "should match pattern"
 
@@ -509,6 +513,102 @@ CASES: list[Case] = [
         run_with(train_file=local("null_text"), validation_file=None),
         DE,
         ("text_column", "row"),
+    ),
+    Case(
+        "dict-labels-not-echoed",
+        DATA,
+        T,
+        run_with(train_file=local("dict_labels"), validation_file=None),
+        DE,
+        ("label_column", "dict values", "row 0"),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "list-text-not-echoed",
+        DATA,
+        T,
+        run_with(train_file=local("list_text"), validation_file=None),
+        DE,
+        ("text_column", "list value", "row 0"),
+        hidden=(SECRET,),
+    ),
+    # local paths
+    Case(
+        "train-file-outside-roots",
+        CONFINED,
+        T,
+        run_with(train_file=local("forbidden_file"), validation_file=None),
+        IC,
+        ("train_file", *OUTSIDE),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "validation-file-outside-roots",
+        CONFINED,
+        T,
+        run_with(validation_file=local("forbidden_file")),
+        IC,
+        ("validation_file", *OUTSIDE),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "train-file-outside-roots-missing",
+        CONFINED,
+        T,
+        run_with(
+            train_file=lambda ctx: str(ctx.bad.forbidden / "no-such.csv"), validation_file=None
+        ),
+        IC,
+        ("train_file", *OUTSIDE),  # the same answer as for a file that exists
+    ),
+    Case(
+        "train-file-symlink-out",
+        CONFINED,
+        T,
+        run_with(train_file=local("link_to_forbidden_file"), validation_file=None),
+        IC,
+        ("train_file", "link-to-tenant-b.csv", *OUTSIDE),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "train-file-dot-dot-out",
+        CONFINED,
+        T,
+        run_with(
+            train_file=lambda ctx: f"{ctx.bad.root}/../{ctx.bad.forbidden.name}/tenant-b.csv",
+            validation_file=None,
+        ),
+        IC,
+        ("train_file", *OUTSIDE),
+    ),
+    Case(
+        "model-outside-roots",
+        CONFINED,
+        T,
+        run_with(model_name=local("forbidden_model")),
+        IC,
+        ("model_name", *OUTSIDE),
+    ),
+    Case(
+        "model-file-links-out",
+        CONFINED,
+        T,
+        run_with(model_name=local("model_linking_out")),
+        IC,
+        ("model_name", "'config.json' links there", *OUTSIDE),
+    ),
+    Case(
+        "dataset-name-outside-roots",
+        CONFINED,
+        T,
+        run_with(
+            dataset_name=local("forbidden_dataset"),
+            dataset_config_name=None,
+            train_file=None,
+            validation_file=None,
+        ),
+        IC,
+        ("dataset_name", *OUTSIDE),
     ),
     # models
     Case(

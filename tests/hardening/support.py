@@ -111,6 +111,8 @@ def check_outcome(case: Case, outcome: Outcome) -> None:
     assert error.non_retryable, case.id
     for fragment in case.expect:
         assert fragment in error.message, f"{case.id}: {fragment!r} not in {error.message!r}"
+    for fragment in case.hidden:
+        assert fragment not in error.message, f"{case.id}: {error.message!r} shows {fragment!r}"
     assert outcome.seconds < FAIL_FAST_SECONDS
 
 
@@ -213,6 +215,8 @@ def check_cli_failure(case: Case, result: CliResult) -> None:
     assert line.startswith("error:"), f"{case.id}: {line}"
     for fragment in case.expected_on_cli():
         assert fragment in line, f"{case.id}: {fragment!r} not in {line!r}"
+    for fragment in case.hidden:
+        assert fragment not in result.stdout + result.stderr, f"{case.id}: shows {fragment!r}"
 
 
 async def gather_limited(coroutines: list, limit: int) -> list:
