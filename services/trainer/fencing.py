@@ -1,0 +1,162 @@
+"""Fencing: only the newest attempt of a run may write into its run directory.
+
+A trainer cut off from Temporal keeps training while the server, missing its heartbeats,
+starts the next attempt elsewhere. Both then write into the same ``{run_id}`` folder. Each
+attempt therefore claims the folder with its token (workflow id, workflow run id, attempt
+number) in ``.fence.json`` before it writes anything, and performs every write that other
+attempts can see (sealing or pruning checkpoints, the final save, ``run.json``) inside
+``exclusive()``, which holds the run's lock and refuses unless the folder is still its own
+and not yet complete. An older attempt can thus never overwrite or delete a newer one's
+work, and a finished run is never modified except through an explicit overwrite, which
+claims the folder like any attempt.
+
+The lock is a POSIX record lock (``fcntl.lockf``) on ``.fence.lock``: it works across
+machines on network file systems with lock support (NFSv4, CephFS, EFS, Filestore), and
+a process-wide mutex covers attempts in the same process (POSIX locks do not).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from shared.logging import get_logger
+from shared.runs import is_complete, write_json_atomic
+
+log = get_logger(__name__)
+
+FENCE_FILE = ".fence.json"
+LOCK_FILE = ".fence.lock"
+# How often ``still_current`` rereads the fence between writes (a file read per check).
+RECHECK_SECONDS = 5.0
+
+_process_locks: dict[Path, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+class Superseded(Exception):
+    """A newer attempt owns the run directory (or the run finished): stop, write nothing."""
+
+
+@dataclass(frozen=True)
+class AttemptToken:
+    """Identifies one attempt; attempts of the same workflow run are ordered by number."""
+
+    workflow_id: str
+    workflow_run_id: str
+    attempt: int
+
+    def same_workflow_run(self, other: AttemptToken) -> bool:
+        return (self.workflow_id, self.workflow_run_id) == (
+            other.workflow_id,
+            other.workflow_run_id,
+        )
+
+
+def _process_lock(run_dir: Path) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault(run_dir.resolve(), threading.Lock())
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """The run directory's lock, across threads, processes and machines."""
+    with _process_lock(run_dir), (run_dir / LOCK_FILE).open("a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def holder(run_dir: Path) -> AttemptToken | None:
+    """The attempt that last claimed ``run_dir``, if any."""
+    try:
+        record = json.loads((run_dir / FENCE_FILE).read_text(encoding="utf-8"))
+        return AttemptToken(
+            str(record["workflow_id"]), str(record["workflow_run_id"]), int(record["attempt"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class RunFence:
+    """One attempt's claim on a run directory."""
+
+    def __init__(self, run_dir: Path, token: AttemptToken) -> None:
+        self.run_dir = run_dir
+        self.token = token
+        self._checked_at = 0.0
+        self._current = False
+
+    def claim(self, retire_finished_run: Callable[[Path], None] | None = None) -> None:
+        """Take the folder for this attempt before writing anything into it.
+
+        Raises ``Superseded`` when a newer attempt of the same workflow run holds it, or
+        when the run is complete and this attempt may not replace it: without
+        ``retire_finished_run`` (no explicit overwrite), or when this same workflow run
+        finished it (an earlier attempt that lost its connection; the caller reuses it).
+        With an overwrite, ``retire_finished_run(run_dir)`` clears the finished run under
+        the lock. A different workflow run holding the folder is taken over: the owner
+        check lets a workflow take a folder only from one that is no longer running.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.run_dir):
+            current = holder(self.run_dir)
+            same_run = current is not None and current.same_workflow_run(self.token)
+            if same_run and current is not None and current.attempt > self.token.attempt:
+                raise Superseded(
+                    f"attempt {current.attempt} already owns the run (this is attempt "
+                    f"{self.token.attempt})"
+                )
+            if is_complete(self.run_dir):
+                if retire_finished_run is None or same_run:
+                    raise Superseded("the run is already complete")
+                retire_finished_run(self.run_dir)
+            if current is not None and current != self.token:
+                log.info("fence.taken_over", previous=asdict(current))
+            write_json_atomic(self.run_dir / FENCE_FILE, asdict(self.token))
+        self._current = True
+        self._checked_at = time.monotonic()
+        log.info("fence.claimed", attempt=self.token.attempt)
+
+    def _verify(self) -> None:
+        if holder(self.run_dir) != self.token:
+            raise Superseded(f"a newer attempt owns the run (holder: {holder(self.run_dir)})")
+        if is_complete(self.run_dir):
+            raise Superseded("the run is already complete")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run's lock while this attempt is still its owner; else ``Superseded``.
+
+        Every write another attempt could see happens inside this block, so a newer attempt
+        cannot claim the folder halfway through it.
+        """
+        with run_lock(self.run_dir):
+            try:
+                self._verify()
+            except Superseded:
+                self._current = False
+                raise
+            yield
+        self._checked_at = time.monotonic()
+
+    def still_current(self, force: bool = False) -> bool:
+        """Whether this attempt still owns the folder (rechecked every few seconds)."""
+        if not self._current:
+            return False
+        if force or time.monotonic() - self._checked_at >= RECHECK_SECONDS:
+            self._checked_at = time.monotonic()
+            try:
+                self._verify()
+            except Superseded as err:
+                log.warning("fence.superseded", reason=str(err))
+                self._current = False
+        return self._current

@@ -1,0 +1,86 @@
+"""The run fence on real files, with a second real process holding the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.trainer.fencing import AttemptToken, RunFence, Superseded, holder
+from shared.runs import RUN_MANIFEST, write_json_atomic
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _token(attempt: int, run: str = "run-a") -> AttemptToken:
+    return AttemptToken("workflow", run, attempt)
+
+
+def test_a_newer_attempt_fences_the_older_one_off(tmp_path: Path) -> None:
+    older, newer = RunFence(tmp_path, _token(1)), RunFence(tmp_path, _token(2))
+    older.claim()
+    with older.exclusive():
+        pass
+    newer.claim()
+    assert holder(tmp_path) == _token(2)
+    with pytest.raises(Superseded), older.exclusive():
+        pytest.fail("the older attempt got to write")
+    assert not older.still_current(force=True)
+    with pytest.raises(Superseded):
+        older.claim()  # and it cannot take the folder back
+    with newer.exclusive():
+        pass
+
+
+def test_a_complete_run_is_only_replaced_by_an_explicit_overwrite(tmp_path: Path) -> None:
+    first = RunFence(tmp_path, _token(1))
+    first.claim()
+    with first.exclusive():
+        write_json_atomic(tmp_path / RUN_MANIFEST, {"attempt": 1})
+    with pytest.raises(Superseded), first.exclusive():
+        pytest.fail("wrote into a complete run")
+    retired: list[Path] = []
+    # A later attempt of the same workflow run reuses the result, even with overwrite.
+    with pytest.raises(Superseded):
+        RunFence(tmp_path, _token(2)).claim(retire_finished_run=retired.append)
+    # Another workflow run without overwrite may not replace it...
+    with pytest.raises(Superseded):
+        RunFence(tmp_path, _token(1, run="run-b")).claim()
+    # ...with overwrite it retires the finished run under the lock, then owns the folder.
+    RunFence(tmp_path, _token(1, run="run-b")).claim(
+        retire_finished_run=lambda d: (retired.append(d), (d / RUN_MANIFEST).unlink())
+    )
+    assert retired == [tmp_path] and holder(tmp_path) == _token(1, run="run-b")
+
+
+def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
+    hold_seconds = 3.0
+    holder_process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from services.trainer.fencing import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n"
+            "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n",
+            str(tmp_path),
+            str(hold_seconds),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder_process.stdout is not None
+        assert holder_process.stdout.readline().strip() == "locked"
+        began = time.monotonic()
+        RunFence(tmp_path, _token(1)).claim()
+        waited = time.monotonic() - began
+    finally:
+        holder_process.wait(timeout=30)
+    assert waited > hold_seconds / 2, (
+        f"claimed after {waited:.2f}s while another process held the lock"
+    )
