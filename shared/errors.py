@@ -9,7 +9,15 @@ INVALID_CONFIG = "InvalidConfig"
 RUN_NOT_FOUND = "RunNotFound"
 DATASET_ERROR = "DatasetError"
 MODEL_LOAD_ERROR = "ModelLoadError"
-NON_RETRYABLE_TYPES = [INVALID_CONFIG, RUN_NOT_FOUND, DATASET_ERROR, MODEL_LOAD_ERROR]
+# The run does not fit the device even at per-device batch size 1.
+RESOURCE_EXHAUSTED = "ResourceExhausted"
+NON_RETRYABLE_TYPES = [
+    INVALID_CONFIG,
+    RUN_NOT_FOUND,
+    DATASET_ERROR,
+    MODEL_LOAD_ERROR,
+    RESOURCE_EXHAUSTED,
+]
 # Retryable: a preempted trainer sealed a checkpoint and handed the run back.
 WORKER_SHUTDOWN = "WorkerShutdown"
 

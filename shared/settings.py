@@ -14,6 +14,21 @@ DEFAULT_TRAINER_METRICS_PORT = 9464
 DEFAULT_INFERENCER_METRICS_PORT = 9465
 
 
+# The most a training phase may go without progress before the watchdog takes the attempt
+# as hung. Training and evaluation progress per batch and tokenization per chunk of rows;
+# loading and saving have no finer progress, so their limit covers the whole phase (a
+# large hub download can take long, hence the hour for data).
+DEFAULT_PHASE_TIMEOUTS_SECONDS = {
+    "loading_data": 3600,
+    "loading_model": 1800,
+    "tokenizing": 1800,
+    "training": 1800,
+    "evaluating": 1800,
+    "saving": 1800,
+}
+MIN_PHASE_TIMEOUT_SECONDS = 10
+
+
 class SettingsError(ValueError):
     """An environment variable has a value the workers cannot use."""
 
@@ -50,6 +65,33 @@ def _local_path_roots(env: Mapping[str, str], runs_dir: Path) -> tuple[Path, ...
     if not roots:
         raise SettingsError("BERT_LOCAL_PATH_ROOTS lists no folder; unset it for the defaults")
     return tuple(roots)
+
+
+def _phase_timeouts(env: Mapping[str, str]) -> dict[str, int]:
+    """``BERT_PHASE_TIMEOUTS_SECONDS`` (``phase=seconds,...``) over the defaults.
+
+    ``BERT_STEP_STALL_TIMEOUT_SECONDS`` still sets the training phase's limit.
+    """
+    timeouts = dict(DEFAULT_PHASE_TIMEOUTS_SECONDS)
+    timeouts["training"] = _int(
+        env, "BERT_STEP_STALL_TIMEOUT_SECONDS", timeouts["training"], MIN_PHASE_TIMEOUT_SECONDS
+    )
+    raw = env.get("BERT_PHASE_TIMEOUTS_SECONDS") or ""
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        phase, _, seconds = (part.strip() for part in item.partition("="))
+        if phase not in timeouts:
+            raise SettingsError(
+                f"BERT_PHASE_TIMEOUTS_SECONDS: unknown phase {phase!r}; phases are "
+                f"{', '.join(timeouts)}"
+            )
+        value = int(seconds) if seconds.isdigit() else -1
+        if value < MIN_PHASE_TIMEOUT_SECONDS:
+            raise SettingsError(
+                f"BERT_PHASE_TIMEOUTS_SECONDS: {item!r} needs whole seconds >= "
+                f"{MIN_PHASE_TIMEOUT_SECONDS}, e.g. {phase}=600"
+            )
+        timeouts[phase] = value
+    return timeouts
 
 
 @dataclass(frozen=True)
@@ -113,7 +155,10 @@ class Settings:
     model_cache_size: int = 4
     graceful_shutdown_seconds: int = 30
     progress_signal_interval_seconds: int = 10
-    step_stall_timeout_seconds: int = 1800
+    # Per phase, the most seconds without progress before the watchdog fails the attempt.
+    phase_timeouts_seconds: dict[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_PHASE_TIMEOUTS_SECONDS)
+    )
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -149,9 +194,7 @@ class Settings:
             progress_signal_interval_seconds=_int(
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1
             ),
-            step_stall_timeout_seconds=_int(
-                env, "BERT_STEP_STALL_TIMEOUT_SECONDS", 1800, minimum=10
-            ),
+            phase_timeouts_seconds=_phase_timeouts(env),
             log_level=log_level,
             log_format=log_format,
         )

@@ -80,6 +80,6 @@ async def run_trainer(settings: Settings) -> None:
             max_concurrent_activities=settings.trainer_max_concurrent_activities,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
-            step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
+            step_stall_timeout=timedelta(seconds=settings.phase_timeouts_seconds["training"]),
         ),
     )
