@@ -20,6 +20,7 @@ from shared.settings import Settings
 from shared.temporal import connect
 from shared.types import BertExperimentInput, BertFineTuneConfig
 
+DEMO_DATA_DIR = "demo-data"
 DEMO_TRAIN_ROWS = 1600
 DEMO_EVAL_ROWS = 400
 DEMO_SENTENCES = [
@@ -105,13 +106,14 @@ def run_demo(
         quiet_workers=True,
         trainer_metrics_port=trainer_metrics_port,
         inferencer_metrics_port=inferencer_metrics_port,
+        extra_local_path_roots=(minilm_model_dir(), state_dir / DEMO_DATA_DIR),
     )
     console.print(f"Starting the local stack (Temporal dev server on {stack.address})...")
     stack.start()
     for note in stack.port_notes:
         console.print(note, highlight=False)
     try:
-        asyncio.run(_run(stack, console, state_dir / "demo-data"))
+        asyncio.run(_run(stack, console, state_dir / DEMO_DATA_DIR))
     finally:
         console.print("Stopping the local stack...")
         stack.stop()

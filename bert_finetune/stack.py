@@ -65,6 +65,8 @@ class LocalStack:
     trainer_metrics_port: int = 9464
     inferencer_metrics_port: int = 9465
     quiet_workers: bool = False
+    # Folders the trainer may read besides BERT_LOCAL_PATH_ROOTS (the demo's model and data).
+    extra_local_path_roots: tuple[Path, ...] = ()
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     # One line per port that was taken and replaced by a free one, for the CLI to print.
     port_notes: list[str] = field(default_factory=list)
@@ -145,11 +147,13 @@ class LocalStack:
         )
         self._wait_for_port(self.port, "Temporal dev server", timeout=60)
         if self.start_workers:
+            runs_dir = self.runs_dir or Path("bert_runs").absolute()
             worker_env = {
                 **env,
                 "TEMPORAL_ADDRESS": self.address,
                 "TEMPORAL_NAMESPACE": "default",
-                "BERT_RUNS_DIR": str(self.runs_dir or Path("bert_runs").absolute()),
+                "BERT_RUNS_DIR": str(runs_dir),
+                "BERT_LOCAL_PATH_ROOTS": self._local_path_roots(env, runs_dir),
             }
             for service, metrics_port in (
                 ("trainer", self.trainer_metrics_port),
@@ -162,6 +166,13 @@ class LocalStack:
                     quiet=self.quiet_workers,
                 )
         return self
+
+    def _local_path_roots(self, env: dict[str, str], runs_dir: Path) -> str:
+        """The workers' BERT_LOCAL_PATH_ROOTS: the configured (or default) roots plus extras."""
+        configured = env.get("BERT_LOCAL_PATH_ROOTS") or f"{Path.cwd()}:{runs_dir}"
+        return ":".join(
+            [configured, *(str(root.absolute()) for root in self.extra_local_path_roots)]
+        )
 
     def _wait_for_port(self, port: int, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,8 +24,18 @@ from shared.converter import data_converter
 from shared.logging import configure_logging
 from tests.tiny import build_tiny_bert, sentiment_rows, write_csv
 
+# Tests keep their data and models under the temp folder; the packaged MiniLM is in the
+# virtual environment. Every trainer the tests start (in process or as a child process,
+# which inherits this) may read there and nowhere else.
+TEST_LOCAL_PATH_ROOTS = (
+    Path(tempfile.gettempdir()).resolve(),
+    Path(__file__).resolve().parents[1],
+    Path(sys.prefix).resolve(),
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("BERT_LOCAL_PATH_ROOTS", ":".join(map(str, TEST_LOCAL_PATH_ROOTS)))
 
 
 def temporal_cli() -> str:

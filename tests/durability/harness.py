@@ -58,9 +58,18 @@ class WorkerProcess:
     """``bert-finetune worker trainer`` in its own process, killable like a pod."""
 
     def __init__(
-        self, address: str, task_queue: str, runs_root: Path, log_path: Path, grace_s: int = 20
+        self,
+        address: str,
+        task_queue: str,
+        runs_root: Path,
+        log_path: Path,
+        grace_s: int = 20,
+        extra_env: dict[str, str] | None = None,
+        entry_point: list[str] | None = None,
     ) -> None:
+        """``entry_point`` replaces ``-m bert_finetune.cli worker trainer`` (a test seam)."""
         self.log_path = log_path
+        self.task_queue = task_queue
         self.metrics_port = free_loopback_port()
         env = {
             **os.environ,
@@ -75,10 +84,11 @@ class WorkerProcess:
             "TOKENIZERS_PARALLELISM": "false",
             # Two workers and the test share the CPU; one thread each avoids oversubscription.
             "OMP_NUM_THREADS": "1",
+            **(extra_env or {}),
         }
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bert_finetune.cli", "worker", "trainer"],
+            [sys.executable, *(entry_point or ["-m", "bert_finetune.cli", "worker", "trainer"])],
             cwd=REPO_ROOT,
             env=env,
             stdout=self._log,
