@@ -34,7 +34,7 @@ HEARTBEAT_TIMEOUT_SECONDS = 5
 # enough for the server to time it out and for the second trainer to finish the run.
 STALLED_SAVE_SECONDS = 45
 MAX_STEPS = 1000  # 1000 rows / batch 4 * 4 epochs
-SLOW_SAVE_WORKER = Path(__file__).with_name("slow_save_worker.py")
+SEAM_WORKER = Path(__file__).parents[1] / "seam_worker.py"
 
 
 def _tree(run_dir: Path) -> dict[str, tuple[int, int]]:
@@ -101,7 +101,7 @@ async def test_a_partitioned_attempt_never_touches_the_newer_attempts_run(
             runs_root,
             tmp_path / "partitioned.log",
             extra_env={"SLOW_FINAL_SAVE_SECONDS": str(STALLED_SAVE_SECONDS)},
-            entry_point=[str(SLOW_SAVE_WORKER)],
+            entry_point=[str(SEAM_WORKER)],
         )
         newer: WorkerProcess | None = None
         try:

@@ -1,7 +1,7 @@
 """Out of device memory: the attempt retrains with smaller per-device batches, same effective batch.
 
 A real trainer process whose model raises ``torch.OutOfMemoryError`` above a number of rows
-per forward pass (``memory_limited_worker.py``), a real Temporal server and real training.
+per forward pass (``tests/seam_worker.py``), a real Temporal server and real training.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperime
 from tests.conftest import SentimentData, tiny_config
 from tests.durability.harness import WorkerProcess, predicts_sentiment, task_queue
 
-SEAM = Path(__file__).with_name("memory_limited_worker.py")
+SEAM = Path(__file__).parents[1] / "seam_worker.py"
 
 
 def _trainer(client: Client, runs_root: Path, log: Path, rows_that_fit: int) -> WorkerProcess:

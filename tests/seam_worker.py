@@ -1,0 +1,101 @@
+"""``bert-finetune worker trainer`` on simulated hardware trouble, for tests of recovery.
+
+Each environment variable below patches one library call to misbehave the way real
+hardware or storage does; then the script hands over to the real CLI entry point, so the
+worker under test is the production one (production code has no test branches).
+
+- ``SIMULATED_DEVICE_ROWS=N``: a forward pass over more than N rows raises
+  ``torch.OutOfMemoryError`` the way CUDA does (CPU training has no such error: exhausting
+  RAM brings the kernel's OOM killer instead).
+- ``SLOW_FINAL_SAVE_SECONDS=S``: the final model save stalls S seconds first (a slow network
+  volume); the Trainer's checkpoint saves pass ``_internal_call=True`` and are not slowed.
+- ``SLOW_EVAL_BATCH_SECONDS=S``: every evaluation batch takes S seconds longer.
+- ``HANG_IN=loading_data|evaluating``: that phase never returns (a dead volume or hub).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def _forever(*args: Any, **kwargs: Any) -> Any:
+    while True:
+        time.sleep(3600)
+
+
+def _limit_device_rows(rows_that_fit: int) -> None:
+    import torch
+    from transformers.models.bert import modeling_bert
+
+    forward = modeling_bert.BertForSequenceClassification.forward
+
+    def forward_on_a_small_device(self: Any, input_ids: Any = None, *args: Any, **kw: Any) -> Any:
+        rows = int(input_ids.shape[0])
+        if rows > rows_that_fit:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (simulated device: {rows} "
+                f"rows, {rows_that_fit} fit)"
+            )
+        return forward(self, input_ids, *args, **kw)
+
+    modeling_bert.BertForSequenceClassification.forward = forward_on_a_small_device
+
+
+def _slow_final_save(seconds: float) -> None:
+    from transformers import Trainer
+
+    save_model = Trainer.save_model
+
+    def save_model_on_a_stalling_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("_internal_call"):
+            time.sleep(seconds)
+        return save_model(self, *args, **kwargs)
+
+    Trainer.save_model = save_model_on_a_stalling_volume
+
+
+def _slow_evaluation(seconds: float) -> None:
+    from transformers import Trainer
+
+    prediction_step = Trainer.prediction_step
+
+    def slow_prediction_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return prediction_step(self, *args, **kwargs)
+
+    Trainer.prediction_step = slow_prediction_step
+
+
+def _hang(phase: str) -> None:
+    if phase == "loading_data":
+        import datasets
+
+        datasets.load_dataset = _forever
+    elif phase == "evaluating":
+        from transformers import Trainer
+
+        Trainer.prediction_step = _forever
+    else:
+        raise SystemExit(f"HANG_IN={phase!r}: use loading_data or evaluating")
+
+
+def _apply(env: dict[str, str]) -> None:
+    if "SIMULATED_DEVICE_ROWS" in env:
+        _limit_device_rows(int(env["SIMULATED_DEVICE_ROWS"]))
+    if "SLOW_FINAL_SAVE_SECONDS" in env:
+        _slow_final_save(float(env["SLOW_FINAL_SAVE_SECONDS"]))
+    if "SLOW_EVAL_BATCH_SECONDS" in env:
+        _slow_evaluation(float(env["SLOW_EVAL_BATCH_SECONDS"]))
+    if "HANG_IN" in env:
+        _hang(env["HANG_IN"])
+
+
+if __name__ == "__main__":
+    _apply(dict(os.environ))
+    from bert_finetune.cli import run
+
+    sys.argv = ["bert-finetune", "worker", "trainer"]
+    run()
