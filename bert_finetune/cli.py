@@ -316,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                 "`bert-finetune progress WORKFLOW_ID` or stop it with `bert-finetune cancel`",
                 highlight=False,
             )
+        elif args.command == "predict":
+            errors.print(
+                "interrupted: if no answer came, check that an inferencer is running "
+                "(`bert-finetune check-pollers`)",
+                highlight=False,
+            )
         return 130
     except Exception as err:
         message = explain(err, args.command)
