@@ -28,7 +28,9 @@ from temporalio.worker import Replayer
 
 from bert_finetune import client_ops
 from services.inferencer.workflows import BertInferenceWorkflow
-from services.trainer.worker import TRAINER_QUEUE_WORKFLOWS, build_trainer_worker
+from services.trainer.registry import TRAINER_WORKFLOWS
+from services.trainer.worker import build_trainer_worker
+from shared import aliases
 from shared.converter import data_converter
 from shared.runs import RUN_MANIFEST, list_runs
 from shared.types import (
@@ -50,6 +52,7 @@ from tests.durability.harness import (
     query_progress,
     wait_for,
 )
+from tests.test_cli import cli
 
 HISTORIES = Path(__file__).parent / "histories"
 TEXTS = ["so great and fun", "awful and sad"]
@@ -169,6 +172,40 @@ async def test_the_cli_promotes_and_predicts_by_alias(
         answer = await client_ops.run_inference(client, requests, queues.inference)
     assert answer.run_id == run_b
     assert answer.label_names == ["POSITIVE" if i % 2 else "NEGATIVE" for i in range(100)]
+
+
+async def test_promote_predict_and_runs_through_the_cli_process(
+    client: Client, runs_root: Path, two_runs: tuple[str, str]
+) -> None:
+    run_a, run_b = two_runs
+    async with running_workers(client, runs_root) as queues:
+        code, out, err = await cli(client, queues, runs_root, "promote", run_a, "prod")
+        assert code == 0, err
+        assert "Alias prod now serves run run-a (a new alias)" in out
+        code, out, err = await cli(client, queues, runs_root, "promote", run_b, "prod")
+        assert code == 0, err
+        assert "it pointed at run-a" in out
+        code, out, err = await cli(client, queues, runs_root, "predict", "@prod", *TEXTS, "--json")
+        assert code == 0, err
+        assert json.loads(out)["run_id"] == run_b
+        code, out, err = await cli(client, queues, runs_root, "predict", "@prod", *TEXTS)
+        assert code == 0, err
+        assert "run run-b (alias prod)" in out
+
+        code, out, err = await cli(client, queues, runs_root, "promote", run_a, "_hidden")
+        assert code == 1 and out == ""
+        assert err.startswith("error: [InvalidConfig] alias:") and len(err.splitlines()) == 1
+
+    aliases.promote(runs_root, run_a, "canary")
+    shutil.rmtree(runs_root / run_a)  # canary now points at a run that is gone
+    code, out, err = await cli(client, queues, runs_root, "runs", "--json")
+    assert code == 0, err
+    assert [(r["run_id"], r["aliases"]) for r in json.loads(out)] == [(run_b, ["prod"])]
+    code, out, err = await cli(client, queues, runs_root, "runs")
+    assert code == 0, err
+    assert "@prod" in out
+    assert "alias canary points at run-a, which no longer exists" in out
+    assert "_aliases" not in out
 
 
 async def test_promotion_and_inference_by_alias_through_the_temporal_cli(
@@ -329,7 +366,7 @@ async def test_promote_histories_replay(
                 assert run_id == "never-trained"
             history = await handle.fetch_history()
             replayer = Replayer(
-                workflows=[*TRAINER_QUEUE_WORKFLOWS, BertInferenceWorkflow],
+                workflows=[*TRAINER_WORKFLOWS, BertInferenceWorkflow],
                 data_converter=data_converter,
             )
             await replayer.replay_workflow(history)

@@ -3,43 +3,28 @@
 ``bert-finetune worker trainer`` trains (GPU pods); ``bert-finetune worker controller`` runs
 only workflows and local activities (a small CPU pod), so experiments, sweeps and
 promotions make progress while every trainer is busy or scaled to zero. Both come from one
-factory and register the same workflows and local activities (listed once, below).
+factory and register the same workflows and local activities (listed once, in
+``services/trainer/registry.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS
-from services.trainer.promotion import PromotionActivities
-from services.trainer.promotion_workflow import BertPromoteWorkflow
-from services.trainer.workflows import BertFineTuningWorkflow
+from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from shared.service import run_worker_service
 from shared.settings import Settings
 
 # The SDK sends at most one heartbeat per this interval; it bounds how fast a cancel lands.
 HEARTBEAT_THROTTLE = timedelta(seconds=5)
-
-# The one registration point of the trainer task queue. A workflow task, and every local
-# activity it starts, may land on a trainer or a controller, so both register every
-# workflow type of the queue and every local activity those workflows call.
-TRAINER_QUEUE_WORKFLOWS: list[type] = [BertFineTuningWorkflow, BertPromoteWorkflow]
-
-
-def trainer_queue_local_activities(
-    runs_root: Path, training: TrainingActivities
-) -> list[Callable[..., Any]]:
-    """Every local activity the workflows in ``TRAINER_QUEUE_WORKFLOWS`` call."""
-    return [training.discard_partial_run, PromotionActivities(runs_root).promote_alias]
 
 
 def build_trainer_worker(
@@ -57,7 +42,7 @@ def build_trainer_worker(
     controller.
 
     Args:
-        task_queue: queue polled for the workflows in ``TRAINER_QUEUE_WORKFLOWS`` and, unless
+        task_queue: queue polled for the workflows in ``registry.TRAINER_WORKFLOWS`` and, unless
             ``no_remote_activities``, ``fine_tune_bert``.
         runs_root: the shared runs volume (``BERT_RUNS_DIR``).
         max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
@@ -84,8 +69,8 @@ def build_trainer_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=TRAINER_QUEUE_WORKFLOWS,
-        activities=[*training, *trainer_queue_local_activities(runs_root, activities)],
+        workflows=TRAINER_WORKFLOWS,
+        activities=[*training, *orchestration_activities(runs_root)],
         no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
