@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
+from temporalio.exceptions import ApplicationError
 
 from shared.errors import INVALID_CONFIG, RUN_NOT_FOUND, failure
 from shared.logging import get_logger
@@ -123,7 +124,10 @@ def promote(
     check_alias(alias)
     require_complete_run(runs_root, run_id)
     with _promotion_lock(runs_root):
-        current = read_pointer(runs_root, alias)
+        try:
+            current = read_pointer(runs_root, alias)
+        except ApplicationError:  # a damaged pointer is repaired by promoting over it
+            current = None
         if (
             current is not None
             and promoted_by is not None

@@ -108,6 +108,9 @@ def test_a_damaged_pointer_is_skipped_by_listing_and_named_on_resolve(runs_root:
     assert aliases.list_aliases(runs_root) == {"good": run_id}
     error = error_of(aliases.resolve_alias, runs_root, "broken")
     assert error.type == RUN_NOT_FOUND and "promote a run to it again" in error.message
+    repaired = aliases.promote(runs_root, run_id, "broken")
+    assert repaired.previous_run_id is None
+    assert aliases.resolve_alias(runs_root, "broken") == run_id
 
 
 def test_readers_never_see_a_missing_alias_during_promotions(runs_root: Path) -> None:
