@@ -299,3 +299,59 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
             except subprocess.TimeoutExpired:
                 process.kill()
                 raise
+
+
+def run_namespace_hook(
+    render: Render, temporal_address: str, namespace: str, timeout_seconds: int = 600
+) -> subprocess.CompletedProcess:
+    """The chart's hook Job command, with its rendered environment and a local address."""
+    hook = {"enabled": True, "timeoutSeconds": timeout_seconds}
+    values = {"temporal": {"namespace": namespace, "createNamespace": hook}}
+    job = only(render(values), "Job", "namespace-hook")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    hook_env = {v["name"]: v["value"] for v in container["env"] if "value" in v}
+    hook_env["TEMPORAL_ADDRESS"] = temporal_address
+    python_index = container["command"].index("python")
+    command = [sys.executable, *container["command"][python_index + 1 :], *container["args"]]
+    return subprocess.run(
+        command, env={**os.environ, **hook_env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_namespace_hook_creates_the_namespace_once(render: Render, temporal_address: str) -> None:
+    namespace = f"hooked-{uuid.uuid4().hex[:8]}"
+    first = run_namespace_hook(render, temporal_address, namespace)
+    assert first.returncode == 0, first.stderr
+    assert "temporal.namespace_created" in first.stderr
+    again = run_namespace_hook(render, temporal_address, namespace)  # every helm upgrade
+    assert again.returncode == 0, again.stderr
+    assert "temporal.namespace_exists" in again.stderr
+    temporal = shutil.which("temporal") or str(BIN / "temporal")
+    described = subprocess.run(
+        [
+            temporal,
+            "operator",
+            "namespace",
+            "describe",
+            "--namespace",
+            namespace,
+            "--address",
+            temporal_address,
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    retention = json.loads(described.stdout)["config"]["workflowExecutionRetentionTtl"]
+    assert retention == "259200s"  # the chart's default retentionDays: 3
+
+
+def test_namespace_hook_gives_up_with_a_clear_error_when_temporal_never_answers(
+    render: Render,
+) -> None:
+    result = run_namespace_hook(render, f"127.0.0.1:{free_port()}", "never", timeout_seconds=30)
+    assert result.returncode == 1
+    assert "temporal.namespace_create_failed" in result.stderr
