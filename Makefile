@@ -32,6 +32,7 @@ LOCK := $(BIN)/uv pip compile --quiet pyproject.toml --universal --python-versio
 	--generate-hashes --no-emit-package torch -c constraints.txt -c requirements/torch-cpu.txt \
 	$(TORCH_CPU_SOURCE)
 lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(PIP) install --quiet uv==0.13.8
 	$(LOCK) --extra dev -o requirements/dev.lock
 	$(LOCK) --extra trainer -c requirements/dev.lock -o requirements/trainer.lock
