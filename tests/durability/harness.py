@@ -55,7 +55,8 @@ def long_config(model: Path, train: Path, validation: Path, **overrides: object)
 
 
 class WorkerProcess:
-    """``bert-finetune worker trainer`` in its own process, killable like a pod."""
+    """``bert-finetune worker trainer`` (or another ``role``) in its own process, killable
+    like a pod."""
 
     def __init__(
         self,
@@ -64,10 +65,11 @@ class WorkerProcess:
         runs_root: Path,
         log_path: Path,
         grace_s: int = 20,
+        role: str = "trainer",
         extra_env: dict[str, str] | None = None,
         entry_point: list[str] | None = None,
     ) -> None:
-        """``entry_point`` replaces ``-m bert_finetune.cli worker trainer`` (a test seam)."""
+        """``entry_point`` replaces ``-m bert_finetune.cli worker ROLE`` (a test seam)."""
         self.log_path = log_path
         self.task_queue = task_queue
         self.metrics_port = free_loopback_port()
@@ -88,7 +90,7 @@ class WorkerProcess:
         }
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, *(entry_point or ["-m", "bert_finetune.cli", "worker", "trainer"])],
+            [sys.executable, *(entry_point or ["-m", "bert_finetune.cli", "worker", role])],
             cwd=REPO_ROOT,
             env=env,
             stdout=self._log,
