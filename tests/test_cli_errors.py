@@ -88,24 +88,6 @@ def test_worker_with_a_busy_metrics_port_names_the_port_and_the_setting() -> Non
     assert "set METRICS_PORT to a free port" in line
 
 
-def test_worker_in_a_missing_namespace_says_how_to_fix_it(client: Client) -> None:
-    namespace = f"missing-{uuid.uuid4().hex[:8]}"
-    outcome = bert_finetune(
-        "worker",
-        "inferencer",
-        env={
-            "TEMPORAL_ADDRESS": client.service_client.config.target_host,
-            "TEMPORAL_NAMESPACE": namespace,
-            "BERT_INFERENCE_TASK_QUEUE": f"errors-{uuid.uuid4()}",
-            "METRICS_PORT": "0",
-            "METRICS_BIND_ADDRESS": "127.0.0.1",
-        },
-    )
-    line = outcome.one_error_line()
-    assert f"Temporal namespace {namespace!r} does not exist" in line
-    assert "TEMPORAL_NAMESPACE" in line and "temporal operator namespace create" in line
-
-
 def _experiment(tmp_path: Path) -> Path:
     path = tmp_path / "experiment.yaml"
     path.write_text(
