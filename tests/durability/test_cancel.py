@@ -37,6 +37,7 @@ from tests.durability.harness import (
     task_queue,
     wait_for,
 )
+from tests.helpers.gateway import OfflineGateway
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
 
@@ -163,7 +164,10 @@ async def test_cancel_between_attempts_discards_the_partial_run(
         client,
         task_queue=queue,
         workflows=[BertFineTuningWorkflow],
-        activities=[crashes_after_checkpointing, TrainingActivities(runs_root).discard_partial_run],
+        activities=[
+            crashes_after_checkpointing,
+            TrainingActivities(runs_root, OfflineGateway()).discard_partial_run,
+        ],
     ):
         handle = await client.start_workflow(
             FINE_TUNING_WORKFLOW,

@@ -18,7 +18,6 @@ from temporalio.client import Client
 from shared.converter import data_converter
 from shared.temporal import free_loopback_port
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
-from tests.conftest import temporal_cli
 from tests.durability.harness import (
     WorkerProcess,
     long_config,
@@ -26,6 +25,7 @@ from tests.durability.harness import (
     task_queue,
     wait_for,
 )
+from tests.helpers.binaries import temporal_cli
 
 OUTAGE_SECONDS = 5.0
 
