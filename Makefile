@@ -32,6 +32,7 @@ dev: install
 test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra
 
 test-fast: install
@@ -40,6 +41,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -118,6 +118,11 @@ class RunRecord(BaseModel):
         data = json.loads(text)
         if isinstance(data, dict) and "schema_version" not in data:
             data = _upgrade_schema_1(data)
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {version} is newer than this worker's {SCHEMA_VERSION}"
+            )
         return cls.model_validate(data)
 
     @model_validator(mode="after")

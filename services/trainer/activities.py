@@ -109,12 +109,19 @@ def _resume_hint() -> str | None:
     return None
 
 
+def _workflow_id() -> str:
+    """The id of the workflow running this activity (these activities never run standalone)."""
+    workflow_id = activity.info().workflow_id
+    if workflow_id is None:
+        raise ApplicationError("training activities run only inside a workflow", type="NoWorkflow")
+    return workflow_id
+
+
 def _progress_target(request: BertFineTuneRequest) -> tuple[str, str | None]:
     """The workflow receiving this run's progress: the request's, else the caller."""
     if request.progress_workflow_id:
         return request.progress_workflow_id, None
-    info = activity.info()
-    return info.workflow_id, info.workflow_run_id
+    return _workflow_id(), activity.info().workflow_run_id
 
 
 class TrainingActivities:
@@ -151,7 +158,7 @@ class TrainingActivities:
         attempt = Attempt(
             number=request.attempt_offset + info.attempt,
             resume_hint=_resume_hint(),
-            owner=Ownership(info.workflow_id, self._gateway.is_running),
+            owner=Ownership(_workflow_id(), self._gateway.is_running),
             checkpoint_interval_seconds=self._checkpoint_interval,
         )
         signaller = ProgressSignaller(
@@ -192,9 +199,7 @@ class TrainingActivities:
         Async, with all file system work on the loop's default executor, so it never waits
         behind a training run for the activity thread pool nor blocks the event loop.
         """
-        return await asyncio.to_thread(
-            self._discard_if_incomplete, run_id, activity.info().workflow_id
-        )
+        return await asyncio.to_thread(self._discard_if_incomplete, run_id, _workflow_id())
 
     def _discard_if_incomplete(self, run_id: str, workflow_id: str) -> bool:
         """Remove an unfinished run folder, but never one another workflow is training."""
@@ -216,6 +221,6 @@ class TrainingActivities:
             log.warning("training.superseded")
             return "superseded"
         metrics.RUNS_CANCELLED.inc()
-        self._discard_if_incomplete(request.run_id, activity.info().workflow_id)
+        self._discard_if_incomplete(request.run_id, _workflow_id())
         log.info("training.cancelled")
         return "cancelled"

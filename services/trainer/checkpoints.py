@@ -85,7 +85,7 @@ def verify(checkpoint: Path, config_digests: Collection[str]) -> Checkpoint | No
 
 def _candidates(run_dir: Path) -> list[tuple[int, int, Path]]:
     root = run_dir / CHECKPOINTS_DIR
-    found = []
+    found: list[tuple[int, int, Path]] = []
     if not root.is_dir():
         return found
     for attempt in root.iterdir():

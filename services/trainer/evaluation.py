@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+# Imported with the worker, not at a run's first evaluation (scikit-learn takes seconds).
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
 # The names ``Trainer.evaluate`` reports (it prefixes ``eval_``), kept in results and records.
 EVAL_METRIC_NAMES = (
     "eval_accuracy",
@@ -27,13 +32,6 @@ class ClassificationMetrics:
         self.confusion_matrix: list[list[int]] | None = None
 
     def __call__(self, prediction: Any) -> dict[str, float]:
-        import numpy as np
-        from sklearn.metrics import (
-            accuracy_score,
-            confusion_matrix,
-            precision_recall_fscore_support,
-        )
-
         logits = prediction.predictions
         if isinstance(logits, tuple):
             logits = logits[0]

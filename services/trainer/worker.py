@@ -98,5 +98,6 @@ async def run_trainer(settings: Settings) -> None:
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
+            checkpoint_interval=timedelta(seconds=settings.checkpoint_interval_seconds),
         ),
     )

@@ -8,7 +8,6 @@ the helm test command, `bert-finetune check-pollers`.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,15 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.chartlib import Render, only
+from tests.helpers.binaries import temporal_cli
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_status(url: str) -> int:
@@ -50,7 +45,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    temporal = shutil.which("temporal") or str(BIN / "temporal")
+    temporal = temporal_cli()
     port = free_port()
     db = tmp_path_factory.mktemp("temporal") / "db.sqlite"
     server = subprocess.Popen(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.plot_panel import prometheus_get
+from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
