@@ -45,6 +45,8 @@ def training_arguments(
         "eval_strategy": "no",
         "logging_strategy": "steps",
         "logging_steps": max(1, min(50, max_steps // 20)),
+        # The loss shows in progress from the first step, not only after logging_steps.
+        "logging_first_step": True,
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,

@@ -180,7 +180,8 @@ class EpochEvaluationCallback(TrainerCallback):
     the final evaluation runs after training, outside the measured training time."""
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step < state.max_steps:
+        # A stop (cancel, preemption) also ends the epoch loop: that is no epoch's end.
+        if state.global_step < state.max_steps and not control.should_training_stop:
             control.should_evaluate = True
 
 

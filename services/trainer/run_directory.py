@@ -94,6 +94,9 @@ class RunDirectory:
         record = self.finished_record()
         if record is None or request.overwrite:
             return None
+        if record.reused_from and not self._source_unchanged(record):
+            log.info("training.reuse_source_changed", reused_from=record.reused_from)
+            return None  # claim() retires this pointer; the work is done again
         # The config matched (refuse_conflicting_rerun), so only the data can differ.
         if record.identity != identity:
             raise failure(
@@ -103,20 +106,25 @@ class RunDirectory:
             )
         return record
 
+    def _source_unchanged(self, pointer: RunRecord) -> bool:
+        source = resolve_run_dir(self.runs_root, pointer.reused_from or "")
+        return is_complete(source) and commit_digest(source) == pointer.source_commit
+
     def find_source(self, identity: str, epochs: int) -> RunRecord | None:
-        """Another finished run (any experiment or sweep) that did exactly this work."""
+        """Another finished run (any experiment or sweep) that trained exactly this work.
+
+        Only runs holding their own weights count: a reusing run's source is itself a run
+        of the runs root, and is found directly.
+        """
         for entry in list_runs(self.runs_root):
             record = entry.record
             if (
-                entry.run_id == self.run_id
-                or record is None
-                or not covers(record, identity, epochs)
+                record is not None
+                and entry.run_id != self.run_id
+                and record.reused_from is None
+                and covers(record, identity, epochs)
             ):
-                continue
-            # A run that itself reuses another points at the original holder of the weights.
-            return (
-                read_record(self.runs_root / record.reused_from) if record.reused_from else record
-            )
+                return record
         return None
 
     def claim(self, owner: Ownership | None) -> None:
@@ -209,11 +217,13 @@ def reuse_record(request: BertFineTuneRequest, source: RunRecord, model_dir: Pat
     )
 
 
-def reused_result(record: RunRecord, model_dir: Path) -> BertFineTuneResult:
+def reused_result(record: RunRecord, run_dir: Path) -> BertFineTuneResult:
     """A finished run's result as returned again, by a later request for the same work."""
+    # A run that reuses another's model keeps pointing at the folder holding the weights.
+    model_dir = record.result.model_dir if record.reused_from else str(run_dir)
     return record.result.model_copy(
         update={
-            "model_dir": str(model_dir),
+            "model_dir": model_dir,
             "reused": True,
             "epochs_completed": record.trained_epochs(),
             "stopped_early": record.stopped_early,

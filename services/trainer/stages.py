@@ -317,7 +317,7 @@ def _result(
     data: PreparedData,
     trained: Trained,
     evaluation: Evaluation,
-    **extra: Any,
+    paused: bool = False,
 ) -> BertFineTuneResult:
     return BertFineTuneResult(
         run_id=request.run_id,
@@ -336,8 +336,9 @@ def _result(
         majority_baseline_accuracy=data.majority_baseline,
         notes=data.notes,
         epochs_completed=trained.epochs_completed,
-        stopped_early=trained.stopped_early,
-        **extra,
+        # A paused run has not stopped: it continues at the next execution.
+        stopped_early=trained.stopped_early and not paused,
+        paused=paused,
     )
 
 
@@ -350,7 +351,7 @@ def paused_result(
 ) -> BertFineTuneResult:
     """Evaluated and checkpointed at the pause epoch; the run stays partial (no run.json)."""
     log.info("training.paused", epoch=trained.epochs_completed, eval_metrics=evaluation.metrics)
-    return _result(request, run, data, trained, evaluation, paused=True, stopped_early=False)
+    return _result(request, run, data, trained, evaluation, paused=True)
 
 
 def run_record(

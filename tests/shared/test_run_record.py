@@ -13,7 +13,8 @@ from shared.run_record import (
     schema_1_checkpoint_digest,
 )
 from shared.runs import list_runs, write_record
-from shared.types import BertFineTuneConfig, BertFineTuneResult
+from shared.types import BertFineTuneConfig
+from tests.helpers.runs import sample_record
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_v1"
 LEGACY_FINISHED = FIXTURES / "runs" / "legacy-run-0-tiny-bert"
@@ -74,22 +75,7 @@ def test_a_schema_1_record_reads_as_a_record_without_its_duplicate_metrics_block
 
 
 def _record(run_id: str) -> RunRecord:
-    config = BertFineTuneConfig(**BASE)
-    result = BertFineTuneResult(
-        run_id=run_id,
-        config=config,
-        train_loss=0.5,
-        eval_accuracy=None,
-        training_time_seconds=1.0,
-        num_parameters=10,
-        model_dir="x",
-        num_train_samples=4,
-        train_samples_per_second=4.0,
-        label_names=["a", "b"],
-    )
-    return RunRecord(
-        run_id=run_id, config=config, data_fingerprint="d", label_names=["a", "b"], result=result
-    )
+    return sample_record(run_id, ["a", "b"])
 
 
 def test_new_records_carry_the_schema_version_and_round_trip(tmp_path: Path) -> None:

@@ -80,12 +80,15 @@ def test_epoch_stop_callback_stops_and_evaluates_at_its_epoch_and_seals_for_a_pa
     assert finish.should_training_stop and not finish.should_save
 
 
-def test_epoch_evaluation_callback_skips_the_last_epoch() -> None:
+def test_epoch_evaluation_callback_skips_the_last_epoch_and_stops() -> None:
     middle, last = TrainerControl(), TrainerControl()
     callback = callbacks.EpochEvaluationCallback()
     callback.on_epoch_end(ARGS, state(step=50, max_steps=100), middle)
     callback.on_epoch_end(ARGS, state(step=100, max_steps=100), last)
     assert middle.should_evaluate and not last.should_evaluate
+    stopping = TrainerControl(should_training_stop=True)  # a preemption ended the epoch loop
+    callback.on_epoch_end(ARGS, state(step=30, max_steps=100), stopping)
+    assert not stopping.should_evaluate
 
 
 def test_timed_checkpoints_follow_the_clock_and_stretch_for_slow_saves() -> None:
