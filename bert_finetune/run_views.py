@@ -10,6 +10,7 @@ from rich.table import Table
 from temporalio.exceptions import ApplicationError
 
 from bert_finetune.client_ops import UserError
+from shared.aliases import list_aliases
 from shared.run_record import RunRecord
 from shared.runs import list_runs, read_record, require_complete_run
 
@@ -28,7 +29,15 @@ def _metric(record: RunRecord | None, name: str) -> str:
 
 
 def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
+    """Every run with its state, epochs, metrics, labels and the aliases pointing at it."""
     runs = list_runs(runs_root)
+    aliases = list_aliases(runs_root)
+    aliases_of = {
+        run.run_id: [alias for alias, target in aliases.items() if target == run.run_id]
+        for run in runs
+    }
+    listed = set(aliases_of)
+    dangling = {alias: target for alias, target in aliases.items() if target not in listed}
     if as_json:
         console.print_json(
             json.dumps(
@@ -37,6 +46,7 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
                         "run_id": run.run_id,
                         "complete": run.complete,
                         "problem": run.problem,
+                        "aliases": aliases_of[run.run_id],
                         "record": json.loads(run.record.model_dump_json()) if run.record else None,
                     }
                     for run in runs
@@ -44,8 +54,17 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
             )
         )
         return
-    table = Table(title=f"Runs in {runs_root}")
-    for column in ("run_id", "state", "epochs", *(c for c, _ in METRIC_COLUMNS), "labels"):
+    table = Table(
+        title=f"Runs in {runs_root}",
+        caption="\n".join(
+            f"alias {alias} points at {target}, which no longer exists: promote another run"
+            for alias, target in dangling.items()
+        )
+        or None,
+        caption_justify="left",
+    )
+    columns = ("run_id", "state", "epochs", *(c for c, _ in METRIC_COLUMNS), "labels", "aliases")
+    for column in columns:
         table.add_column(column)
     for run in runs:
         record = run.record
@@ -60,6 +79,7 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
             str(record.trained_epochs()) if record else "-",
             *(_metric(record, name) for _, name in METRIC_COLUMNS),
             ", ".join(record.label_names) if record else "",
+            ", ".join(f"@{alias}" for alias in aliases_of[run.run_id]),
         )
     console.print(table)
 

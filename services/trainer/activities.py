@@ -190,6 +190,38 @@ class TrainingActivities:
                 # Retryable on purpose: the next attempt resumes from the checkpoint just sealed.
                 raise ApplicationError(str(err), type=WORKER_SHUTDOWN) from None
 
+    def _on_stopped(self, request: BertFineTuneRequest) -> str:
+        """After a stop at a step boundary: clean up only when a user asked to cancel."""
+        details = activity.cancellation_details()
+        if details is not None and not details.cancel_requested:
+            # Superseded (heartbeat timeout, activity gone): a newer attempt owns the folder.
+            log.warning("training.superseded")
+            return "superseded"
+        metrics.RUNS_CANCELLED.inc()
+        discard_if_incomplete(self._runs_root, request.run_id, _workflow_id())
+        log.info("training.cancelled")
+        return "cancelled"
+
+
+def discard_if_incomplete(runs_root: Path, run_id: str, workflow_id: str) -> bool:
+    """Remove an unfinished run folder, but never one another workflow is training."""
+    run_dir = resolve_run_dir(runs_root, run_id)
+    if not run_dir.is_dir() or is_complete(run_dir):
+        return False
+    if not ownership.owned_by(run_dir, workflow_id):
+        log.info("training.partial_run_kept", owner=ownership.owner_of(run_dir))
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
+    return True
+
+
+class PartialRunActivities:
+    """The local activity that cleans up after a cancel (any worker of the trainer queue)."""
+
+    def __init__(self, runs_root: Path) -> None:
+        self._runs_root = runs_root
+
     @activity.defn(name=DISCARD_RUN_ACTIVITY)
     async def discard_partial_run(self, run_id: str) -> bool:
         """Remove the output of a cancelled run unless it finished; True when removed.
@@ -199,28 +231,6 @@ class TrainingActivities:
         Async, with all file system work on the loop's default executor, so it never waits
         behind a training run for the activity thread pool nor blocks the event loop.
         """
-        return await asyncio.to_thread(self._discard_if_incomplete, run_id, _workflow_id())
-
-    def _discard_if_incomplete(self, run_id: str, workflow_id: str) -> bool:
-        """Remove an unfinished run folder, but never one another workflow is training."""
-        run_dir = resolve_run_dir(self._runs_root, run_id)
-        if not run_dir.is_dir() or is_complete(run_dir):
-            return False
-        if not ownership.owned_by(run_dir, workflow_id):
-            log.info("training.partial_run_kept", owner=ownership.owner_of(run_dir))
-            return False
-        shutil.rmtree(run_dir, ignore_errors=True)
-        log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
-        return True
-
-    def _on_stopped(self, request: BertFineTuneRequest) -> str:
-        """After a stop at a step boundary: clean up only when a user asked to cancel."""
-        details = activity.cancellation_details()
-        if details is not None and not details.cancel_requested:
-            # Superseded (heartbeat timeout, activity gone): a newer attempt owns the folder.
-            log.warning("training.superseded")
-            return "superseded"
-        metrics.RUNS_CANCELLED.inc()
-        self._discard_if_incomplete(request.run_id, _workflow_id())
-        log.info("training.cancelled")
-        return "cancelled"
+        return await asyncio.to_thread(
+            discard_if_incomplete, self._runs_root, run_id, _workflow_id()
+        )

@@ -17,7 +17,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from services.trainer.activities import TrainingActivities
+from services.trainer.activities import PartialRunActivities
 from services.trainer.worker import build_trainer_worker
 from services.trainer.workflows import BertFineTuningWorkflow
 from shared import metrics
@@ -37,7 +37,6 @@ from tests.durability.harness import (
     task_queue,
     wait_for,
 )
-from tests.helpers.gateway import OfflineGateway
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
 
@@ -166,7 +165,7 @@ async def test_cancel_between_attempts_discards_the_partial_run(
         workflows=[BertFineTuningWorkflow],
         activities=[
             crashes_after_checkpointing,
-            TrainingActivities(runs_root, OfflineGateway()).discard_partial_run,
+            PartialRunActivities(runs_root).discard_partial_run,
         ],
     ):
         handle = await client.start_workflow(

@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """``bert-finetune worker trainer|inferencer`` in its own process, killable like a pod.
+    """``bert-finetune worker trainer|controller|inferencer`` in its own process, killable
+    like a pod.
 
     It runs exactly as in production (``python -m bert_finetune.cli worker ROLE``), on a
     per-test task queue, with its JSON log in a file the test reads afterwards. Use it as a
@@ -42,7 +43,8 @@ class WorkerProcess:
             **os.environ,
             "TEMPORAL_ADDRESS": address,
             "BERT_RUNS_DIR": str(runs_root),
-            "BERT_TRAINING_TASK_QUEUE" if role == "trainer" else "BERT_INFERENCE_TASK_QUEUE": (
+            # A controller polls the training queue too (it runs the trainer queue's workflows).
+            "BERT_INFERENCE_TASK_QUEUE" if role == "inferencer" else "BERT_TRAINING_TASK_QUEUE": (
                 task_queue
             ),
             "METRICS_PORT": str(self.metrics_port),
