@@ -161,6 +161,7 @@ class Settings:
     phase_timeouts_seconds: dict[str, int] = field(
         default_factory=lambda: dict(DEFAULT_PHASE_TIMEOUTS_SECONDS)
     )
+    checkpoint_interval_seconds: int = 600
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -198,6 +199,9 @@ class Settings:
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1
             ),
             phase_timeouts_seconds=_phase_timeouts(env),
+            checkpoint_interval_seconds=_int(
+                env, "BERT_CHECKPOINT_INTERVAL_SECONDS", 600, minimum=1
+            ),
             log_level=log_level,
             log_format=log_format,
         )

@@ -20,7 +20,6 @@ from temporalio.client import Client
 from shared.runs import RUN_MANIFEST
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.durability.harness import (
-    WorkerProcess,
     long_config,
     long_run_csv,
     predicts_sentiment,
@@ -28,6 +27,7 @@ from tests.durability.harness import (
     wait_for,
 )
 from tests.durability.proxy import partition_proxy
+from tests.helpers.processes import WorkerProcess
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
 # The partitioned trainer's final save stalls this long (a slow network volume): long

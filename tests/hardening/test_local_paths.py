@@ -19,7 +19,8 @@ from temporalio.exceptions import ApplicationError
 from shared.errors import INVALID_CONFIG
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.conftest import SentimentData, tiny_config
-from tests.durability.harness import WorkerProcess, task_queue
+from tests.durability.harness import task_queue
+from tests.helpers.processes import WorkerProcess
 
 
 async def _train(client: Client, queue: str, name: str, config: dict) -> BertExperimentOutput:

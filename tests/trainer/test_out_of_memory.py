@@ -19,7 +19,8 @@ from shared.errors import RESOURCE_EXHAUSTED
 from shared.runs import RUN_MANIFEST
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.conftest import SentimentData, tiny_config
-from tests.durability.harness import WorkerProcess, predicts_sentiment, task_queue
+from tests.durability.harness import predicts_sentiment, task_queue
+from tests.helpers.processes import WorkerProcess
 
 SEAM = Path(__file__).parents[1] / "seam_worker.py"
 

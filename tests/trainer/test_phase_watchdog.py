@@ -18,13 +18,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.conftest import SentimentData, tiny_config
-from tests.durability.harness import (
-    WorkerProcess,
-    predicts_sentiment,
-    query_progress,
-    task_queue,
-    wait_for,
-)
+from tests.durability.harness import predicts_sentiment, query_progress, task_queue, wait_for
+from tests.helpers.processes import WorkerProcess
 from tests.tiny import sentiment_rows, write_csv
 
 SEAM = Path(__file__).parents[1] / "seam_worker.py"
