@@ -20,6 +20,9 @@ NON_RETRYABLE_TYPES = [
 ]
 # Retryable: a preempted trainer sealed a checkpoint and handed the run back.
 WORKER_SHUTDOWN = "WorkerShutdown"
+# Retryable: a newer attempt owns the run folder (this one lost its connection or paused);
+# Temporal has already given up on this attempt, so nobody waits for this failure.
+ATTEMPT_SUPERSEDED = "AttemptSuperseded"
 
 # Temporal rejects payloads over 2 MiB; an error message must never get near that.
 MAX_MESSAGE_CHARS = 2000

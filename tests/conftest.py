@@ -118,9 +118,15 @@ class Queues:
 
 @asynccontextmanager
 async def running_workers(
-    client: Client, runs_root: Path, *, trainer: bool = True, inferencer: bool = True
+    client: Client,
+    runs_root: Path,
+    *,
+    trainer: bool = True,
+    inferencer: bool = True,
+    local_path_roots: tuple[Path, ...] = TEST_LOCAL_PATH_ROOTS,
 ) -> AsyncIterator[Queues]:
-    """Real workers, each test on its own task queues."""
+    """Real workers, each test on its own task queues; the trainer reads only inside
+    ``local_path_roots``."""
     queues = Queues(f"train-{uuid.uuid4()}", f"infer-{uuid.uuid4()}")
     workers = []
     if trainer:
@@ -130,6 +136,7 @@ async def running_workers(
                 task_queue=queues.training,
                 runs_root=runs_root,
                 graceful_shutdown=timedelta(seconds=5),
+                local_path_roots=local_path_roots,
             )
         )
     if inferencer:

@@ -15,6 +15,7 @@ worker under test is the production one (production code has no test branches).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -32,6 +33,8 @@ def _limit_device_rows(rows_that_fit: int) -> None:
 
     forward = modeling_bert.BertForSequenceClassification.forward
 
+    # The Trainer picks the batch's columns from the forward signature: keep it.
+    @functools.wraps(forward)
     def forward_on_a_small_device(self: Any, input_ids: Any = None, *args: Any, **kw: Any) -> Any:
         rows = int(input_ids.shape[0])
         if rows > rows_that_fit:
@@ -49,6 +52,7 @@ def _slow_final_save(seconds: float) -> None:
 
     save_model = Trainer.save_model
 
+    @functools.wraps(save_model)
     def save_model_on_a_stalling_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("_internal_call"):
             time.sleep(seconds)
@@ -62,6 +66,7 @@ def _slow_evaluation(seconds: float) -> None:
 
     prediction_step = Trainer.prediction_step
 
+    @functools.wraps(prediction_step)
     def slow_prediction_step(self: Any, *args: Any, **kwargs: Any) -> Any:
         time.sleep(seconds)
         return prediction_step(self, *args, **kwargs)

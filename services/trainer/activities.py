@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import shutil
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +20,8 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.trainer import checkpoints, ownership
+from services.trainer.fencing import Superseded
+from services.trainer.paths import LocalPathRoots, default_roots
 from services.trainer.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
@@ -32,8 +34,9 @@ from services.trainer.run_directory import Ownership
 from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl, TrainingCancelled, TrainingInterrupted
 from services.trainer.training import fine_tune
+from services.trainer.watchdog import PhaseWatchdog
 from shared import health, metrics
-from shared.errors import WORKER_SHUTDOWN
+from shared.errors import ATTEMPT_SUPERSEDED, RESOURCE_EXHAUSTED, WORKER_SHUTDOWN
 from shared.instrumentation import TrainingRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
@@ -139,16 +142,18 @@ class TrainingActivities:
         progress_signal_interval: float = SIGNAL_INTERVAL_SECONDS,
         progress_history_budget: int = HISTORY_EVENTS_BUDGET,
         progress_history_check_every: int = HISTORY_CHECK_EVERY_SIGNALS,
-        step_stall_timeout: float | None = None,
+        phase_timeouts: Mapping[str, float] | None = None,
         checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS,
+        local_path_roots: LocalPathRoots | None = None,
     ) -> None:
         self._runs_root = runs_root
         self._gateway = gateway
         self._progress_signal_interval = progress_signal_interval
         self._history_budget = progress_history_budget
         self._history_check_every = progress_history_check_every
-        self._step_stall_timeout = step_stall_timeout
+        self._phase_timeouts = dict(phase_timeouts) if phase_timeouts else None
         self._checkpoint_interval = checkpoint_interval_seconds
+        self._path_roots = local_path_roots or default_roots(runs_root)
 
     @activity.defn(name=FINE_TUNE_ACTIVITY, no_thread_cancel_exception=True)
     def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
@@ -159,6 +164,7 @@ class TrainingActivities:
             number=request.attempt_offset + info.attempt,
             resume_hint=_resume_hint(),
             owner=Ownership(_workflow_id(), self._gateway.is_running),
+            workflow_run_id=info.workflow_run_id or "",
             checkpoint_interval_seconds=self._checkpoint_interval,
         )
         signaller = ProgressSignaller(
@@ -170,7 +176,7 @@ class TrainingActivities:
             TrainingProgress(run_id=request.run_id, attempt=attempt.number),
             signal=signaller,
             signal_interval=self._progress_signal_interval,
-            stall_timeout=self._step_stall_timeout,
+            watchdog=PhaseWatchdog(self._phase_timeouts) if self._phase_timeouts else None,
             on_stall=health.report_fatal,
         )
         stop = StopControl(activity.is_cancelled, activity.is_worker_shutdown)
@@ -178,7 +184,9 @@ class TrainingActivities:
             log.info("training.attempt_started", attempt=attempt.number)
             try:
                 with reporter:
-                    result = fine_tune(request, self._runs_root, reporter, stop, attempt)
+                    result = fine_tune(
+                        request, self._runs_root, reporter, stop, attempt, self._path_roots
+                    )
                     reporter.update(phase="paused" if result.paused else "succeeded")
                 return result
             except TrainingCancelled:
@@ -189,6 +197,14 @@ class TrainingActivities:
                 log.warning("training.interrupted", reason=str(err))
                 # Retryable on purpose: the next attempt resumes from the checkpoint just sealed.
                 raise ApplicationError(str(err), type=WORKER_SHUTDOWN) from None
+            except ApplicationError as err:
+                if err.type == RESOURCE_EXHAUSTED:  # it will never fit: leave nothing behind
+                    discard_if_incomplete(self._runs_root, request.run_id, _workflow_id())
+                raise
+            except Superseded as err:
+                outcome.label = "superseded"
+                log.warning("fence.superseded", reason=str(err))
+                raise ApplicationError(str(err), type=ATTEMPT_SUPERSEDED) from None
 
     def _on_stopped(self, request: BertFineTuneRequest) -> str:
         """After a stop at a step boundary: clean up only when a user asked to cancel."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.trainer.resources import BatchPlan
 from shared.types import BertFineTuneConfig
 
 # Evaluation batches hold no gradients: larger batches are cheaper per text.
@@ -18,18 +19,26 @@ def training_arguments(
     use_cuda: bool,
     bf16: bool,
     checkpoint_steps: int | None,
+    batch: BatchPlan | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``transformers.TrainingArguments``.
+
+    ``batch``: how each optimizer step's ``batch_size`` rows are split (a smaller per-device
+    batch with gradient accumulation after an out-of-memory error); evaluation then uses
+    the same per-device size, which is known to fit.
 
     ``checkpoint_steps`` None: no step-based saves (a callback decides by time instead).
     Checkpoint pruning is ours (``checkpoints.prune`` keeps the newest sealed ones), and so is
     logging (structured events), hence no ``save_total_limit``, progress bars or reporters.
     """
+    batch = batch or BatchPlan(config.batch_size)
+    eval_batch = batch.per_device if batch.reduced else max(batch.per_device, MIN_EVAL_BATCH_SIZE)
     return {
         "output_dir": output_dir,
         "num_train_epochs": config.num_epochs,
-        "per_device_train_batch_size": config.batch_size,
-        "per_device_eval_batch_size": max(config.batch_size, MIN_EVAL_BATCH_SIZE),
+        "per_device_train_batch_size": batch.per_device,
+        "gradient_accumulation_steps": batch.accumulation,
+        "per_device_eval_batch_size": eval_batch,
         "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay,
         # transformers 5 reads a warmup_steps below 1 as a fraction of the training steps.

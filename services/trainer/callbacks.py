@@ -6,16 +6,17 @@ Each reads the Trainer's ``state`` and sets flags on its ``control``; none patch
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from services.trainer import checkpoints
+from services.trainer.fencing import RunFence, Superseded
 from services.trainer.progress import ProgressReporter
-from services.trainer.stopping import StopControl
+from services.trainer.stopping import StopControl, TrainingCancelled
 from shared import metrics
 from shared.logging import get_logger
 
@@ -152,27 +153,93 @@ class TimedCheckpointCallback(TrainerCallback):
         self._last_save = now
 
 
+class FenceCallback(TrainerCallback):
+    """Stop at once when a newer attempt owns the run (see ``fencing``).
+
+    The fence is reread every few seconds, and always before the Trainer writes a
+    checkpoint, so a stale attempt neither trains on for long nor writes a checkpoint.
+    """
+
+    def __init__(self, fence: RunFence) -> None:
+        self._fence = fence
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._fence.still_current(force=bool(control.should_save)):
+            raise Superseded(
+                f"a newer attempt owns the run (this one stopped at step {state.global_step})"
+            )
+
+
 class CheckpointSealCallback(TrainerCallback):
     """Seal each checkpoint the Trainer has written (manifest of sizes and SHA-256), prune
-    older ones, and publish it as the resume hint in the next heartbeat."""
+    older ones, and publish it as the resume hint in the next heartbeat.
+
+    Sealing and pruning happen under the fence: a checkpoint written after a newer attempt
+    took the run over is deleted unsealed (it is this attempt's own), nothing else is.
+    """
 
     def __init__(
-        self, run_dir: Path, attempt: int, config_digest: str, reporter: ProgressReporter
+        self, fence: RunFence, attempt: int, config_digest: str, reporter: ProgressReporter
     ) -> None:
-        self._run_dir = run_dir
+        self._fence = fence
+        self._run_dir = fence.run_dir
         self._attempt = attempt
         self._digest = config_digest
         self._reporter = reporter
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = checkpoints.checkpoint_dir(self._run_dir, self._attempt, state.global_step)
-        checkpoints.write_manifest(path, state.global_step, self._attempt, self._digest)
-        checkpoints.prune(self._run_dir, self._attempt)
+        try:
+            with self._fence.exclusive():
+                checkpoints.write_manifest(path, state.global_step, self._attempt, self._digest)
+                checkpoints.prune(self._run_dir, self._attempt)
+        except Superseded:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         metrics.CHECKPOINTS.inc()
         self._reporter.update(latest_checkpoint=str(path))
         self._reporter.heartbeat_now()  # the retry's resume hint
         self._reporter.signal_soon()
         log.info("training.checkpoint", step=state.global_step, path=str(path))
+
+
+class EvaluationPhaseCallback(TrainerCallback):
+    """An evaluation is a phase of its own: reported, watched batch by batch, cancellable.
+
+    The Trainer has no hook before an evaluation starts, so the phase is set when the
+    callbacks before this one have asked for an evaluation (``control.should_evaluate``),
+    and by ``TrainingSession.evaluate`` for the final one. Every batch is progress for the
+    watchdog and a point where a cancel stops the evaluation (it can take long).
+    """
+
+    def __init__(self, reporter: ProgressReporter, stop: StopControl) -> None:
+        self._reporter = reporter
+        self._stop = stop
+        self._training = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._training = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_evaluate:
+            self._reporter.update(phase="evaluating")
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_evaluate:
+            self._reporter.update(phase="evaluating")
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._reporter.progressed()
+        if self._stop.cancel_requested():
+            self._stop.cancelled = True
+            raise TrainingCancelled()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._training:
+            self._reporter.update(phase="training")
 
 
 class EpochEvaluationCallback(TrainerCallback):

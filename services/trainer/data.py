@@ -15,6 +15,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
+from services.trainer.paths import LocalPathRoots, names_local_path
 from shared.errors import DATASET_ERROR, failure
 from shared.runs import file_sha256
 from shared.types import BertFineTuneConfig
@@ -42,8 +43,8 @@ class PreparedData:
         return sum(1 for label in eval_labels if label == majority) / len(eval_labels)
 
 
-def _check_local_file(field_name: str, value: str) -> tuple[str, Path]:
-    path = Path(value).expanduser()
+def _check_local_file(field_name: str, value: str, roots: LocalPathRoots) -> tuple[str, Path]:
+    path = roots.confine(field_name, value)
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise failure(
@@ -75,19 +76,25 @@ def _check_utf8(field_name: str, path: Path) -> None:
         ) from None
 
 
-def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
-    """(train, validation or None, a fingerprint of the source data)."""
+def load_raw_splits(
+    config: BertFineTuneConfig, roots: LocalPathRoots
+) -> tuple[Any, Any | None, str]:
+    """(train, validation or None, a fingerprint of the source data).
+
+    Local files (and a local ``dataset_name`` folder) must lie inside ``roots``; they are
+    checked before anything is opened.
+    """
     import datasets
 
     datasets.disable_progress_bars()
     try:
         if config.train_file:
-            builder, train_path = _check_local_file("train_file", config.train_file)
+            builder, train_path = _check_local_file("train_file", config.train_file, roots)
             files = {"train": str(train_path)}
             digests = [file_sha256(train_path)]
             if config.validation_file:
                 eval_builder, eval_path = _check_local_file(
-                    "validation_file", config.validation_file
+                    "validation_file", config.validation_file, roots
                 )
                 if eval_builder != builder:
                     raise failure(
@@ -100,7 +107,10 @@ def load_raw_splits(config: BertFineTuneConfig) -> tuple[Any, Any | None, str]:
             loaded = datasets.load_dataset(builder, data_files=files)
             fingerprint = "files:" + ":".join(digests)
         else:
-            loaded = datasets.load_dataset(config.dataset_name, config.dataset_config_name)
+            dataset = config.dataset_name or ""  # set: the config requires one data source
+            if names_local_path(dataset):
+                dataset = str(roots.confine_tree("dataset_name", dataset))
+            loaded = datasets.load_dataset(dataset, config.dataset_config_name)
             fingerprint = "hub:" + ":".join(
                 f"{name}={split._fingerprint}" for name, split in sorted(loaded.items())
             )
@@ -224,9 +234,9 @@ def _subsample(
     return dataset.shuffle(seed=seed).select(range(limit))
 
 
-def prepare_data(config: BertFineTuneConfig) -> PreparedData:
+def prepare_data(config: BertFineTuneConfig, roots: LocalPathRoots) -> PreparedData:
     """Load, check, subsample and label-encode the data (no tokenization yet)."""
-    train, evaluation, source_fingerprint = load_raw_splits(config)
+    train, evaluation, source_fingerprint = load_raw_splits(config, roots)
     _check_columns("train", train, config)
     if evaluation is not None:
         _check_columns("validation", evaluation, config)

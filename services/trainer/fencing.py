@@ -127,8 +127,12 @@ class RunFence:
         log.info("fence.claimed", attempt=self.token.attempt)
 
     def _verify(self) -> None:
-        if holder(self.run_dir) != self.token:
-            raise Superseded(f"a newer attempt owns the run (holder: {holder(self.run_dir)})")
+        current = holder(self.run_dir)
+        if current != self.token:
+            owner = f"attempt {current.attempt}" if current else "nobody (the claim is gone)"
+            if current and not current.same_workflow_run(self.token):
+                owner += f" of workflow {current.workflow_id!r}"
+            raise Superseded(f"{owner} owns the run now, not attempt {self.token.attempt}")
         if is_complete(self.run_dir):
             raise Superseded("the run is already complete")
 
@@ -156,7 +160,6 @@ class RunFence:
             self._checked_at = time.monotonic()
             try:
                 self._verify()
-            except Superseded as err:
-                log.warning("fence.superseded", reason=str(err))
+            except Superseded:
                 self._current = False
         return self._current

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import INVALID_CONFIG, failure
-from shared.types import BertFineTuneConfig
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,13 @@ class LocalPathRoots:
         return folder
 
     def _refusal(self, field_name: str, value: str, inside: Path | None = None) -> Exception:
-        where = f" (its entry {str(inside)!r} links there)" if inside is not None else ""
+        what = f"holds {str(inside)!r}, a link to outside" if inside is not None else "is outside"
         allowed = ", ".join(str(root) for root in self.roots) or "none"
         return failure(
             INVALID_CONFIG,
-            f"{field_name} {value!r} is outside the folders the trainer may read{where}; "
-            f"allowed: {allowed} (BERT_LOCAL_PATH_ROOTS, symlinks followed): move the files "
-            "under one of them or ask the operator to add their folder",
+            f"{field_name} {value!r} {what} the folders the trainer may read; allowed: "
+            f"{allowed} (BERT_LOCAL_PATH_ROOTS, symlinks followed): move the files under one "
+            "of them or ask the operator to add their folder",
         )
 
 
@@ -73,13 +72,12 @@ def names_local_path(value: str) -> bool:
     return value.startswith(("/", ".", "~")) or os.path.exists(value)
 
 
-def confine_config(config: BertFineTuneConfig, roots: LocalPathRoots) -> None:
-    """Refuse a config that names a local path outside the roots, before anything is read."""
-    for field_name in ("train_file", "validation_file"):
-        value = getattr(config, field_name)
-        if value:
-            roots.confine(field_name, value)
-    if config.dataset_name and not config.train_file and names_local_path(config.dataset_name):
-        roots.confine_tree("dataset_name", config.dataset_name)
-    if names_local_path(config.model_name):
-        roots.confine_tree("model_name", config.model_name)
+def default_roots(runs_root: Path) -> LocalPathRoots:
+    """The roots when ``BERT_LOCAL_PATH_ROOTS`` is unset: the working directory and the runs."""
+    return LocalPathRoots.of((Path.cwd(), runs_root))
+
+
+def confine_model_name(model_name: str, roots: LocalPathRoots) -> None:
+    """Refuse a local ``model_name`` outside the roots (a hub id is not a local path)."""
+    if names_local_path(model_name):
+        roots.confine_tree("model_name", model_name)

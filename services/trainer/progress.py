@@ -15,6 +15,7 @@ from typing import Protocol
 
 from temporalio import activity
 
+from services.trainer.watchdog import PhaseWatchdog
 from shared import metrics
 from shared.logging import get_logger
 from shared.types import TrainingProgress
@@ -41,7 +42,7 @@ class ProgressReporter:
         signal: Callable[[TrainingProgress], None] | None = None,
         interval: float = HEARTBEAT_INTERVAL_SECONDS,
         signal_interval: float = SIGNAL_INTERVAL_SECONDS,
-        stall_timeout: float | None = None,
+        watchdog: PhaseWatchdog | None = None,
         on_stall: Callable[[str], None] | None = None,
     ) -> None:
         self._lock = threading.Lock()
@@ -56,13 +57,14 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._training_started: tuple[float, int] | None = None
-        # Watchdog: heartbeats come from this helper thread, so without it a training step
-        # that never returns would heartbeat forever. Past ``stall_timeout`` seconds without
-        # a new step the reporter stops heartbeating: Temporal times the attempt out and
-        # retries it elsewhere (resuming from the last checkpoint).
-        self._stall_timeout = stall_timeout
+        # Heartbeats come from this helper thread, so without the watchdog a phase that never
+        # returns would heartbeat forever. Once a phase exceeds its limit without progress
+        # the reporter stops heartbeating: Temporal times the attempt out and retries it
+        # elsewhere (resuming from the last checkpoint).
+        self._watchdog = watchdog
         self._on_stall = on_stall
-        self._last_change = (progress.phase, progress.global_step, time.monotonic())
+        if watchdog:
+            watchdog.observe(progress.phase, progress.global_step)
         self.stalled = False
 
     @property
@@ -84,11 +86,16 @@ class ProgressReporter:
                     progress.steps_per_second = rate
                     progress.eta_seconds = max(0.0, (progress.max_steps - step) / rate)
             phase_changed = progress.phase != self._progress.phase
-            if phase_changed or progress.global_step != self._progress.global_step:
-                self._last_change = (progress.phase, progress.global_step, time.monotonic())
+            if self._watchdog:
+                self._watchdog.observe(progress.phase, progress.global_step)
             self._progress = progress
         if phase_changed:
             self.signal_soon()  # phase changes reach the query without waiting an interval
+
+    def progressed(self) -> None:
+        """Progress no reported field shows (an evaluation or tokenization batch)."""
+        if self._watchdog:
+            self._watchdog.progressed()
 
     def signal_soon(self) -> None:
         """Have the helper thread heartbeat and signal the workflow now (e.g. a new checkpoint)."""
@@ -134,19 +141,20 @@ class ProgressReporter:
             self._thread.join(timeout=15)
 
     def _check_stall(self) -> bool:
-        if self._stall_timeout is None:
-            return False
-        with self._lock:
-            phase, step, since = self._last_change
-        stuck_for = time.monotonic() - since
-        if phase != "training" or stuck_for < self._stall_timeout:
+        stall = self._watchdog.stalled() if self._watchdog else None
+        if stall is None:
             return False
         self.stalled = True
-        reason = f"training step {step} has not finished for {stuck_for:.0f}s"
         metrics.TRAINING_STALLS.inc()
-        log.error("training.stalled", step=step, stuck_seconds=round(stuck_for))
+        log.error(
+            "training.stalled",
+            phase=stall.phase,
+            step=self.progress.global_step,
+            stuck_seconds=round(stall.stuck_seconds),
+            limit_seconds=round(stall.limit_seconds),
+        )
         if self._on_stall:
-            self._on_stall(reason)
+            self._on_stall(f"{stall.describe()} at step {self.progress.global_step}")
         return True
 
     def _run(self) -> None:

@@ -2,17 +2,20 @@
 
 A run folder is complete exactly when its ``run.json`` (a ``RunRecord``) exists; it is
 written last, atomically, after the model files. A complete run is never modified again
-except by an explicit ``overwrite``, which retires its record first.
+except by an explicit ``overwrite``, which retires its record first. Every write happens
+through the attempt's fence (``fencing``), so a stale attempt never writes at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer import checkpoints, ownership
+from services.trainer import checkpoints, fencing, ownership
+from services.trainer.fencing import AttemptToken, RunFence
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
 from shared.run_record import (
@@ -34,6 +37,12 @@ from shared.runs import (
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
 log = get_logger(__name__)
+
+# Staged final models live beside the run folders (a name no run id can take) until the
+# commit moves them in: a stale attempt's save never shows up inside a run folder.
+STAGING_DIR = ".staging"
+# Kept when a finished run is cleared for an overwrite: the claim and the lock guard it.
+_CLAIM_FILES = (ownership.OWNER_FILE, fencing.FENCE_FILE, fencing.LOCK_FILE)
 
 # Files a saved model folder must not keep: a pickle of the TrainingArguments (the run's
 # settings live in run.json, and run folders hold no pickles).
@@ -65,6 +74,14 @@ class RunDirectory:
         self.runs_root = runs_root
         self.run_id = run_id
         self.path = resolve_run_dir(runs_root, run_id)
+        self._fence: RunFence | None = None
+
+    @property
+    def fence(self) -> RunFence:
+        """This attempt's fence; only a claimed folder can be written."""
+        if self._fence is None:
+            raise RuntimeError(f"run {self.run_id!r} written before it was claimed")
+        return self._fence
 
     def finished_record(self) -> RunRecord | None:
         return read_record(self.path) if is_complete(self.path) else None
@@ -127,19 +144,30 @@ class RunDirectory:
                 return record
         return None
 
-    def claim(self, owner: Ownership | None) -> None:
-        """Make this workflow the folder's trainer; retire a finished run being overwritten."""
+    def claim(self, owner: Ownership | None, token: AttemptToken, overwrite: bool) -> RunFence:
+        """Make this workflow the folder's trainer and this attempt its only writer.
+
+        Raises ``fencing.Superseded`` when a newer attempt holds the folder, or when the run
+        is complete and may not be replaced (no ``overwrite``, or this workflow run already
+        finished it); with ``overwrite`` a finished run is retired under the run's lock.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         if owner is not None:
             ownership.claim(self.path, owner.workflow_id, owner.is_running)
-        if is_complete(self.path):  # overwrite requested
-            self._clear_finished_run()
+        fence = RunFence(self.path, token)
+        fence.claim(retire_finished_run=self._clear_finished_run if overwrite else None)
+        self._fence = fence
+        # Staging folders that older attempts of this run left behind (they crashed while
+        # saving, or are stale and will find the fence closed).
+        for leftover in (self.runs_root / STAGING_DIR).glob(f"{self.run_id}.attempt-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return fence
 
-    def _clear_finished_run(self) -> None:
+    def _clear_finished_run(self, _run_dir: Path) -> None:
         """The record goes first, so a reader never sees a complete run with missing files."""
         (self.path / RUN_MANIFEST).unlink(missing_ok=True)
         for entry in self.path.iterdir():
-            if entry.name not in (CHECKPOINTS_DIR, ownership.OWNER_FILE):
+            if entry.name not in (CHECKPOINTS_DIR, *_CLAIM_FILES):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def checkpoint_digests(
@@ -161,23 +189,34 @@ class RunDirectory:
         attempt: int,
         export: Callable[[Path], None] | None = None,
     ) -> None:
-        """Model files first (through a staging folder), ``run.json`` last and atomically,
-        then the checkpoints and the owner claim go: the record now guards the folder."""
-        staging = self.path / f".final-attempt-{attempt}"
+        """Model files first (saved to a staging folder), ``run.json`` last and atomically,
+        then the checkpoints and the owner claim go: the record now guards the folder.
+
+        The move into the run folder happens under the fence: if a newer attempt took the
+        folder while this one was saving, nothing is moved and ``Superseded`` is raised.
+        """
+        if not self.fence.still_current(force=True):
+            raise fencing.Superseded("a newer attempt owns the run; not saving")
+        staging = self.runs_root / STAGING_DIR / f"{self.run_id}.attempt-{attempt}"
         shutil.rmtree(staging, ignore_errors=True)
-        save_model(staging)
-        for name in _NOT_COMMITTED:
-            (staging / name).unlink(missing_ok=True)
-        if export is not None:
-            export(staging)
-        for entry in staging.iterdir():
-            target = self.path / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-        staging.rmdir()
-        write_record(self.path, record)
-        self._drop_training_leftovers()
+        try:
+            save_model(staging)
+            for name in _NOT_COMMITTED:
+                (staging / name).unlink(missing_ok=True)
+            if export is not None:
+                export(staging)
+            with self.fence.exclusive():
+                for entry in staging.iterdir():
+                    target = self.path / entry.name
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    entry.replace(target)
+                write_record(self.path, record)
+                self._drop_training_leftovers()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another run may be staging there too
+                staging.parent.rmdir()
 
     def commit_reuse(self, record: RunRecord, source: RunRecord) -> RunRecord:
         """Complete this run as a pointer to ``source``'s model: no weights are copied; the
@@ -186,8 +225,9 @@ class RunDirectory:
         pointer = record.model_copy(
             update={"reused_from": source.run_id, "source_commit": commit_digest(source_dir)}
         )
-        write_record(self.path, pointer)
-        self._drop_training_leftovers()
+        with self.fence.exclusive():
+            write_record(self.path, pointer)
+            self._drop_training_leftovers()
         return pointer
 
     def _drop_training_leftovers(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from services.trainer import checkpoints
 from services.trainer.arguments import training_arguments
 from services.trainer.data import PreparedData
 from services.trainer.evaluation import ClassificationMetrics, eval_metrics
+from services.trainer.fencing import AttemptToken, Superseded
 from services.trainer.progress import ProgressReporter
+from services.trainer.resources import BatchPlan, with_batch_fallback
 from services.trainer.run_directory import (
     Ownership,
     RunDirectory,
@@ -37,11 +40,19 @@ class Attempt:
     # The newest checkpoint the previous attempt reported in its heartbeat details.
     resume_hint: str | None = None
     owner: Ownership | None = None
+    # The workflow run this attempt belongs to: attempt numbers are ordered within one.
+    workflow_run_id: str = ""
     checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS
+
+    @property
+    def token(self) -> AttemptToken:
+        """Who may write the run folder (see ``fencing``)."""
+        workflow_id = self.owner.workflow_id if self.owner else ""
+        return AttemptToken(workflow_id, self.workflow_run_id, self.number)
 
 
 def reuse_finished_work(
-    run: RunDirectory, request: BertFineTuneRequest, identity: str, owner: Ownership | None
+    run: RunDirectory, request: BertFineTuneRequest, identity: str, attempt: Attempt
 ) -> BertFineTuneResult | None:
     """The result of finished work equal to this request's, without training: this run's
     own, or another run's (any experiment or sweep) completed here as a pointer to it."""
@@ -54,15 +65,41 @@ def reuse_finished_work(
     source = run.find_source(identity, epochs_wanted(request))
     if source is None:
         return None
-    run.claim(owner)
+    run.claim(attempt.owner, attempt.token, request.overwrite)
     source_dir = run.runs_root / source.run_id
     pointer = run.commit_reuse(reuse_record(request, source, source_dir), source)
     log.info("training.reused", run_dir=str(run.path), reused_from=source.run_id)
     return pointer.result
 
 
-def tokenize(data: PreparedData, tokenizer: Any, max_seq_length: int) -> tuple[Any, Any]:
+def claim_or_reuse(
+    run: RunDirectory, request: BertFineTuneRequest, attempt: Attempt, identity: str
+) -> BertFineTuneResult | None:
+    """Claim the folder for this attempt (None), or return the finished result when the run
+    was completed meanwhile by an earlier attempt that lost its connection but finished."""
+    try:
+        run.claim(attempt.owner, attempt.token, request.overwrite)
+    except Superseded:
+        record = run.finished_record()
+        if record is None or record.identity != identity:
+            raise
+        log.info("training.reused", run_dir=str(run.path), completed_by_attempt=record.attempt)
+        return reused_result(record, run.path)
+    return None
+
+
+def tokenize(
+    data: PreparedData,
+    tokenizer: Any,
+    max_seq_length: int,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[Any, Any]:
+    """Token ids for both splits; ``on_batch`` runs before each batch of 1,000 rows (progress
+    for the watchdog, and a point to stop at)."""
+
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        if on_batch:
+            on_batch()
         # Truncate only: the collator pads each batch to its own longest row.
         return tokenizer(batch["text"], truncation=True, max_length=max_seq_length)
 
@@ -113,6 +150,7 @@ class Trained:
     samples_per_second: float
     num_parameters: int
     num_train_samples: int
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +194,7 @@ class TrainingSession:
         eval_set: Any,
         reporter: ProgressReporter,
         stop: StopControl,
+        batch: BatchPlan | None = None,
     ) -> TrainingSession:
         import torch
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -177,6 +216,7 @@ class TrainingSession:
             use_cuda=use_cuda,
             bf16=use_cuda and torch.cuda.is_bf16_supported(),
             checkpoint_steps=config.checkpoint_steps,
+            batch=batch,
         )
         classification = ClassificationMetrics(len(model.config.id2label))
         hooks = [
@@ -184,7 +224,8 @@ class TrainingSession:
             callbacks.ProgressCallback(reporter),
             callbacks.LoggingCallback(),
             callbacks.StopCallback(stop),
-            callbacks.CheckpointSealCallback(run.path, attempt.number, identity[:16], reporter),
+            callbacks.FenceCallback(run.fence),
+            callbacks.CheckpointSealCallback(run.fence, attempt.number, identity[:16], reporter),
         ]
         if eval_set is not None:
             hooks.append(callbacks.EpochEvaluationCallback())
@@ -194,6 +235,8 @@ class TrainingSession:
             hooks.append(
                 callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
             )
+        if eval_set is not None:  # last: it reads what the others asked for
+            hooks.append(callbacks.EvaluationPhaseCallback(reporter, stop))
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**args),
@@ -281,7 +324,10 @@ class TrainingSession:
         latest = self._classification.confusion_matrix
         if not (history and history[-1].global_step == state.global_step and latest):
             self._reporter.update(phase="evaluating")
-            self.trainer.evaluate()
+            args = self.trainer.args
+            with_batch_fallback(
+                "evaluation", BatchPlan(args.per_device_eval_batch_size), self._evaluate_with
+            )
             history = evaluation_history(state.log_history)
         final = history[-1].metrics
         if "eval_accuracy" in final:
@@ -294,6 +340,11 @@ class TrainingSession:
             num_samples=len(self.trainer.eval_dataset),
         )
 
+    def _evaluate_with(self, batch: BatchPlan) -> None:
+        """One evaluation at ``batch.per_device`` rows per pass (no gradients to accumulate)."""
+        self.trainer.args.per_device_eval_batch_size = batch.per_device
+        self.trainer.evaluate()
+
     def pausing(self, trained: Trained) -> bool:
         """Whether this attempt ends in a pause (a checkpoint, no commit)."""
         pause = self.request.pause_at_epoch
@@ -302,13 +353,41 @@ class TrainingSession:
     def save_model(self, target: Path) -> None:
         self.trainer.save_model(str(target))
 
-    def release(self) -> None:
-        """Free the model's memory now (a worker trains many runs in one process)."""
+    def release(self, offload: bool = False) -> None:
+        """Free the model's memory now (a worker trains many runs in one process);
+        ``offload`` moves its weights off the device first, for a retry that loads anew."""
+        if offload and self._use_cuda and self.trainer is not None:
+            self.trainer.model.to("cpu")
         self.trainer = None
         if self._use_cuda:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def train_within_memory(
+    build: Callable[[BatchPlan], TrainingSession],
+    resume: checkpoints.Checkpoint | None,
+    newest_checkpoint: Callable[[], checkpoints.Checkpoint | None],
+    batch_size: int,
+) -> tuple[TrainingSession, Trained]:
+    """Train; after an out-of-memory error, again with half the per-device batch and twice
+    the gradient accumulation (the same rows per optimizer step), on a freshly built session
+    resumed from the newest sealed checkpoint. ``ResourceExhausted`` when one row per pass
+    does not fit."""
+
+    def train(batch: BatchPlan) -> tuple[TrainingSession, Trained]:
+        session = build(batch)
+        try:
+            return session, session.train(newest_checkpoint() if batch.reduced else resume)
+        except BaseException:
+            session.release(offload=True)
+            raise
+
+    (session, trained), batch = with_batch_fallback("training", BatchPlan(batch_size), train)
+    if batch.reduced:
+        trained.notes.append(batch.note())
+    return session, trained
 
 
 def _result(
@@ -334,7 +413,7 @@ def _result(
         resumed_from_step=trained.resumed_from_step,
         num_eval_samples=evaluation.num_samples,
         majority_baseline_accuracy=data.majority_baseline,
-        notes=data.notes,
+        notes=[*data.notes, *trained.notes],
         epochs_completed=trained.epochs_completed,
         # A paused run has not stopped: it continues at the next execution.
         stopped_early=trained.stopped_early and not paused,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.trainer import stages
+from services.trainer import paths, stages
 from services.trainer.data import prepare_data
+from services.trainer.paths import LocalPathRoots
 from services.trainer.progress import ProgressReporter
+from services.trainer.resources import BatchPlan, check_sequence_length
 from services.trainer.run_directory import RunDirectory
 from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl
@@ -29,38 +31,71 @@ def fine_tune(
     reporter: ProgressReporter,
     stop: StopControl,
     attempt: Attempt | None = None,
+    path_roots: LocalPathRoots | None = None,
 ) -> BertFineTuneResult:
+    """Train (or reuse) one run; ``path_roots``: the folders its local paths may name
+    (default: the working directory and ``runs_root``)."""
     attempt = attempt or Attempt()
+    path_roots = path_roots or paths.default_roots(runs_root)
     config = request.config
+    paths.confine_model_name(config.model_name, path_roots)
     run = RunDirectory(runs_root, request.run_id)
     run.refuse_conflicting_rerun(request)
 
     # Data, and whether this exact work was already done (here or under another run id).
     reporter.update(phase="loading_data")
-    data = prepare_data(config)
+    data = prepare_data(config, path_roots)
     identity = run_identity(config, data.fingerprint)
-    if (done := stages.reuse_finished_work(run, request, identity, attempt.owner)) is not None:
+    if (done := stages.reuse_finished_work(run, request, identity, attempt)) is not None:
         return done
     stop.check()
 
     # Model and tokenization.
     reporter.update(phase="loading_model")
     tokenizer, model = load_for_fine_tuning(config.model_name, data.label_names)
+    check_sequence_length(config.max_seq_length, config.model_name, model, tokenizer)
     reporter.update(phase="tokenizing")
-    train_set, eval_set = stages.tokenize(data, tokenizer, config.max_seq_length)
+
+    def tokenized_batch() -> None:
+        reporter.progressed()  # for the watchdog: tokenizing a large dataset takes long
+        stop.check()  # a cancel or shutdown lands here, not after the last batch
+
+    train_set, eval_set = stages.tokenize(
+        data, tokenizer, config.max_seq_length, on_batch=tokenized_batch
+    )
     stop.check()
 
-    # Claim the folder and find where to resume.
-    run.claim(attempt.owner)
+    # Claim the folder (from here on, only this attempt writes it) and find where to resume.
+    if (done := stages.claim_or_reuse(run, request, attempt, identity)) is not None:
+        return done
     digests = run.checkpoint_digests(identity, request, data.fingerprint)
     resume = run.resume_checkpoint(attempt.resume_hint, digests)
 
-    # Train (up to the epoch the request stops at), then evaluate.
-    session = stages.TrainingSession.build(
-        request, run, attempt, identity, model, tokenizer, train_set, eval_set, reporter, stop
+    # Train (up to the epoch the request stops at, within the device's memory), evaluate.
+    def session_with(batch: BatchPlan) -> stages.TrainingSession:
+        # After an out-of-memory error the model may have taken steps: fresh weights, and
+        # the newest checkpoint (if any) restores the trained ones.
+        weights = (
+            load_for_fine_tuning(config.model_name, data.label_names)[1] if batch.reduced else model
+        )
+        return stages.TrainingSession.build(
+            request,
+            run,
+            attempt,
+            identity,
+            weights,
+            tokenizer,
+            train_set,
+            eval_set,
+            reporter,
+            stop,
+            batch,
+        )
+
+    session, trained = stages.train_within_memory(
+        session_with, resume, lambda: run.resume_checkpoint(None, digests), config.batch_size
     )
     try:
-        trained = session.train(resume)
         stop.check(trained=True)
         evaluation = session.evaluate()
         stop.check(trained=True)

@@ -10,6 +10,7 @@ factory and register the same workflows and local activities (listed once, in
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from temporalio.worker import Worker
 
 from services.trainer import checkpoints
 from services.trainer.activities import TemporalGateway, TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from services.trainer.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
@@ -26,8 +28,11 @@ from services.trainer.progress import (
 )
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from shared.service import run_worker_service
-from shared.settings import Settings
+from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings
 
+_DEFAULT_PHASE_TIMEOUTS = {
+    phase: timedelta(seconds=seconds) for phase, seconds in DEFAULT_PHASE_TIMEOUTS_SECONDS.items()
+}
 # The SDK sends at most one heartbeat per this interval; it bounds how fast a cancel lands.
 HEARTBEAT_THROTTLE = timedelta(seconds=5)
 
@@ -42,8 +47,9 @@ def build_trainer_worker(
     progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
     progress_history_budget: int = HISTORY_EVENTS_BUDGET,
     progress_history_check_every: int = HISTORY_CHECK_EVERY_SIGNALS,
-    step_stall_timeout: timedelta | None = timedelta(minutes=30),
+    phase_timeouts: Mapping[str, timedelta] | None = None,
     checkpoint_interval: timedelta = timedelta(seconds=checkpoints.DEFAULT_INTERVAL_SECONDS),
+    local_path_roots: Sequence[Path] | None = None,
     no_remote_activities: bool = False,
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
@@ -63,10 +69,16 @@ def build_trainer_worker(
             only phase and checkpoint changes are signalled (Temporal ends a workflow at
             51,200 events); the history length is read every
             ``progress_history_check_every`` signals.
-        step_stall_timeout: a training step that has not finished after this long is taken
-            as hung: heartbeats stop (Temporal retries the run elsewhere from its last
-            checkpoint) and liveness fails so the pod restarts. Longer than any real step,
-            including the first one's warm-up; None disables the watchdog.
+        phase_timeouts: per phase of an attempt (``loading_data``, ``loading_model``,
+            ``tokenizing``, ``training``, ``evaluating``, ``saving``), the longest it may go
+            without progress (a step, a batch) before it is taken as hung: heartbeats stop
+            (Temporal retries the run elsewhere from its last checkpoint) and liveness
+            fails so the pod restarts. Default: ``DEFAULT_PHASE_TIMEOUTS_SECONDS``; an
+            empty mapping disables the watchdog.
+        local_path_roots: the folders a config's local paths (``train_file``,
+            ``validation_file``, a local ``model_name`` or ``dataset_name``) may name, after
+            symlinks (``BERT_LOCAL_PATH_ROOTS``); default the working directory and
+            ``runs_root``.
         checkpoint_interval: the default checkpoint policy (runs without checkpoint_steps):
             the most training time a crash can lose, stretched when saving would otherwise
             cost more than 5% of training time (docs/durability.md).
@@ -79,8 +91,14 @@ def build_trainer_worker(
         progress_signal_interval=progress_signal_interval.total_seconds(),
         progress_history_budget=progress_history_budget,
         progress_history_check_every=progress_history_check_every,
-        step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
+        phase_timeouts={
+            phase: limit.total_seconds()
+            for phase, limit in (
+                phase_timeouts if phase_timeouts is not None else _DEFAULT_PHASE_TIMEOUTS
+            ).items()
+        },
         checkpoint_interval_seconds=checkpoint_interval.total_seconds(),
+        local_path_roots=LocalPathRoots.of(local_path_roots) if local_path_roots else None,
     )
     training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
@@ -111,8 +129,12 @@ async def run_trainer(settings: Settings) -> None:
             max_concurrent_activities=settings.trainer_max_concurrent_activities,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
-            step_stall_timeout=timedelta(seconds=settings.phase_timeouts_seconds["training"]),
+            phase_timeouts={
+                phase: timedelta(seconds=seconds)
+                for phase, seconds in settings.phase_timeouts_seconds.items()
+            },
             checkpoint_interval=timedelta(seconds=settings.checkpoint_interval_seconds),
+            local_path_roots=settings.local_path_roots,
         ),
     )
 

@@ -29,7 +29,7 @@ from shared.types import (
     BertFineTuneResult,
     ExperimentProgress,
 )
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.durability.harness import (
     long_config,
     long_run_csv,
@@ -88,6 +88,7 @@ async def test_cancel_stops_training_and_keeps_finished_sibling(
         max_concurrent_activities=2,
         graceful_shutdown=timedelta(seconds=5),
         progress_signal_interval=timedelta(seconds=1),
+        local_path_roots=TEST_LOCAL_PATH_ROOTS,
     )
     async with worker:
         handle = await client.start_workflow(

@@ -14,6 +14,7 @@ from services.trainer import ownership
 from services.trainer.worker import build_trainer_worker
 from shared.errors import INVALID_CONFIG
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
+from tests.conftest import TEST_LOCAL_PATH_ROOTS
 from tests.durability.harness import long_config, long_run_csv, query_progress, task_queue
 
 
@@ -42,7 +43,11 @@ async def test_second_workflow_with_the_same_name_is_refused_while_the_first_tra
     )
     queue = task_queue()
     async with build_trainer_worker(
-        client, task_queue=queue, runs_root=runs_root, max_concurrent_activities=2
+        client,
+        task_queue=queue,
+        runs_root=runs_root,
+        max_concurrent_activities=2,
+        local_path_roots=TEST_LOCAL_PATH_ROOTS,
     ):
         first = await client.start_workflow(
             FINE_TUNING_WORKFLOW,

@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowFailureError
 
 from services.trainer.worker import build_trainer_worker
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, RunProgress
-from tests.conftest import run_temporal_cli
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, run_temporal_cli
 from tests.durability.harness import long_config, long_run_csv, query_progress, task_queue
 
 
@@ -37,6 +37,7 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
         runs_root=runs_root,
         graceful_shutdown=timedelta(seconds=5),
         progress_signal_interval=timedelta(seconds=1),
+        local_path_roots=TEST_LOCAL_PATH_ROOTS,
     )
     async with worker:
         workflow_id = f"progress-{uuid.uuid4()}"
@@ -111,6 +112,7 @@ async def test_progress_signals_stop_growing_history_past_the_budget(
         task_queue=queue,
         runs_root=runs_root,
         progress_signal_interval=timedelta(seconds=0.2),
+        local_path_roots=TEST_LOCAL_PATH_ROOTS,
         progress_history_budget=20,
         progress_history_check_every=2,
     ):

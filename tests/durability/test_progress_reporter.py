@@ -7,6 +7,7 @@ import time
 from temporalio.testing import ActivityEnvironment
 
 from services.trainer.progress import ProgressReporter
+from services.trainer.watchdog import PhaseWatchdog
 from shared.types import TrainingProgress
 
 SLOW_SIGNAL_SECONDS = 0.5
@@ -62,12 +63,12 @@ def test_a_hung_step_stops_heartbeats_and_fails_liveness(monkeypatch) -> None:
         reporter = ProgressReporter(
             TrainingProgress(run_id="r"),
             interval=0.05,
-            stall_timeout=0.5,
+            watchdog=PhaseWatchdog({"training": 0.5}),
             on_stall=lambda reason: (stalls.append(reason), health.report_fatal(reason)),
         )
         with reporter:
             reporter.update(phase="loading_model")
-            time.sleep(0.8)  # slow phases other than training never count as a stall
+            time.sleep(0.8)  # a phase without a limit never counts as a stall
             assert not reporter.stalled
             for step in range(1, 4):
                 reporter.update(phase="training", global_step=step, max_steps=100)

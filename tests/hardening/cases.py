@@ -118,7 +118,7 @@ SHAPE, NAMES, HYPER, DATA, MODELS, INFER, ALIASES, CONFINED = (
     "aliases",
     "local paths",
 )
-OUTSIDE = ("outside the folders the trainer may read", "BERT_LOCAL_PATH_ROOTS")
+OUTSIDE = ("outside the folders the trainer may read; allowed:", "BERT_LOCAL_PATH_ROOTS")
 IC, DE, ML, RNF = INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, RUN_NOT_FOUND
 PATTERN = "should match pattern"
 LETTER_OR_DIGIT = "starting with a letter or digit"
@@ -364,6 +364,14 @@ CASES: list[Case] = [
         run_with(max_seq_length=100000),
         IC,
         ("runs[0].max_seq_length", "less than or equal to 512"),
+    ),
+    Case(
+        "max-seq-length-over-model",
+        HYPER,
+        T,
+        run_with(max_seq_length=256),  # the tiny test model has 128 position embeddings
+        IC,
+        ("max_seq_length 256", "128 positions"),
     ),
     Case(
         "max-seq-length-tiny",
@@ -615,7 +623,7 @@ CASES: list[Case] = [
         T,
         run_with(model_name=local("model_linking_out")),
         IC,
-        ("model_name", "'config.json' links there", *OUTSIDE),
+        ("model_name", "holds 'config.json', a link to outside", *OUTSIDE),
     ),
     Case(
         "dataset-name-outside-roots",

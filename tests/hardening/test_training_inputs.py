@@ -18,6 +18,8 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from services.trainer import fencing
+from services.trainer.run_directory import STAGING_DIR
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentOutput
 from tests.conftest import SentimentData, running_workers, tiny_config
 from tests.hardening.artefacts import Artefacts
@@ -55,7 +57,12 @@ async def train_env(
     runs_root = tmp_path_factory.mktemp("hardening_train") / "bert_runs"
     runs_root.mkdir()
     client = temporal_env.client
-    async with running_workers(client, runs_root, inferencer=False) as queues:
+    # The trainer may read the test's data, models and bad files, and nothing beside them
+    # (``artefacts.forbidden`` plays other tenants' data and mounted secrets).
+    roots = (artefacts.root, sentiment_csv.train.parent, tiny_model, runs_root)
+    async with running_workers(
+        client, runs_root, inferencer=False, local_path_roots=roots
+    ) as queues:
         yield TrainEnv(
             client=client,
             queue=queues.training,
@@ -141,7 +148,7 @@ async def test_rerunning_an_experiment_never_corrupts_a_finished_run(
 ) -> None:
     """Same config and data: reused. Different config or data: refused unless overwrite."""
     context = train_env.context
-    train_file = tmp_path / "train.csv"
+    train_file = context.bad.root / "rerun-train.csv"  # inside the trainer's roots
     train_file.write_bytes(context.data.train.read_bytes())
     config = tiny_config(context.tiny_model, context.data, num_epochs=1, train_file=str(train_file))
 
@@ -187,4 +194,7 @@ async def test_rerunning_an_experiment_never_corrupts_a_finished_run(
     assert not replaced.reused
     assert json.loads(manifest.read_text())["config"]["learning_rate"] == 0.001
     assert not (run_dir / "checkpoints").exists()
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "staging left behind"
+    # Only the fence stays (who wrote the run: see docs/durability.md); no staging folder.
+    hidden = {p.name for p in run_dir.iterdir() if p.name.startswith(".")}
+    assert hidden <= {fencing.FENCE_FILE, fencing.LOCK_FILE}, f"left behind: {hidden}"
+    assert not (train_env.runs_root / STAGING_DIR).exists(), "staging left behind"

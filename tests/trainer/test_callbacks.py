@@ -9,6 +9,7 @@ from temporalio.testing import ActivityEnvironment
 from transformers import TrainerControl, TrainerState
 
 from services.trainer import callbacks, checkpoints
+from services.trainer.fencing import AttemptToken, RunFence
 from services.trainer.progress import ProgressReporter
 from services.trainer.stopping import StopControl
 from shared import metrics
@@ -118,9 +119,9 @@ def test_checkpoint_seal_callback_seals_prunes_and_publishes_the_resume_hint(
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: heartbeats.append(details[0])
     progress = reporter()
-    seal = callbacks.CheckpointSealCallback(
-        tmp_path, attempt=2, config_digest="d", reporter=progress
-    )
+    fence = RunFence(tmp_path, AttemptToken("workflow", "run", 2))
+    fence.claim()
+    seal = callbacks.CheckpointSealCallback(fence, attempt=2, config_digest="d", reporter=progress)
     for step in (10, 20, 30):
         path = checkpoints.checkpoint_dir(tmp_path, 2, step)
         path.mkdir(parents=True)

@@ -15,9 +15,10 @@ from services.inferencer.activities import classify
 from services.inferencer.model_cache import load_model
 from services.trainer import checkpoints
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from shared.runs import is_complete, read_record, resolve_served_run
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 
 STEPS_PER_EPOCH = 10  # 160 rows at batch size 16
@@ -25,7 +26,9 @@ STEPS_PER_EPOCH = 10  # 160 rows at batch size 16
 
 def _train(runs_root: Path, run_id: str, config: dict, **request: object) -> BertFineTuneResult:
     return ActivityEnvironment().run(
-        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
+        TrainingActivities(
+            runs_root, OfflineGateway(), local_path_roots=LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
+        ).fine_tune_bert,
         BertFineTuneRequest(
             run_id=run_id, config=BertFineTuneConfig.model_validate(config), **request
         ),

@@ -7,8 +7,9 @@ from pathlib import Path
 from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 
 
@@ -22,7 +23,9 @@ def test_heartbeats_cover_every_phase_and_carry_progress(
         tiny_config(tiny_model, sentiment_csv, checkpoint_steps=20)
     )
     result = env.run(
-        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
+        TrainingActivities(
+            runs_root, OfflineGateway(), local_path_roots=LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
+        ).fine_tune_bert,
         BertFineTuneRequest(run_id="beats-run-0-tiny", config=config),
     )
     assert result.eval_accuracy is not None

@@ -9,8 +9,9 @@ from temporalio.testing import ActivityEnvironment
 from services.inferencer.activities import classify
 from services.inferencer.model_cache import load_model
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 from tests.tiny import build_tiny_roberta
 
@@ -21,7 +22,9 @@ def test_a_roberta_checkpoint_fine_tunes_and_serves_without_code_changes(
     model = build_tiny_roberta(tmp_path / "tiny-roberta")
     config = BertFineTuneConfig.model_validate(tiny_config(model, sentiment_csv))
     result = ActivityEnvironment().run(
-        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
+        TrainingActivities(
+            runs_root, OfflineGateway(), local_path_roots=LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
+        ).fine_tune_bert,
         BertFineTuneRequest(run_id="families-run-0-roberta", config=config),
     )
     assert result.eval_accuracy is not None and result.eval_accuracy > 0.8

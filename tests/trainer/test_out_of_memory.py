@@ -76,7 +76,7 @@ async def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(
         ), run.notes
         manifest = json.loads((Path(run.model_dir) / RUN_MANIFEST).read_text(encoding="utf-8"))
         # Same optimisation as batch 16: 160 rows / 16 per step * 4 epochs.
-        assert manifest["metrics"]["global_step"] == 40
+        assert manifest["global_step"] == 40
         assert run.eval_accuracy is not None and run.eval_accuracy > 0.8
         assert predicts_sentiment(run.model_dir) == ["positive", "negative"]
     finally:

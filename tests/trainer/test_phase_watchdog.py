@@ -70,7 +70,7 @@ async def test_a_hung_phase_is_handed_to_another_worker_and_fails_liveness(
     )
     healthy: WorkerProcess | None = None
     try:
-        config = tiny_config(tiny_model, sentiment_csv, num_epochs=2)
+        config = tiny_config(tiny_model, sentiment_csv)
         handle = await client.start_workflow(
             FINE_TUNING_WORKFLOW,
             _experiment(f"hang-{phase.replace('_', '-')}", config),

@@ -17,6 +17,7 @@ from temporalio.testing import ActivityEnvironment
 
 from bert_finetune.cli import main as cli_main
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from shared.run_record import RunRecord
 from shared.runs import read_record
 from shared.types import (
@@ -29,7 +30,7 @@ from shared.types import (
     BertInferenceRequest,
     BertInferenceResult,
 )
-from tests.conftest import running_workers
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, running_workers
 from tests.helpers.gateway import OfflineGateway
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_v1"
@@ -59,7 +60,9 @@ def _new_format(config: dict) -> BertFineTuneConfig:
 def _fine_tune(runs_root: Path, run_id: str, config: BertFineTuneConfig):
     env = ActivityEnvironment()
     return env.run(
-        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
+        TrainingActivities(
+            runs_root, OfflineGateway(), local_path_roots=LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
+        ).fine_tune_bert,
         BertFineTuneRequest(run_id=run_id, config=config),
     )
 

@@ -1,4 +1,8 @@
-"""Out-of-memory recovery: halve the per-device batch, double gradient accumulation.
+"""What a run needs from the model and the device: sequence length and memory.
+
+``max_seq_length`` must fit the model's position embeddings (else ``InvalidConfig``).
+
+Out-of-memory recovery: halve the per-device batch, double gradient accumulation.
 
 The effective batch (per-device batch × accumulation steps) and so the optimisation stay
 the same; only how much of it is on the device at once changes (the idea behind
@@ -12,16 +16,33 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.exceptions import ApplicationError
 
-from shared.errors import RESOURCE_EXHAUSTED, failure
+from shared.errors import INVALID_CONFIG, RESOURCE_EXHAUSTED, failure
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
+# Tokenizers without a known limit report a huge sentinel as their ``model_max_length``.
+_NO_TOKENIZER_LIMIT = 1_000_000
+
+
+def check_sequence_length(max_seq_length: int, model_name: str, model: Any, tokenizer: Any) -> None:
+    """Refuse a ``max_seq_length`` longer than the model can read, before training."""
+    limits = [getattr(model.config, "max_position_embeddings", None)]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    usable = min(
+        (n for n in limits if isinstance(n, int) and n < _NO_TOKENIZER_LIMIT), default=None
+    )
+    if usable is not None and max_seq_length > usable:
+        raise failure(
+            INVALID_CONFIG,
+            f"max_seq_length {max_seq_length} is longer than model_name {model_name!r} can read "
+            f"({usable} positions); set max_seq_length to {usable} or less",
+        )
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,18 @@ class BatchPlan:
     def effective(self) -> int:
         return self.per_device * self.accumulation
 
+    @property
+    def reduced(self) -> bool:
+        return self.accumulation > 1
+
+    def note(self) -> str:
+        """What the result's ``notes`` say about a reduced plan."""
+        return (
+            f"batch_size {self.effective} did not fit in device memory: trained with per-device "
+            f"batch {self.per_device} with {self.accumulation} gradient accumulation steps (the "
+            f"same {self.effective} rows per optimizer step)"
+        )
+
     def halved(self) -> BatchPlan | None:
         """At most half the rows per pass, the same effective batch; None at one row per pass.
 
@@ -47,13 +80,22 @@ class BatchPlan:
         return None
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """A device (CUDA, MPS, XPU) or CPU allocator out-of-memory error."""
-    import torch
-    from accelerate.utils.memory import should_reduce_batch_size
+# How the allocators word running out of memory (CUDA/HIP/XPU, Apple MPS, CPU allocator).
+_OUT_OF_MEMORY_MESSAGES = (
+    " out of memory",
+    "MPS backend out of memory",
+    "DefaultCPUAllocator: can't allocate memory",
+)
 
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, Exception) and should_reduce_batch_size(err)
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A device or allocator out-of-memory error (``torch.OutOfMemoryError`` or its text)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(
+        message in str(err) for message in _OUT_OF_MEMORY_MESSAGES
     )
 
 
