@@ -3,16 +3,17 @@
 A trainer cut off from Temporal keeps training while the server, missing its heartbeats,
 starts the next attempt elsewhere. Both then write into the same ``{run_id}`` folder. Each
 attempt therefore claims the folder with its token (workflow id, workflow run id, attempt
-number) in ``.fence.json`` before it writes anything, and performs every write that other
-attempts can see (sealing or pruning checkpoints, the final save, ``run.json``) inside
-``exclusive()``, which holds the run's lock and refuses unless the folder is still its own
-and not yet complete. An older attempt can thus never overwrite or delete a newer one's
-work, and a finished run is never modified except through an explicit overwrite, which
-claims the folder like any attempt.
+number) in ``$BERT_RUNS_DIR/.fences/{run_id}.json`` before it writes anything, and performs
+every write that other attempts can see (sealing or pruning checkpoints, the final save,
+``run.json``) inside ``exclusive()``, which holds the run's lock and refuses unless the
+folder is still its own and not yet complete. The fence lives beside the run folders (a
+name no run id can take), so run folders hold only what was trained. An older attempt can
+thus never overwrite or delete a newer one's work, and a finished run is never modified
+except through an explicit overwrite, which claims the folder like any attempt.
 
-The lock is a POSIX record lock (``fcntl.lockf``) on ``.fence.lock``: it works across
-machines on network file systems with lock support (NFSv4, CephFS, EFS, Filestore), and
-a process-wide mutex covers attempts in the same process (POSIX locks do not).
+The lock is a POSIX record lock (``fcntl.lockf``) on ``.fences/{run_id}.lock``: it works
+across machines on network file systems with lock support (NFSv4, CephFS, EFS, Filestore),
+and a process-wide mutex covers attempts in the same process (POSIX locks do not).
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from shared.runs import is_complete, write_json_atomic
 
 log = get_logger(__name__)
 
-FENCE_FILE = ".fence.json"
-LOCK_FILE = ".fence.lock"
+FENCES_DIR = ".fences"
 # How often ``still_current`` rereads the fence between writes (a file read per check).
 RECHECK_SECONDS = 5.0
 
@@ -59,6 +59,11 @@ class AttemptToken:
         )
 
 
+def _fence_path(run_dir: Path, suffix: str) -> Path:
+    """``{runs_root}/.fences/{run_id}{suffix}`` (run folders sit directly in the runs root)."""
+    return run_dir.parent / FENCES_DIR / f"{run_dir.name}{suffix}"
+
+
 def _process_lock(run_dir: Path) -> threading.Lock:
     with _process_locks_guard:
         return _process_locks.setdefault(run_dir.resolve(), threading.Lock())
@@ -67,7 +72,9 @@ def _process_lock(run_dir: Path) -> threading.Lock:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """The run directory's lock, across threads, processes and machines."""
-    with _process_lock(run_dir), (run_dir / LOCK_FILE).open("a") as handle:
+    lock_file = _fence_path(run_dir, ".lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with _process_lock(run_dir), lock_file.open("a") as handle:
         fcntl.lockf(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -78,7 +85,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def holder(run_dir: Path) -> AttemptToken | None:
     """The attempt that last claimed ``run_dir``, if any."""
     try:
-        record = json.loads((run_dir / FENCE_FILE).read_text(encoding="utf-8"))
+        record = json.loads(_fence_path(run_dir, ".json").read_text(encoding="utf-8"))
         return AttemptToken(
             str(record["workflow_id"]), str(record["workflow_run_id"]), int(record["attempt"])
         )
@@ -121,7 +128,7 @@ class RunFence:
                 retire_finished_run(self.run_dir)
             if current is not None and current != self.token:
                 log.info("fence.taken_over", previous=asdict(current))
-            write_json_atomic(self.run_dir / FENCE_FILE, asdict(self.token))
+            write_json_atomic(_fence_path(self.run_dir, ".json"), asdict(self.token))
         self._current = True
         self._checked_at = time.monotonic()
         log.info("fence.claimed", attempt=self.token.attempt)

@@ -41,8 +41,6 @@ log = get_logger(__name__)
 # Staged final models live beside the run folders (a name no run id can take) until the
 # commit moves them in: a stale attempt's save never shows up inside a run folder.
 STAGING_DIR = ".staging"
-# Kept when a finished run is cleared for an overwrite: the claim and the lock guard it.
-_CLAIM_FILES = (ownership.OWNER_FILE, fencing.FENCE_FILE, fencing.LOCK_FILE)
 
 # Files a saved model folder must not keep: a pickle of the TrainingArguments (the run's
 # settings live in run.json, and run folders hold no pickles).
@@ -167,7 +165,7 @@ class RunDirectory:
         """The record goes first, so a reader never sees a complete run with missing files."""
         (self.path / RUN_MANIFEST).unlink(missing_ok=True)
         for entry in self.path.iterdir():
-            if entry.name not in (CHECKPOINTS_DIR, *_CLAIM_FILES):
+            if entry.name not in (CHECKPOINTS_DIR, ownership.OWNER_FILE):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def checkpoint_digests(

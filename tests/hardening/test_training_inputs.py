@@ -18,7 +18,6 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from services.trainer import fencing
 from services.trainer.run_directory import STAGING_DIR
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentOutput
 from tests.conftest import SentimentData, running_workers, tiny_config
@@ -194,7 +193,5 @@ async def test_rerunning_an_experiment_never_corrupts_a_finished_run(
     assert not replaced.reused
     assert json.loads(manifest.read_text())["config"]["learning_rate"] == 0.001
     assert not (run_dir / "checkpoints").exists()
-    # Only the fence stays (who wrote the run: see docs/durability.md); no staging folder.
-    hidden = {p.name for p in run_dir.iterdir() if p.name.startswith(".")}
-    assert hidden <= {fencing.FENCE_FILE, fencing.LOCK_FILE}, f"left behind: {hidden}"
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "staging left behind"
     assert not (train_env.runs_root / STAGING_DIR).exists(), "staging left behind"

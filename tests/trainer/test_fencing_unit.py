@@ -20,12 +20,13 @@ def _token(attempt: int, run: str = "run-a") -> AttemptToken:
 
 
 def test_a_newer_attempt_fences_the_older_one_off(tmp_path: Path) -> None:
-    older, newer = RunFence(tmp_path, _token(1)), RunFence(tmp_path, _token(2))
+    run_dir = tmp_path / "run"
+    older, newer = RunFence(run_dir, _token(1)), RunFence(run_dir, _token(2))
     older.claim()
     with older.exclusive():
         pass
     newer.claim()
-    assert holder(tmp_path) == _token(2)
+    assert holder(run_dir) == _token(2)
     with pytest.raises(Superseded), older.exclusive():
         pytest.fail("the older attempt got to write")
     assert not older.still_current(force=True)
@@ -36,27 +37,30 @@ def test_a_newer_attempt_fences_the_older_one_off(tmp_path: Path) -> None:
 
 
 def test_a_complete_run_is_only_replaced_by_an_explicit_overwrite(tmp_path: Path) -> None:
-    first = RunFence(tmp_path, _token(1))
+    run_dir = tmp_path / "run"
+    first = RunFence(run_dir, _token(1))
     first.claim()
     with first.exclusive():
-        write_json_atomic(tmp_path / RUN_MANIFEST, {"attempt": 1})
+        write_json_atomic(run_dir / RUN_MANIFEST, {"attempt": 1})
     with pytest.raises(Superseded), first.exclusive():
         pytest.fail("wrote into a complete run")
     retired: list[Path] = []
     # A later attempt of the same workflow run reuses the result, even with overwrite.
     with pytest.raises(Superseded):
-        RunFence(tmp_path, _token(2)).claim(retire_finished_run=retired.append)
+        RunFence(run_dir, _token(2)).claim(retire_finished_run=retired.append)
     # Another workflow run without overwrite may not replace it...
     with pytest.raises(Superseded):
-        RunFence(tmp_path, _token(1, run="run-b")).claim()
+        RunFence(run_dir, _token(1, run="run-b")).claim()
     # ...with overwrite it retires the finished run under the lock, then owns the folder.
-    RunFence(tmp_path, _token(1, run="run-b")).claim(
+    RunFence(run_dir, _token(1, run="run-b")).claim(
         retire_finished_run=lambda d: (retired.append(d), (d / RUN_MANIFEST).unlink())
     )
-    assert retired == [tmp_path] and holder(tmp_path) == _token(1, run="run-b")
+    assert retired == [run_dir] and holder(run_dir) == _token(1, run="run-b")
 
 
 def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
     hold_seconds = 3.0
     holder_process = subprocess.Popen(
         [
@@ -66,7 +70,7 @@ def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
             "from services.trainer.fencing import run_lock\n"
             "with run_lock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n",
-            str(tmp_path),
+            str(run_dir),
             str(hold_seconds),
         ],
         cwd=REPO_ROOT,
@@ -77,7 +81,7 @@ def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
         assert holder_process.stdout is not None
         assert holder_process.stdout.readline().strip() == "locked"
         began = time.monotonic()
-        RunFence(tmp_path, _token(1)).claim()
+        RunFence(run_dir, _token(1)).claim()
         waited = time.monotonic() - began
     finally:
         holder_process.wait(timeout=30)
