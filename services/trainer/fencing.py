@@ -102,16 +102,14 @@ class RunFence:
         self._checked_at = 0.0
         self._current = False
 
-    def claim(self, retire_finished_run: Callable[[Path], None] | None = None) -> None:
+    def claim(self, retire_finished_run: Callable[[], None] | None = None) -> None:
         """Take the folder for this attempt before writing anything into it.
 
         Raises ``Superseded`` when a newer attempt of the same workflow run holds it, or
-        when the run is complete and this attempt may not replace it: without
-        ``retire_finished_run`` (no explicit overwrite), or when this same workflow run
-        finished it (an earlier attempt that lost its connection; the caller reuses it).
-        With an overwrite, ``retire_finished_run(run_dir)`` clears the finished run under
-        the lock. A different workflow run holding the folder is taken over: the owner
-        check lets a workflow take a folder only from one that is no longer running.
+        when the run is complete and ``retire_finished_run`` is None (it may not be
+        replaced); otherwise ``retire_finished_run()`` clears the finished run under the
+        lock. A different workflow run holding the folder is taken over: the owner check
+        lets a workflow take a folder only from one that is no longer running.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with run_lock(self.run_dir):
@@ -123,9 +121,9 @@ class RunFence:
                     f"{self.token.attempt})"
                 )
             if is_complete(self.run_dir):
-                if retire_finished_run is None or same_run:
+                if retire_finished_run is None:
                     raise Superseded("the run is already complete")
-                retire_finished_run(self.run_dir)
+                retire_finished_run()
             if current is not None and current != self.token:
                 log.info("fence.taken_over", previous=asdict(current))
             write_json_atomic(_fence_path(self.run_dir, ".json"), asdict(self.token))

@@ -142,26 +142,41 @@ class RunDirectory:
                 return record
         return None
 
-    def claim(self, owner: Ownership | None, token: AttemptToken, overwrite: bool) -> RunFence:
+    def claim(
+        self, owner: Ownership | None, token: AttemptToken, overwrite: bool, identity: str
+    ) -> None:
         """Make this workflow the folder's trainer and this attempt its only writer.
 
         Raises ``fencing.Superseded`` when a newer attempt holds the folder, or when the run
-        is complete and may not be replaced (no ``overwrite``, or this workflow run already
-        finished it); with ``overwrite`` a finished run is retired under the run's lock.
+        is complete and may not be replaced. A finished run is retired under the run's lock
+        for an ``overwrite`` (unless an earlier attempt of this same workflow run finished
+        this very work: it lost its connection, and its result is reused), and so is a
+        reuse pointer whose source changed (the work is done again).
         """
         self.path.mkdir(parents=True, exist_ok=True)
         if owner is not None:
             ownership.claim(self.path, owner.workflow_id, owner.is_running)
+        record = self.finished_record()
+        replace = record is not None and (
+            bool(record.reused_from and not self._source_unchanged(record))
+            or (overwrite and not self._finished_here(record, token, identity))
+        )
         fence = RunFence(self.path, token)
-        fence.claim(retire_finished_run=self._clear_finished_run if overwrite else None)
+        fence.claim(retire_finished_run=self._clear_finished_run if replace else None)
         self._fence = fence
         # Staging folders that older attempts of this run left behind (they crashed while
         # saving, or are stale and will find the fence closed).
         for leftover in (self.runs_root / STAGING_DIR).glob(f"{self.run_id}.attempt-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        return fence
 
-    def _clear_finished_run(self, _run_dir: Path) -> None:
+    def _finished_here(self, record: RunRecord, token: AttemptToken, identity: str) -> bool:
+        """Whether an earlier attempt of this workflow run completed this same work."""
+        holder = fencing.holder(self.path)
+        return (
+            record.identity == identity and holder is not None and holder.same_workflow_run(token)
+        )
+
+    def _clear_finished_run(self) -> None:
         """The record goes first, so a reader never sees a complete run with missing files."""
         (self.path / RUN_MANIFEST).unlink(missing_ok=True)
         for entry in self.path.iterdir():

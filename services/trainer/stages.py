@@ -65,7 +65,7 @@ def reuse_finished_work(
     source = run.find_source(identity, epochs_wanted(request))
     if source is None:
         return None
-    run.claim(attempt.owner, attempt.token, request.overwrite)
+    run.claim(attempt.owner, attempt.token, request.overwrite, identity)
     source_dir = run.runs_root / source.run_id
     pointer = run.commit_reuse(reuse_record(request, source, source_dir), source)
     log.info("training.reused", run_dir=str(run.path), reused_from=source.run_id)
@@ -78,7 +78,7 @@ def claim_or_reuse(
     """Claim the folder for this attempt (None), or return the finished result when the run
     was completed meanwhile by an earlier attempt that lost its connection but finished."""
     try:
-        run.claim(attempt.owner, attempt.token, request.overwrite)
+        run.claim(attempt.owner, attempt.token, request.overwrite, identity)
     except Superseded:
         record = run.finished_record()
         if record is None or record.identity != identity:

@@ -45,15 +45,15 @@ def test_a_complete_run_is_only_replaced_by_an_explicit_overwrite(tmp_path: Path
     with pytest.raises(Superseded), first.exclusive():
         pytest.fail("wrote into a complete run")
     retired: list[Path] = []
-    # A later attempt of the same workflow run reuses the result, even with overwrite.
+    # A later attempt without the right to replace it (no overwrite) may not...
     with pytest.raises(Superseded):
-        RunFence(run_dir, _token(2)).claim(retire_finished_run=retired.append)
-    # Another workflow run without overwrite may not replace it...
+        RunFence(run_dir, _token(2)).claim()
     with pytest.raises(Superseded):
         RunFence(run_dir, _token(1, run="run-b")).claim()
-    # ...with overwrite it retires the finished run under the lock, then owns the folder.
+    assert holder(run_dir) == _token(1)
+    # ...with it, the finished run is retired under the lock, then the folder is its own.
     RunFence(run_dir, _token(1, run="run-b")).claim(
-        retire_finished_run=lambda d: (retired.append(d), (d / RUN_MANIFEST).unlink())
+        retire_finished_run=lambda: (retired.append(run_dir), (run_dir / RUN_MANIFEST).unlink())
     )
     assert retired == [run_dir] and holder(run_dir) == _token(1, run="run-b")
 
