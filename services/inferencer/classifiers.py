@@ -73,6 +73,10 @@ class OnnxClassifier:
             # One request uses every core; concurrent requests share them through the OS.
             options.intra_op_num_threads = _usable_cores()
             options.inter_op_num_threads = 1
+            # Idle threads sleep instead of spinning: spinning threads steal the cores from
+            # concurrent requests and the SDK (an 8-text request took 4x longer on a busy
+            # 2-core machine with spinning on).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = onnxruntime.InferenceSession(
                 str(export / manifest["served_graph"]), options, providers=["CPUExecutionProvider"]
             )
