@@ -83,41 +83,45 @@ def synthetic_batch(batch_size: int, vocab_size: int, device: str) -> dict[str, 
     }
 
 
-def timed(step: Callable[[], None], steps: int, warmup: int) -> float:
+def timed(step: Callable[[], None], steps: int, warmup: int, device: str) -> float:
     """Seconds per step after ``warmup`` untimed steps (CUDA work is synchronised)."""
     import torch
 
+    def synchronize() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    synchronize()
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    synchronize()
     return (time.perf_counter() - started) / steps
 
 
-def training_loop(batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
+def training_loop(batch_size: int, steps: int, warmup: int, device: str) -> tuple[float, float]:
     """(samples/s, model FLOP/s) of forward + backward + fused AdamW under bf16 autocast."""
     import torch
 
-    model = bert_base().cuda().train()
+    model = bert_base().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
-    batch = synthetic_batch(batch_size, model.config.vocab_size, "cuda")
+    batch = synthetic_batch(batch_size, model.config.vocab_size, device)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = timed(step, steps, warmup)
+    seconds = timed(step, steps, warmup, device)
     flops = flops_per_sequence(model) * batch_size / seconds
     return batch_size / seconds, flops
 
 
-def trainer_path(batch_size: int, steps: int) -> float:
+def trainer_path(batch_size: int, steps: int, device: str) -> float:
     """samples/s of the HF Trainer with the trainer worker's GPU arguments."""
     import datasets
     import torch
@@ -147,7 +151,8 @@ def trainer_path(batch_size: int, steps: int) -> float:
             report_to="none",
             disable_tqdm=True,
             logging_strategy="no",
-            dataloader_pin_memory=True,
+            dataloader_pin_memory=device == "cuda",
+            use_cpu=device == "cpu",
         )
         trainer = Trainer(model=model, args=args, train_dataset=data)
         trainer.remove_callback(PrinterCallback)
@@ -155,19 +160,19 @@ def trainer_path(batch_size: int, steps: int) -> float:
     return float(output.metrics["train_samples_per_second"])
 
 
-def inference(batch_size: int, steps: int, warmup: int) -> float:
+def inference(batch_size: int, steps: int, warmup: int, device: str) -> float:
     """texts/s of full-length (128-token) texts, bf16 autocast, inference mode."""
     import torch
 
-    model = bert_base().cuda().eval()
-    batch = synthetic_batch(batch_size, model.config.vocab_size, "cuda")
+    model = bert_base().to(device).eval()
+    batch = synthetic_batch(batch_size, model.config.vocab_size, device)
     del batch["labels"]
 
     def step() -> None:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
             model(**batch)
 
-    seconds = timed(step, steps, warmup)
+    seconds = timed(step, steps, warmup, device)
     return batch_size / seconds
 
 
@@ -179,10 +184,21 @@ def main() -> None:
     parser.add_argument("--inference-batch-size", type=int, default=256)
     parser.add_argument("--peak-tflops", type=float, help="the GPU's peak dense bf16 TFLOP/s")
     parser.add_argument("--write", type=Path, help="replace the GPU section of this file")
+    parser.add_argument(
+        "--smoke-on-cpu",
+        action="store_true",
+        help="run every measurement once on the CPU at batch 2 (checks the script, no figures)",
+    )
     args = parser.parse_args()
 
     import torch
 
+    if args.smoke_on_cpu:
+        training_loop(2, 1, 1, "cpu")
+        trainer_path(2, 1, "cpu")
+        inference(2, 1, 1, "cpu")
+        print("bench.gpu: smoke run on the CPU passed (no figures)")
+        return
     if not torch.cuda.is_available():
         print(
             "bench.gpu: no CUDA GPU visible to torch "
@@ -199,13 +215,13 @@ def main() -> None:
     peak = peak_tflops(name, args.peak_tflops)
     print(f"bench.gpu: {name}, peak bf16 {peak or 'unknown'} TFLOP/s", flush=True)
 
-    loop_rate, loop_flops = training_loop(args.batch_size, args.steps, args.warmup)
+    loop_rate, loop_flops = training_loop(args.batch_size, args.steps, args.warmup, "cuda")
     print(f"training loop: {loop_rate:.0f} samples/s", flush=True)
     torch.cuda.empty_cache()  # each measurement's model is gone once its function returns
-    trainer_rate = trainer_path(args.batch_size, args.steps)
+    trainer_rate = trainer_path(args.batch_size, args.steps, "cuda")
     print(f"HF Trainer (worker's arguments): {trainer_rate:.0f} samples/s", flush=True)
     torch.cuda.empty_cache()
-    infer_rate = inference(args.inference_batch_size, args.steps, args.warmup)
+    infer_rate = inference(args.inference_batch_size, args.steps, args.warmup, "cuda")
     print(f"inference: {infer_rate:.0f} texts/s", flush=True)
 
     def mfu(flops_per_second: float) -> str:
