@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,10 @@ FINE_TUNE_ACTIVITY = "fine_tune_bert"
 # A local activity of the training worker: removes a cancelled run's partial output.
 DISCARD_RUN_ACTIVITY = "discard_partial_run"
 INFERENCE_ACTIVITY = "run_bert_inference"
+PROMOTE_WORKFLOW = "BertPromoteWorkflow"
+# A local activity of the trainer task queue's workers (trainers and controllers): moves an
+# alias pointer. Any workflow on that queue may run it (``BertPromoteWorkflow``, a sweep).
+PROMOTE_ACTIVITY = "promote_alias"
 
 # Temporal refuses payloads over 2 MiB. An inference result echoes the texts and adds, per
 # text, a label id, a label name and a confidence: budget half the limit, with an allowance
@@ -40,6 +44,8 @@ PROGRESS_QUERY = "progress"
 PROGRESS_SIGNAL = "report_progress"
 
 EXPERIMENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+# Aliases name files under ``$BERT_RUNS_DIR/_aliases``; they follow the experiment-name rule.
+ALIAS_PATTERN = EXPERIMENT_NAME_PATTERN
 _UNSAFE_MODEL_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _EXPERIMENT_NAME = re.compile(EXPERIMENT_NAME_PATTERN)
 # A run id is one path component of at most 255 bytes (the common filesystem limit).
@@ -56,12 +62,18 @@ def make_run_id(experiment_name: str, index: int, model_name: str) -> str:
     return f"{experiment_name}-run-{index}-{sanitize_model_name(model_name)}"
 
 
+def is_valid_alias(alias: str) -> bool:
+    return _EXPERIMENT_NAME.fullmatch(alias) is not None
+
+
 def is_safe_run_id(run_id: str) -> bool:
-    """True when ``run_id`` is a single, non-hidden path component that cannot escape a root."""
+    """True when ``run_id`` is one path component that cannot escape a root nor name a
+    reserved folder: it starts with a letter or digit (``_aliases`` and other ``_`` names
+    belong to the runs root itself, ``.`` names are hidden or partial)."""
     return (
         0 < len(run_id.encode()) <= MAX_RUN_ID_LENGTH
-        and run_id not in {".", ".."}
-        and not run_id.startswith(".")
+        and run_id[0].isascii()
+        and run_id[0].isalnum()
         and _UNSAFE_MODEL_CHARS.search(run_id) is None
     )
 
@@ -90,6 +102,8 @@ class BertFineTuneConfig(_Strict):
     seed: int = 42
     use_gpu: bool = True
     checkpoint_steps: Annotated[int, Field(ge=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.0
 
     @field_validator("model_name", "text_column", "label_column")
     @classmethod
@@ -140,6 +154,16 @@ class BertExperimentInput(_Strict):
         return [make_run_id(self.experiment_name, i, c.model_name) for i, c in enumerate(self.runs)]
 
 
+class RunContext(_Strict):
+    """What a run belongs to: its experiment or sweep (run metadata, experiment tracking)."""
+
+    kind: Literal["experiment", "sweep"]
+    name: str
+    trial_index: int | None = None
+    # The searched fields of a sweep trial with the values used.
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class BertFineTuneRequest(_Strict):
     """Input of the ``fine_tune_bert`` activity."""
 
@@ -149,12 +173,24 @@ class BertFineTuneRequest(_Strict):
     # Attempts used by earlier executions of this run's activity (re-executed after
     # preemptions), so attempt numbers, and checkpoint folders, keep increasing.
     attempt_offset: Annotated[int, Field(ge=0)] = 0
+    # Successive halving. ``pause_at_epoch``: train to the end of that epoch, evaluate, seal
+    # a checkpoint and return ``paused=True`` without committing (the run stays partial and
+    # the next execution resumes it). ``finish_at_epoch``: commit the run as trained to the
+    # end of that epoch (a pruned trial keeps its model there; ``stopped_early=True``).
+    pause_at_epoch: Annotated[int, Field(ge=1)] | None = None
+    finish_at_epoch: Annotated[int, Field(ge=1)] | None = None
+    # The workflow that receives this run's progress signals (the experiment or sweep);
+    # None: the workflow that runs the activity.
+    progress_workflow_id: str | None = None
+    context: RunContext | None = None
 
     @field_validator("run_id")
     @classmethod
     def _safe_run_id(cls, value: str) -> str:
         if not is_safe_run_id(value):
-            raise ValueError("must be one path component of [A-Za-z0-9._-] not starting with '.'")
+            raise ValueError(
+                "must be one path component of [A-Za-z0-9._-] starting with a letter or digit"
+            )
         return value
 
 
@@ -174,6 +210,16 @@ class BertFineTuneResult(_Strict):
     majority_baseline_accuracy: float | None = None
     reused: bool = False
     notes: list[str] = Field(default_factory=list)
+    # eval_accuracy, eval_f1_macro, eval_precision_macro, eval_recall_macro, eval_loss; empty
+    # when the run has no evaluation data.
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+    # Another run whose finished model this run reuses instead of training (never copied).
+    reused_from: str | None = None
+    epochs_completed: int = 0
+    # Stopped before num_epochs by successive halving (a pruned sweep trial).
+    stopped_early: bool = False
+    # Returned for ``pause_at_epoch``: evaluated and checkpointed, not committed.
+    paused: bool = False
 
 
 class BertExperimentOutput(_Strict):
@@ -182,7 +228,10 @@ class BertExperimentOutput(_Strict):
 
 
 class BertInferenceRequest(_Strict):
-    run_id: Annotated[str, Field(min_length=1)]
+    """Exactly one of ``run_id`` and ``alias`` names the model to serve."""
+
+    run_id: Annotated[str, Field(min_length=1)] | None = None
+    alias: Annotated[str, Field(pattern=EXPERIMENT_NAME_PATTERN)] | None = None
     texts: Annotated[list[str], Field(min_length=1)]
     max_seq_length: Annotated[int, Field(ge=8, le=512)] = 128
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
@@ -190,13 +239,56 @@ class BertInferenceRequest(_Strict):
 
     @field_validator("run_id")
     @classmethod
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_safe_run_id(value):
+            raise ValueError(
+                "must be the id of a saved run (one path component of [A-Za-z0-9._-] "
+                "starting with a letter or digit); list saved runs with `bert-finetune runs`"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_model(self) -> BertInferenceRequest:
+        if (self.run_id is None) == (self.alias is None):
+            raise ValueError(
+                "give exactly one of run_id (a saved run) and alias (a promoted name); "
+                "list them with `bert-finetune runs`"
+            )
+        return self
+
+
+class BertPromoteInput(_Strict):
+    """Input of ``BertPromoteWorkflow`` (and its ``promote_alias`` local activity)."""
+
+    run_id: str
+    alias: str
+
+    @field_validator("run_id")
+    @classmethod
     def _safe_run_id(cls, value: str) -> str:
         if not is_safe_run_id(value):
             raise ValueError(
-                "must be the id of a saved run (one path component of [A-Za-z0-9._-]); "
-                "list saved runs with `bert-finetune runs`"
+                "must be the id of a saved run (one path component of [A-Za-z0-9._-] "
+                "starting with a letter or digit); list saved runs with `bert-finetune runs`"
             )
         return value
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, value: str) -> str:
+        if not is_valid_alias(value):
+            raise ValueError(
+                "must be 1-100 characters of [A-Za-z0-9._-] starting with a letter or digit "
+                "(for example `production`)"
+            )
+        return value
+
+
+class BertPromoteOutput(_Strict):
+    alias: str
+    run_id: str
+    # The run the alias pointed at before; None for a new alias.
+    previous_run_id: str | None = None
 
 
 class BertInferenceResult(_Strict):

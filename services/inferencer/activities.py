@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
 from shared import metrics
+from shared.aliases import resolve_request_alias
 from shared.logging import get_logger
 from shared.runs import require_complete_run
 from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
@@ -39,17 +40,15 @@ class InferenceActivities:
         self._runs_root = runs_root
         self._cache = cache
 
-    def run_dir(self, request: BertInferenceRequest) -> Path:
-        """The complete run a request is served from (the one place a request names a run)."""
-        return require_complete_run(self._runs_root, request.run_id)
-
     @activity.defn(name=INFERENCE_ACTIVITY)
     def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
         started = time.monotonic()
         outcome = "success"
         structlog.contextvars.bind_contextvars(run_id=request.run_id)
         try:
-            run_dir = self.run_dir(request)
+            # An alias is resolved on every request, so a re-promotion is served at once.
+            request = resolve_request_alias(self._runs_root, request)
+            run_dir = require_complete_run(self._runs_root, request.run_id)
             device = "cpu"
             if request.use_gpu:
                 import torch
@@ -62,13 +61,13 @@ class InferenceActivities:
             metrics.INFERENCE_TEXTS.inc(len(request.texts))
             log.info(
                 "inference.done",
-                run_id=run_dir.name,
+                run_id=request.run_id,
                 texts=len(request.texts),
                 backend=loaded.classifier.backend,
                 seconds=round(time.monotonic() - started, 4),
             )
             return BertInferenceResult(
-                run_id=run_dir.name,
+                run_id=request.run_id,
                 texts=request.texts,
                 labels=labels,
                 label_names=[loaded.label_names[label] for label in labels],
