@@ -86,6 +86,8 @@ class OnnxClassifier:
         self.label_names = [str(name) for name in manifest["label_names"]]
         self._input_names = list(manifest["input_names"])
         self._pad_id = int(manifest.get("pad_token_id") or 0)
+        # Longer inputs have no position embedding: truncate there, as `pipeline` does.
+        self._max_length = int(manifest.get("max_position_embeddings") or 0) or None
         self._tokenizers: dict[int, Any] = {}
         self._tokenizers_lock = threading.Lock()
 
@@ -107,6 +109,8 @@ class OnnxClassifier:
     ) -> tuple[list[int], list[float]]:
         import numpy as np
 
+        if self._max_length is not None:
+            max_seq_length = min(max_seq_length, self._max_length)
         encodings = self._tokenizer(max_seq_length).encode_batch(texts)
         # Token-length order: each batch is padded only to its own longest row.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
