@@ -608,6 +608,11 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         f"include the Temporal round trip. Latency: {args.latency_requests} warm requests per "
         f"call shape, round-robin. The ONNX export took {r.export_seconds:.1f} s.",
         "",
+        "Only the ratios within one run mean anything, and only on an otherwise idle machine: "
+        "on a busy one (see the load average) contention slows the sides unevenly (PyTorch's "
+        "spinning threads fight other processes differently from ONNX Runtime's sleeping "
+        "ones).",
+        "",
         "| comparison | ours | baseline | ratio | goal | quality |",
         "|---|---:|---:|---:|---|---|",
     ]
