@@ -25,11 +25,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.logging import get_logger
 from shared.runs import fsync_dir
+
+log = get_logger(__name__)
 
 EXPORT_DIR = "onnx"
 EXPORT_MANIFEST = "export.json"
@@ -78,6 +81,12 @@ def export_onnx(model_dir: Path, check_texts: Sequence[str] | None = None) -> Pa
             shutil.rmtree(target)
         staging.rename(target)
         fsync_dir(model_dir)
+        log.info(
+            "model.exported",
+            model_dir=str(model_dir),
+            served_graph=manifest["served_graph"],
+            seconds=manifest["export_seconds"],
+        )
     except OnnxExportError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -88,6 +97,23 @@ def export_onnx(model_dir: Path, check_texts: Sequence[str] | None = None) -> Pa
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def commit_exporter(check_texts: Sequence[str] | None) -> Callable[[Path], None]:
+    """The export step of a run's commit: exports into the staging folder, never fails it.
+
+    A run whose export fails still commits (without ``onnx/``) and is served by PyTorch; the
+    failure is logged as ``export.failed``.
+    """
+    texts = list(check_texts or [])
+
+    def export(staging: Path) -> None:
+        try:
+            export_onnx(staging, texts)
+        except OnnxExportError as err:
+            log.warning("export.failed", model_dir=str(staging), error=str(err)[:500])
+
+    return export
 
 
 def _build(model_dir: Path, out: Path, check_texts: list[str]) -> dict[str, Any]:

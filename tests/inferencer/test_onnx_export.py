@@ -10,7 +10,13 @@ import pytest
 
 from services.inferencer.classifiers import OnnxClassifier, TorchClassifier
 from shared import onnx_export
-from shared.onnx_export import EXPORT_DIR, EXPORT_MANIFEST, OnnxExportError, export_onnx
+from shared.onnx_export import (
+    EXPORT_DIR,
+    EXPORT_MANIFEST,
+    OnnxExportError,
+    commit_exporter,
+    export_onnx,
+)
 from tests.hardening.conftest import TrainedRun
 from tests.tiny import sentiment_rows
 
@@ -107,3 +113,19 @@ def test_exporting_again_replaces_the_whole_export(model_dir: Path) -> None:
     assert not stale.exists()
     manifest = json.loads((model_dir / EXPORT_DIR / EXPORT_MANIFEST).read_text(encoding="utf-8"))
     assert manifest["served_graph"] == onnx_export.FP32_GRAPH
+
+
+def test_the_commit_step_exports_into_staging_and_never_fails_the_commit(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    export = commit_exporter(CHECK_TEXTS)
+
+    export(model_dir)
+    export(broken)  # logged as export.failed; the run commits without an export
+
+    assert (model_dir / EXPORT_DIR / EXPORT_MANIFEST).is_file()
+    assert not (broken / EXPORT_DIR).exists()
+    assert not [p for p in broken.iterdir() if p.name.startswith(".")]
