@@ -80,7 +80,7 @@ class OnnxClassifier:
             self._session = onnxruntime.InferenceSession(
                 str(export / manifest["served_graph"]), options, providers=["CPUExecutionProvider"]
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except Exception as err:  # tokenizers and onnxruntime raise their own types
             raise _load_error(run_dir, err) from None
         self.graph = str(manifest["served_graph"])
         self.label_names = [str(name) for name in manifest["label_names"]]

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from services.inferencer.classifiers import OnnxClassifier, TorchClassifier
 from shared import onnx_export
+from shared.errors import MODEL_LOAD_ERROR
 from shared.onnx_export import (
     EXPORT_DIR,
     EXPORT_MANIFEST,
@@ -129,3 +131,16 @@ def test_the_commit_step_exports_into_staging_and_never_fails_the_commit(
     assert (model_dir / EXPORT_DIR / EXPORT_MANIFEST).is_file()
     assert not (broken / EXPORT_DIR).exists()
     assert not [p for p in broken.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("damaged", ["served_graph", "tokenizer"])
+def test_a_damaged_export_is_a_model_load_error(model_dir: Path, damaged: str) -> None:
+    export = export_onnx(model_dir)
+    manifest = json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+    (export / manifest[damaged]).write_bytes(b"\x00 truncated by a bad copy")
+
+    with pytest.raises(ApplicationError, match="could not be loaded") as raised:
+        OnnxClassifier(model_dir)
+
+    assert raised.value.type == MODEL_LOAD_ERROR
+    assert raised.value.non_retryable
