@@ -118,16 +118,16 @@ def commit_exporter(check_texts: Sequence[str] | None) -> Callable[[Path], None]
 
 def _build(model_dir: Path, out: Path, check_texts: list[str]) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from shared.model_loading import load_classifier, load_tokenizer
 
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    subject, fix = f"the model in {model_dir.name!r}", "it is served by PyTorch instead"
+    tokenizer = load_tokenizer(str(model_dir), subject, fix)
     if not getattr(tokenizer, "is_fast", False):
         raise OnnxExportError(f"run {model_dir.name!r} has no fast tokenizer to export")
     # Eager attention exports the plain MatMul/Softmax pattern ONNX Runtime knows how to fuse.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), trust_remote_code=False, use_safetensors=True, attn_implementation="eager"
-    ).eval()
+    model = load_classifier(str(model_dir), subject, fix, attn_implementation="eager").eval()
     sample = tokenizer(["an example", "a second example text"], padding=True, return_tensors="pt")
     input_names = [name for name in tokenizer.model_input_names if name in sample]
     raw = out / ".raw.onnx"

@@ -14,7 +14,7 @@ from services.inferencer.model_cache import ModelCache
 from shared import metrics
 from shared.aliases import resolve_request_alias
 from shared.logging import get_logger
-from shared.runs import require_complete_run
+from shared.runs import resolve_served_run
 from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
 
 log = get_logger(__name__)
@@ -48,13 +48,14 @@ class InferenceActivities:
         try:
             # An alias is resolved on every request, so a re-promotion is served at once.
             request = resolve_request_alias(self._runs_root, request)
-            run_dir = require_complete_run(self._runs_root, request.run_id)
+            # A run that reused another run's model is served from that run's folder.
+            served = resolve_served_run(self._runs_root, request.run_id)
             device = "cpu"
             if request.use_gpu:
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            loaded = self._cache.get(run_dir, device)
+            loaded = self._cache.get(served.model_dir, device)
             labels, confidences = loaded.classifier.classify(
                 request.texts, request.max_seq_length, request.batch_size, _progress_callback()
             )

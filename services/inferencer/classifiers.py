@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import MODEL_LOAD_ERROR, failure
+from shared.model_loading import load_for_serving
 from shared.onnx_export import EXPORT_DIR, EXPORT_FORMAT_VERSION, EXPORT_MANIFEST
 
 # Called after each batch with the number of texts classified so far (heartbeats, metrics).
@@ -151,21 +152,8 @@ class TorchClassifier:
     backend = "torch"
 
     def __init__(self, run_dir: Path, device: str) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=False)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(run_dir), trust_remote_code=False, use_safetensors=True
-            )
-        except Exception as err:
-            raise _load_error(run_dir, err) from None
-        if len(tokenizer) <= len(tokenizer.all_special_tokens):
-            raise failure(
-                MODEL_LOAD_ERROR,
-                f"run {run_dir.name!r} has no tokenizer vocabulary; retrain it or restore its "
-                "files",
-            )
+        # The one loading policy: safetensors only, no remote code, a real vocabulary.
+        tokenizer, model = load_for_serving(str(run_dir), run_dir.name)
         model.to(device).eval()
         id2label = model.config.id2label or {}
         self.model = model
