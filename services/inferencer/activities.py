@@ -48,6 +48,7 @@ class InferenceActivities:
         try:
             # An alias is resolved on every request, so a re-promotion is served at once.
             request = resolve_request_alias(self._runs_root, request)
+            assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.
             served = resolve_served_run(self._runs_root, request.run_id)
             device = "cpu"

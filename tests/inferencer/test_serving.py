@@ -18,8 +18,13 @@ from temporalio.client import Client
 from services.inferencer.classifiers import OnnxClassifier, TorchClassifier
 from services.inferencer.workflows import SMALL_REQUEST_MAX_TEXTS
 from shared.onnx_export import EXPORT_DIR, export_onnx
-from shared.types import INFERENCE_WORKFLOW, BertInferenceRequest, BertInferenceResult
-from tests.conftest import run_temporal_cli, running_workers
+from shared.types import (
+    FINE_TUNING_WORKFLOW,
+    INFERENCE_WORKFLOW,
+    BertInferenceRequest,
+    BertInferenceResult,
+)
+from tests.conftest import SentimentData, run_temporal_cli, running_workers, tiny_config
 from tests.hardening.conftest import TrainedRun, copy_run
 from tests.tiny import sentiment_rows
 
@@ -139,4 +144,29 @@ async def test_a_small_request_from_the_temporal_cli_with_plain_json(
     assert executed["result"]["run_id"] == "cli-small"
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in await event_types(
         client, workflow_id
+    )
+
+
+async def test_a_run_that_reused_another_runs_model_is_served_from_it(
+    client: Client, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=2)
+    async with running_workers(client, runs_root) as queues:
+        run_ids = []
+        for name in ("source", "pointer"):  # the same work under another name is reused
+            output = await client.execute_workflow(
+                FINE_TUNING_WORKFLOW,
+                {"experiment_name": name, "runs": [config]},
+                id=f"reuse-{name}-{uuid.uuid4()}",
+                task_queue=queues.training,
+            )
+            run_ids.append(output["runs"][0]["run_id"])
+        assert output["runs"][0]["reused_from"] == run_ids[0]
+        from_source = await infer(client, queues.inference, run_ids[0], TEXTS)
+        from_pointer = await infer(client, queues.inference, run_ids[1], TEXTS)
+
+    assert from_pointer.run_id == run_ids[1]
+    assert (from_pointer.labels, from_pointer.confidences) == (
+        from_source.labels,
+        from_source.confidences,
     )
