@@ -14,6 +14,7 @@ Then it returns the leader's result or raises its error, exactly as ``fine_tune`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,11 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from temporalio.exceptions import ApplicationError
 
 from services.trainer import ownership
+from services.trainer.process_guard import EXPECTED_PARENT_ENV
 from services.trainer.progress import ProgressReporter
 from services.trainer.rank_channel import (
     EventReader,
@@ -36,7 +38,6 @@ from services.trainer.rank_channel import (
     request_shutdown,
     write_job,
 )
-from services.trainer.process_guard import EXPECTED_PARENT_ENV
 from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl, TrainingCancelled, TrainingInterrupted
 from services.trainer.training import fine_tune
@@ -55,6 +56,15 @@ KILL_WAIT_SECONDS = 15.0
 RANK_MODULE = "services.trainer.rank_main"
 # Retryable: the ranks died without a result (killed, out of memory, a crash in torch).
 DISTRIBUTED_TRAINING_FAILED = "DistributedTrainingFailed"
+
+
+def resolve_processes(setting: int | Literal["auto"]) -> int:
+    """``BERT_TRAINER_PROCESSES``: a number, or "auto" for one process per visible GPU."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def ranks_for(batch_size: int, processes: int) -> int:
@@ -116,7 +126,7 @@ class DistributedTraining:
             log.info("training.launching", processes=ranks, folder=str(folder))
             process = subprocess.Popen(
                 torchrun_command(folder, ranks),
-                env={**os.environ, EXPECTED_PARENT_ENV: str(os.getpid())},
+                env=_rank_environment(ranks),
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C reaches the worker, which decides.
                 start_new_session=True,
@@ -141,6 +151,13 @@ class DistributedTraining:
             log_level=self._log_level,
             log_format=self._log_format,
         )
+
+
+def _rank_environment(ranks: int) -> dict[str, str]:
+    env = {**os.environ, EXPECTED_PARENT_ENV: str(os.getpid())}
+    # torchrun would give every rank one thread; share this pod's cores among them instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // ranks)))
+    return env
 
 
 def _stopped_owners(runs_root: Path, run_id: str, attempt: Attempt) -> list[str]:
@@ -285,7 +302,5 @@ def _rank_pids(folder: Path) -> list[int]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -34,7 +34,9 @@ def main() -> int:
     from shared.logging import configure_logging, get_logger
 
     job = rank_channel.read_job(folder)
-    configure_logging(job.log_level, job.log_format)
+    # The leader speaks for every rank; the others log only what goes wrong.
+    quiet = rank > 0 and job.log_level not in ("ERROR", "CRITICAL")
+    configure_logging("WARNING" if quiet else job.log_level, job.log_format)
     structlog.contextvars.bind_contextvars(run_id=job.request.run_id, rank=rank)
     log = get_logger("services.trainer.rank_main")
 
@@ -70,11 +72,9 @@ def main() -> int:
         ),
         checkpoint_interval_seconds=job.checkpoint_interval_seconds,
     )
-    log.info("training.rank_started", world_size=world_size, attempt=job.attempt)
+    log.info("training.rank_started", world_size=world_size, attempt=job.attempt, pid=os.getpid())
     try:
-        result = fine_tune(
-            job.request, Path(job.runs_root), reporter, stop, attempt, ranks=ranks
-        )
+        result = fine_tune(job.request, Path(job.runs_root), reporter, stop, attempt, ranks=ranks)
         outcome = rank_channel.RankOutcome(status="succeeded", result=result)
     except FollowerReleased:
         return 0

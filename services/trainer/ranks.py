@@ -87,7 +87,8 @@ class TorchRanks:
 
     def sealing(self, seal: TrainerCallback) -> list[TrainerCallback]:
         """In place of the seal callback: wait for every rank's files, then the leader seals."""
-        return [CheckpointBarrierCallback(), seal] if self.is_leader else [CheckpointBarrierCallback()]
+        barrier = CheckpointBarrierCallback()
+        return [barrier, seal] if self.is_leader else [barrier]
 
     def agreement(self) -> list[TrainerCallback]:
         """Goes after every other callback, so it sees every local decision of the step."""
@@ -138,3 +139,6 @@ class CheckpointBarrierCallback(TrainerCallback):
         import torch.distributed as dist
 
         dist.barrier()
+
+
+Ranks = SingleProcess | TorchRanks
