@@ -126,7 +126,7 @@ class DistributedTraining:
             log.info("training.launching", processes=ranks, folder=str(folder))
             process = subprocess.Popen(
                 torchrun_command(folder, ranks),
-                env=_rank_environment(ranks),
+                env={**os.environ, EXPECTED_PARENT_ENV: str(os.getpid())},
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C reaches the worker, which decides.
                 start_new_session=True,
@@ -151,13 +151,6 @@ class DistributedTraining:
             log_level=self._log_level,
             log_format=self._log_format,
         )
-
-
-def _rank_environment(ranks: int) -> dict[str, str]:
-    env = {**os.environ, EXPECTED_PARENT_ENV: str(os.getpid())}
-    # torchrun would give every rank one thread; share this pod's cores among them instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // ranks)))
-    return env
 
 
 def _stopped_owners(runs_root: Path, run_id: str, attempt: Attempt) -> list[str]:
