@@ -6,21 +6,29 @@ Real torchrun, real ranks, real Trainer on the tiny BERT; the activity context c
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from services.trainer import ownership
 from services.trainer.launcher import DistributedTraining, ranks_for, resolve_processes
 from services.trainer.progress import ProgressReporter
+from services.trainer.rank_channel import EVENTS_FILE, EventReader, ProgressRelay
+from services.trainer.run_directory import Ownership
 from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl
 from services.trainer.training import fine_tune
 from shared.runs import is_complete
 from shared.settings import Settings, SettingsError
 from shared.types import BertFineTuneRequest, BertFineTuneResult, TrainingProgress
-from tests.durability.harness import predicts_sentiment
+from tests.durability.harness import REPO_ROOT, predicts_sentiment
 from tests.tiny import sentiment_rows, write_csv
 
 
@@ -37,10 +45,8 @@ class LossCurve(ProgressReporter):
             self.losses[self.progress.global_step] = float(fields["loss"])
 
 
-def _train(
-    train: Any, model: Path, data: tuple[Path, Path], runs_root: Path
-) -> tuple[BertFineTuneResult, dict[int, float]]:
-    request = BertFineTuneRequest.model_validate(
+def _request(model: Path, data: tuple[Path, Path]) -> BertFineTuneRequest:
+    return BertFineTuneRequest.model_validate(
         {
             "run_id": "ddp-run-0-tiny",
             "config": {
@@ -56,21 +62,35 @@ def _train(
             },
         }
     )
+
+
+def _train(
+    train: Any,
+    model: Path,
+    data: tuple[Path, Path],
+    runs_root: Path,
+    attempt: Attempt | None = None,
+) -> tuple[BertFineTuneResult, dict[int, float]]:
+    request = _request(model, data)
     reporter = LossCurve(request.run_id)
     stop = StopControl(lambda: False, lambda: False)
 
-    def attempt() -> BertFineTuneResult:
+    def run() -> BertFineTuneResult:
         with reporter:
-            return train(request, runs_root, reporter, stop, Attempt())
+            return train(request, runs_root, reporter, stop, attempt or Attempt())
 
-    return ActivityEnvironment().run(attempt), reporter.losses
+    return ActivityEnvironment().run(run), reporter.losses
+
+
+def _data(root: Path) -> tuple[Path, Path]:
+    return (
+        write_csv(root / "train.csv", sentiment_rows(96, seed=3, string_labels=True)),
+        write_csv(root / "validation.csv", sentiment_rows(24, seed=4, string_labels=True)),
+    )
 
 
 def test_two_processes_train_the_same_loss_curve_as_one(tiny_model: Path, tmp_path: Path) -> None:
-    data = (
-        write_csv(tmp_path / "train.csv", sentiment_rows(96, seed=3, string_labels=True)),
-        write_csv(tmp_path / "validation.csv", sentiment_rows(24, seed=4, string_labels=True)),
-    )
+    data = _data(tmp_path)
     one, one_curve = _train(fine_tune, tiny_model, data, tmp_path / "one")
     two, two_curve = _train(DistributedTraining(2), tiny_model, data, tmp_path / "two")
 
@@ -104,3 +124,90 @@ def test_processes_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("0", "two"):
         with pytest.raises(SettingsError, match="BERT_TRAINER_PROCESSES"):
             Settings.from_env({"BERT_TRAINER_PROCESSES": bad})
+
+
+def test_a_folder_another_running_workflow_owns_is_refused_by_the_leader(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    data = _data(tmp_path)
+    runs_root = tmp_path / "runs"
+    run_dir = runs_root / _request(tiny_model, data).run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / ownership.OWNER_FILE).write_text(json.dumps({"workflow_id": "wf-a"}))
+    asked: list[str] = []
+
+    def is_running(workflow_id: str) -> bool:
+        asked.append(workflow_id)
+        return True
+
+    attempt = Attempt(owner=Ownership("wf-b", is_running))
+    with pytest.raises(ApplicationError) as refused:
+        _train(DistributedTraining(2), tiny_model, data, runs_root, attempt)
+
+    # The worker asked Temporal about the owner; the leader refused with the usual error.
+    assert asked == ["wf-a"]
+    assert refused.value.type == "InvalidConfig" and refused.value.non_retryable
+    assert "being trained by workflow 'wf-a'" in refused.value.message
+    assert ownership.owner_of(run_dir) == "wf-a"
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_process_armed_by_the_guard_dies_with_its_parent(tmp_path: Path) -> None:
+    """The worker → torchrun → rank chain: SIGKILL the parent, the child goes too."""
+    child_pid = tmp_path / "child.pid"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import os, sys, time\n"
+        "from services.trainer.process_guard import die_with_parent\n"
+        "die_with_parent()\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    parent_script = tmp_path / "parent.py"
+    parent_script.write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, str(parent_script), str(child), str(child_pid)], cwd=REPO_ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not child_pid.exists() or not child_pid.read_text():
+            assert parent.poll() is None and time.monotonic() < deadline, "no child started"
+            time.sleep(0.1)
+        pid = int(child_pid.read_text())
+        assert _alive(pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_progress_lines_are_read_once_and_only_when_complete(tmp_path: Path) -> None:
+    relay = ProgressRelay(tmp_path, TrainingProgress(run_id="r"))
+    reader = EventReader(tmp_path)
+    relay.update(phase="training", global_step=3)
+    relay.heartbeat_now()
+    with (tmp_path / EVENTS_FILE).open("a") as events:
+        events.write('{"update": {"global_st')  # a leader killed mid-line
+    assert reader.new_events() == [
+        {"update": {"phase": "training", "global_step": 3}},
+        {"heartbeat": True},
+    ]
+    assert reader.new_events() == []
+    assert relay.progress.global_step == 3
+    relay.close()
