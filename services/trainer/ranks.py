@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from transformers import TrainerCallback
+if TYPE_CHECKING:  # transformers stays out of the controller, which trains nothing
+    from transformers import TrainerCallback
 
 T = TypeVar("T")
 
@@ -54,6 +55,8 @@ class TorchRanks:
     """One rank of a run trained by ``world_size`` processes in an initialised process group."""
 
     def __init__(self, rank: int, world_size: int, local_shutdown: Callable[[], bool]) -> None:
+        from services.trainer.callbacks import StepAgreementCallback
+
         self.rank = rank
         self.world_size = world_size
         self.is_leader = rank == 0
@@ -87,58 +90,14 @@ class TorchRanks:
 
     def sealing(self, seal: TrainerCallback) -> list[TrainerCallback]:
         """In place of the seal callback: wait for every rank's files, then the leader seals."""
+        from services.trainer.callbacks import CheckpointBarrierCallback
+
         barrier = CheckpointBarrierCallback()
         return [barrier, seal] if self.is_leader else [barrier]
 
     def agreement(self) -> list[TrainerCallback]:
         """Goes after every other callback, so it sees every local decision of the step."""
         return [self._agreement]
-
-
-class StepAgreementCallback(TrainerCallback):
-    """At every step end, the ranks agree on stopping, saving, evaluating and logging.
-
-    Each flag becomes true on every rank when it is true on any: a timed checkpoint decided
-    by one rank's clock, or a shutdown seen first by one rank, happens on all of them at the
-    same step. ``shutdown`` is what the ranks' stop control reads; the stop callback, which
-    runs before this one, acts on it one step later on every rank alike.
-    """
-
-    def __init__(self, local_shutdown: Callable[[], bool]) -> None:
-        self._local_shutdown = local_shutdown
-        self.shutdown = False
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import torch
-        import torch.distributed as dist
-
-        flags = torch.tensor(
-            [
-                self._local_shutdown(),
-                control.should_training_stop,
-                control.should_save,
-                control.should_evaluate,
-                control.should_log,
-            ],
-            dtype=torch.int32,
-        )
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        shutdown, stop, save, evaluate, log = (bool(flag) for flag in flags.tolist())
-        self.shutdown = self.shutdown or shutdown
-        control.should_training_stop = stop
-        control.should_save = save
-        control.should_evaluate = evaluate
-        control.should_log = log
-
-
-class CheckpointBarrierCallback(TrainerCallback):
-    """Every rank writes its own RNG state into a checkpoint; the leader seals the folder
-    only once all of them have finished writing."""
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 Ranks = SingleProcess | TorchRanks
