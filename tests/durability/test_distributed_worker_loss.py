@@ -32,6 +32,8 @@ from tests.durability.harness import (
 )
 from tests.helpers.processes import WorkerProcess
 
+pytestmark = pytest.mark.slow  # worker processes, torchrun and a thousand steps each
+
 MAX_STEPS = 1000  # 1000 rows / batch 4 * 4 epochs, whatever the number of processes
 TWO_PROCESSES = {"BERT_TRAINER_PROCESSES": "2"}
 
