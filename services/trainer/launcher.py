@@ -54,6 +54,9 @@ EXIT_GRACE_SECONDS = 30.0
 # How long killed ranks and torchrun get to be gone before the attempt carries on.
 KILL_WAIT_SECONDS = 15.0
 RANK_MODULE = "services.trainer.rank_main"
+FOLDER_PREFIX = "bert-ddp-"
+# A launch folder this old with no rank alive belongs to a worker that was killed.
+STALE_FOLDER_SECONDS = 600.0
 # Retryable: the ranks died without a result (killed, out of memory, a crash in torch).
 DISTRIBUTED_TRAINING_FAILED = "DistributedTrainingFailed"
 
@@ -118,7 +121,8 @@ class DistributedTraining:
                 processes=self.processes,
             )
             return fine_tune(request, runs_root, reporter, stop, attempt)
-        folder = Path(tempfile.mkdtemp(prefix=f"bert-ddp-{request.run_id[:60]}-"))
+        _remove_stale_folders()
+        folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{request.run_id[:60]}-"))
         process: subprocess.Popen[bytes] | None = None
         try:
             write_job(folder, self._job(request, runs_root, attempt))
@@ -276,6 +280,18 @@ def _end(process: subprocess.Popen[bytes], folder: Path) -> None:
     deadline = time.monotonic() + KILL_WAIT_SECONDS
     while _rank_pids(folder) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
+
+
+def _remove_stale_folders() -> None:
+    """Launch folders of attempts whose worker was killed (nothing ran its cleanup); they
+    would pile up in a pod whose container restarts keep its /tmp volume."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except OSError:
+            continue
+        if age > STALE_FOLDER_SECONDS and not _rank_pids(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _rank_pids(folder: Path) -> list[int]:

@@ -8,6 +8,7 @@ retry resumes from the checkpoint the leader sealed, as with one process.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import tempfile
 import time
@@ -86,6 +87,9 @@ async def test_sigkill_takes_the_ranks_down_and_the_retry_resumes(
         while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert not any(_running(pid) for pid in ranks), "ranks outlived their worker"
+        # A killed worker cleans nothing up: its launch folder stays until a later launch
+        # finds it stale. Not this test's business; tidy /tmp.
+        shutil.rmtree(Path(first.events("training.launching")[0]["folder"]))
 
         second = WorkerProcess(
             address, queue, runs_root, tmp_path / "w2.log", extra_env=TWO_PROCESSES

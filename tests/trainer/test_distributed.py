@@ -7,8 +7,11 @@ Real torchrun, real ranks, real Trainer on the tiny BERT; the activity context c
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer import ownership
+from services.trainer import launcher, ownership
 from services.trainer.launcher import DistributedTraining, ranks_for, resolve_processes
 from services.trainer.progress import ProgressReporter
 from services.trainer.rank_channel import EVENTS_FILE, EventReader, ProgressRelay
@@ -211,3 +214,18 @@ def test_progress_lines_are_read_once_and_only_when_complete(tmp_path: Path) -> 
     assert reader.new_events() == []
     assert relay.progress.global_step == 3
     relay.close()
+
+
+def test_launch_folders_of_killed_workers_are_removed_once_stale() -> None:
+    stale = Path(tempfile.mkdtemp(prefix=f"{launcher.FOLDER_PREFIX}test-stale-"))
+    fresh = Path(tempfile.mkdtemp(prefix=f"{launcher.FOLDER_PREFIX}test-fresh-"))
+    (stale / "rank-0.pid").write_text("999999999")  # no such process
+    old = time.time() - launcher.STALE_FOLDER_SECONDS - 60
+    os.utime(stale, (old, old))
+    try:
+        launcher._remove_stale_folders()
+        assert not stale.exists()
+        assert fresh.exists()  # perhaps an attempt whose ranks are still starting
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
