@@ -56,6 +56,20 @@ T = TypeVar("T")
 SIGNAL_TIMEOUT_SECONDS = 10.0
 
 
+class Trainer(Protocol):
+    """Trains one attempt: ``training.fine_tune`` in this process, or
+    ``launcher.DistributedTraining`` over several."""
+
+    def __call__(
+        self,
+        request: BertFineTuneRequest,
+        runs_root: Path,
+        reporter: ProgressReporter,
+        stop: StopControl,
+        attempt: Attempt | None = None,
+    ) -> BertFineTuneResult: ...
+
+
 class WorkflowGateway(Protocol):
     """What the training activity asks of Temporal besides heartbeats."""
 
@@ -145,6 +159,7 @@ class TrainingActivities:
         phase_timeouts: Mapping[str, float] | None = None,
         checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS,
         local_path_roots: LocalPathRoots | None = None,
+        train: Trainer = fine_tune,
     ) -> None:
         self._runs_root = runs_root
         self._gateway = gateway
@@ -154,6 +169,7 @@ class TrainingActivities:
         self._phase_timeouts = dict(phase_timeouts) if phase_timeouts else None
         self._checkpoint_interval = checkpoint_interval_seconds
         self._path_roots = local_path_roots or default_roots(runs_root)
+        self._train = train
 
     @activity.defn(name=FINE_TUNE_ACTIVITY, no_thread_cancel_exception=True)
     def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
@@ -165,6 +181,7 @@ class TrainingActivities:
             resume_hint=_resume_hint(),
             owner=Ownership(_workflow_id(), self._gateway.is_running),
             workflow_run_id=info.workflow_run_id or "",
+            path_roots=self._path_roots,
             checkpoint_interval_seconds=self._checkpoint_interval,
         )
         signaller = ProgressSignaller(
@@ -184,9 +201,7 @@ class TrainingActivities:
             log.info("training.attempt_started", attempt=attempt.number)
             try:
                 with reporter:
-                    result = fine_tune(
-                        request, self._runs_root, reporter, stop, attempt, self._path_roots
-                    )
+                    result = self._train(request, self._runs_root, reporter, stop, attempt)
                     reporter.update(phase="paused" if result.paused else "succeeded")
                 return result
             except TrainingCancelled:

@@ -19,6 +19,7 @@ def training_arguments(
     use_cuda: bool,
     bf16: bool,
     checkpoint_steps: int | None,
+    world_size: int = 1,
     batch: BatchPlan | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``transformers.TrainingArguments``.
@@ -36,7 +37,9 @@ def training_arguments(
     return {
         "output_dir": output_dir,
         "num_train_epochs": config.num_epochs,
-        "per_device_train_batch_size": batch.per_device,
+        # batch_size is the batch of one optimizer step: the ranks share it evenly, and each
+        # rank's share may be split into accumulation steps (after an out-of-memory error).
+        "per_device_train_batch_size": batch.per_device // world_size,
         "gradient_accumulation_steps": batch.accumulation,
         "per_device_eval_batch_size": eval_batch,
         "learning_rate": config.learning_rate,
@@ -60,4 +63,9 @@ def training_arguments(
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": use_cuda,
+        # The classification loss is a mean over the batch; with this on, transformers would
+        # multiply it (and the gradients) by the number of ranks.
+        "average_tokens_across_devices": False,
+        # Every parameter of a sequence classifier takes part in each step: skip DDP's search.
+        "ddp_find_unused_parameters": False,
     }

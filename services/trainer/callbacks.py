@@ -14,8 +14,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from services.trainer import checkpoints
-from services.trainer.fencing import RunFence, Superseded
-from services.trainer.progress import ProgressReporter
+from services.trainer.fencing import Superseded
+from services.trainer.progress import ProgressSink
+from services.trainer.run_directory import RunDirectory
 from services.trainer.stopping import StopControl, TrainingCancelled
 from shared import metrics
 from shared.logging import get_logger
@@ -53,7 +54,7 @@ class MetricsCallback(TrainerCallback):
 class ProgressCallback(TrainerCallback):
     """Step, epoch, loss and evaluation into the progress reporter (heartbeats, query)."""
 
-    def __init__(self, reporter: ProgressReporter) -> None:
+    def __init__(self, reporter: ProgressSink) -> None:
         self._reporter = reporter
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -154,19 +155,28 @@ class TimedCheckpointCallback(TrainerCallback):
 
 
 class FenceCallback(TrainerCallback):
-    """Stop at once when a newer attempt owns the run (see ``fencing``).
+    """Stop when a newer attempt owns the run (see ``fencing``), on the leader.
 
     The fence is reread every few seconds, and always before the Trainer writes a
-    checkpoint, so a stale attempt neither trains on for long nor writes a checkpoint.
+    checkpoint, so a stale attempt neither trains on for long nor writes a checkpoint. The
+    stop goes through the Trainer's flags (under torchrun every rank agrees on it at the
+    same step); ``Superseded`` is raised once the loop has ended.
     """
 
-    def __init__(self, fence: RunFence) -> None:
-        self._fence = fence
+    def __init__(self, run: RunDirectory) -> None:
+        self._run = run
+        self._stopped_at: int | None = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self._fence.still_current(force=bool(control.should_save)):
+        if not self._run.fence.still_current(force=bool(control.should_save)):
+            self._stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._stopped_at is not None:
             raise Superseded(
-                f"a newer attempt owns the run (this one stopped at step {state.global_step})"
+                f"a newer attempt owns the run (this one stopped at step {self._stopped_at})"
             )
 
 
@@ -179,10 +189,10 @@ class CheckpointSealCallback(TrainerCallback):
     """
 
     def __init__(
-        self, fence: RunFence, attempt: int, config_digest: str, reporter: ProgressReporter
+        self, run: RunDirectory, attempt: int, config_digest: str, reporter: ProgressSink
     ) -> None:
-        self._fence = fence
-        self._run_dir = fence.run_dir
+        self._run = run
+        self._run_dir = run.path
         self._attempt = attempt
         self._digest = config_digest
         self._reporter = reporter
@@ -190,7 +200,7 @@ class CheckpointSealCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = checkpoints.checkpoint_dir(self._run_dir, self._attempt, state.global_step)
         try:
-            with self._fence.exclusive():
+            with self._run.fence.exclusive():
                 checkpoints.write_manifest(path, state.global_step, self._attempt, self._digest)
                 checkpoints.prune(self._run_dir, self._attempt)
         except Superseded:
@@ -209,12 +219,15 @@ class EvaluationPhaseCallback(TrainerCallback):
     The Trainer has no hook before an evaluation starts, so the phase is set when the
     callbacks before this one have asked for an evaluation (``control.should_evaluate``),
     and by ``TrainingSession.evaluate`` for the final one. Every batch is progress for the
-    watchdog and a point where a cancel stops the evaluation (it can take long).
+    watchdog and, when ``cancellable``, a point where a cancel stops the evaluation (it can
+    take long). Under torchrun it is not: a rank leaving an evaluation alone would leave
+    the others waiting in a collective, so a cancel lands after the evaluation there.
     """
 
-    def __init__(self, reporter: ProgressReporter, stop: StopControl) -> None:
+    def __init__(self, reporter: ProgressSink, stop: StopControl, cancellable: bool) -> None:
         self._reporter = reporter
         self._stop = stop
+        self._cancellable = cancellable
         self._training = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -233,7 +246,7 @@ class EvaluationPhaseCallback(TrainerCallback):
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._reporter.progressed()
-        if self._stop.cancel_requested():
+        if self._cancellable and self._stop.cancel_requested():
             self._stop.cancelled = True
             raise TrainingCancelled()
 
@@ -271,3 +284,49 @@ class LoggingCallback(TrainerCallback):
     ) -> None:
         if metrics:
             log.info("training.evaluated", step=state.global_step, metrics=metrics)
+
+
+class StepAgreementCallback(TrainerCallback):
+    """At every step end, the ranks agree on stopping, saving, evaluating and logging.
+
+    Each flag becomes true on every rank when it is true on any: a timed checkpoint decided
+    by one rank's clock, or a shutdown seen first by one rank, happens on all of them at the
+    same step. ``shutdown`` is what the ranks' stop control reads; the stop callback, which
+    runs before this one, acts on it one step later on every rank alike.
+    """
+
+    def __init__(self, local_shutdown: Callable[[], bool]) -> None:
+        self._local_shutdown = local_shutdown
+        self.shutdown = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        flags = torch.tensor(
+            [
+                self._local_shutdown(),
+                control.should_training_stop,
+                control.should_save,
+                control.should_evaluate,
+                control.should_log,
+            ],
+            dtype=torch.int32,
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        shutdown, stop, save, evaluate, log = (bool(flag) for flag in flags.tolist())
+        self.shutdown = self.shutdown or shutdown
+        control.should_training_stop = stop
+        control.should_save = save
+        control.should_evaluate = evaluate
+        control.should_log = log
+
+
+class CheckpointBarrierCallback(TrainerCallback):
+    """Every rank writes its own RNG state into a checkpoint; the leader seals the folder
+    only once all of them have finished writing."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()

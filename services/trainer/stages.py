@@ -14,7 +14,9 @@ from services.trainer.arguments import training_arguments
 from services.trainer.data import PreparedData
 from services.trainer.evaluation import ClassificationMetrics, eval_metrics
 from services.trainer.fencing import AttemptToken, Superseded
-from services.trainer.progress import ProgressReporter
+from services.trainer.paths import LocalPathRoots
+from services.trainer.progress import ProgressSink
+from services.trainer.ranks import SINGLE_PROCESS, Ranks
 from services.trainer.resources import BatchPlan, with_batch_fallback
 from services.trainer.run_directory import (
     Ownership,
@@ -42,6 +44,8 @@ class Attempt:
     owner: Ownership | None = None
     # The workflow run this attempt belongs to: attempt numbers are ordered within one.
     workflow_run_id: str = ""
+    # The folders the run's local paths may name; None: the working directory and the runs.
+    path_roots: LocalPathRoots | None = None
     checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS
 
     @property
@@ -171,7 +175,7 @@ class TrainingSession:
         classification: ClassificationMetrics,
         steps_per_epoch: int,
         use_cuda: bool,
-        reporter: ProgressReporter,
+        reporter: ProgressSink,
     ) -> None:
         self.request = request
         self.trainer = trainer
@@ -192,8 +196,9 @@ class TrainingSession:
         tokenizer: Any,
         train_set: Any,
         eval_set: Any,
-        reporter: ProgressReporter,
+        reporter: ProgressSink,
         stop: StopControl,
+        ranks: Ranks = SINGLE_PROCESS,
         batch: BatchPlan | None = None,
     ) -> TrainingSession:
         import torch
@@ -216,6 +221,7 @@ class TrainingSession:
             use_cuda=use_cuda,
             bf16=use_cuda and torch.cuda.is_bf16_supported(),
             checkpoint_steps=config.checkpoint_steps,
+            world_size=ranks.world_size,
             batch=batch,
         )
         classification = ClassificationMetrics(len(model.config.id2label))
@@ -224,8 +230,10 @@ class TrainingSession:
             callbacks.ProgressCallback(reporter),
             callbacks.LoggingCallback(),
             callbacks.StopCallback(stop),
-            callbacks.FenceCallback(run.fence),
-            callbacks.CheckpointSealCallback(run.fence, attempt.number, identity[:16], reporter),
+            *([callbacks.FenceCallback(run)] if ranks.is_leader else []),
+            *ranks.sealing(
+                callbacks.CheckpointSealCallback(run, attempt.number, identity[:16], reporter)
+            ),
         ]
         if eval_set is not None:
             hooks.append(callbacks.EpochEvaluationCallback())
@@ -235,8 +243,11 @@ class TrainingSession:
             hooks.append(
                 callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
             )
-        if eval_set is not None:  # last: it reads what the others asked for
-            hooks.append(callbacks.EvaluationPhaseCallback(reporter, stop))
+        if eval_set is not None:  # after the others: it reads what they asked for
+            hooks.append(
+                callbacks.EvaluationPhaseCallback(reporter, stop, cancellable=ranks.world_size == 1)
+            )
+        hooks.extend(ranks.agreement())  # last: it sees every other callback's decision
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**args),

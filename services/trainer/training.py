@@ -7,18 +7,20 @@ between stages whether the attempt must stop (cancellation, worker shutdown).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from services.trainer import paths, stages
-from services.trainer.data import prepare_data
-from services.trainer.paths import LocalPathRoots
-from services.trainer.progress import ProgressReporter
+from services.trainer import checkpoints, paths, stages
+from services.trainer.data import PreparedData, prepare_data
+from services.trainer.progress import ProgressSink
+from services.trainer.ranks import SINGLE_PROCESS, Ranks
 from services.trainer.resources import BatchPlan, check_sequence_length
 from services.trainer.run_directory import RunDirectory
 from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
+from shared.onnx_export import commit_exporter
 from shared.run_record import run_identity
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
@@ -28,15 +30,15 @@ log = get_logger(__name__)
 def fine_tune(
     request: BertFineTuneRequest,
     runs_root: Path,
-    reporter: ProgressReporter,
+    reporter: ProgressSink,
     stop: StopControl,
     attempt: Attempt | None = None,
-    path_roots: LocalPathRoots | None = None,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> BertFineTuneResult:
-    """Train (or reuse) one run; ``path_roots``: the folders its local paths may name
+    """Train (or reuse) one run. Its local paths may name only ``attempt.path_roots``
     (default: the working directory and ``runs_root``)."""
     attempt = attempt or Attempt()
-    path_roots = path_roots or paths.default_roots(runs_root)
+    path_roots = attempt.path_roots or paths.default_roots(runs_root)
     config = request.config
     paths.confine_model_name(config.model_name, path_roots)
     run = RunDirectory(runs_root, request.run_id)
@@ -46,7 +48,8 @@ def fine_tune(
     reporter.update(phase="loading_data")
     data = prepare_data(config, path_roots)
     identity = run_identity(config, data.fingerprint)
-    if (done := stages.reuse_finished_work(run, request, identity, attempt)) is not None:
+    done = ranks.decide(lambda: stages.reuse_finished_work(run, request, identity, attempt))
+    if done is not None:
         return done
     stop.check()
 
@@ -65,11 +68,17 @@ def fine_tune(
     )
     stop.check()
 
-    # Claim the folder (from here on, only this attempt writes it) and find where to resume.
-    if (done := stages.claim_or_reuse(run, request, attempt, identity)) is not None:
-        return done
+    # Claim the folder (from here on, only this attempt writes it: see ``fencing``) and find
+    # where to resume; the leader decides for every rank.
+    def claim_and_find_resume() -> tuple[BertFineTuneResult | None, checkpoints.Checkpoint | None]:
+        if (finished := stages.claim_or_reuse(run, request, attempt, identity)) is not None:
+            return finished, None
+        return None, run.resume_checkpoint(attempt.resume_hint, digests)
+
     digests = run.checkpoint_digests(identity, request, data.fingerprint)
-    resume = run.resume_checkpoint(attempt.resume_hint, digests)
+    done, resume = ranks.decide(claim_and_find_resume)
+    if done is not None:
+        return done
 
     # Train (up to the epoch the request stops at, within the device's memory), evaluate.
     def session_with(batch: BatchPlan) -> stages.TrainingSession:
@@ -89,12 +98,17 @@ def fine_tune(
             eval_set,
             reporter,
             stop,
+            ranks,
             batch,
         )
 
-    session, trained = stages.train_within_memory(
-        session_with, resume, lambda: run.resume_checkpoint(None, digests), config.batch_size
-    )
+    if ranks.world_size > 1:  # one rank cannot retry alone: the others wait in a collective
+        session = session_with(BatchPlan(config.batch_size))
+        trained = session.train(resume)
+    else:
+        session, trained = stages.train_within_memory(
+            session_with, resume, lambda: run.resume_checkpoint(None, digests), config.batch_size
+        )
     try:
         stop.check(trained=True)
         evaluation = session.evaluate()
@@ -105,8 +119,17 @@ def fine_tune(
             return stages.paused_result(request, run, data, trained, evaluation)
         reporter.update(phase="saving")
         record = stages.run_record(request, run, data, identity, trained, evaluation, attempt)
-        run.commit(session.save_model, record, attempt.number)
+        if not ranks.is_leader:
+            return record.result  # the leader commits the run; its result is the attempt's
+        # The ONNX export is part of the commit: a completed run is never modified afterwards.
+        run.commit(session.save_model, record, attempt.number, export=_exporter(data))
         log.info("model.saved", run_dir=str(run.path), eval_metrics=evaluation.metrics)
         return record.result
     finally:
         session.release()
+
+
+def _exporter(data: PreparedData) -> Callable[[Path], None]:
+    """Exports the committed model; texts from the run's own data gate the int8 graph."""
+    sample = data.eval if data.eval is not None else data.train
+    return commit_exporter(sample[: min(256, len(sample))]["text"])
