@@ -9,8 +9,9 @@ from temporalio.testing import ActivityEnvironment
 from transformers import TrainerControl, TrainerState
 
 from services.trainer import callbacks, checkpoints
-from services.trainer.fencing import AttemptToken, RunFence
+from services.trainer.fencing import AttemptToken
 from services.trainer.progress import ProgressReporter
+from services.trainer.run_directory import RunDirectory
 from services.trainer.stopping import StopControl
 from shared import metrics
 from shared.types import TrainingProgress
@@ -119,15 +120,15 @@ def test_checkpoint_seal_callback_seals_prunes_and_publishes_the_resume_hint(
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: heartbeats.append(details[0])
     progress = reporter()
-    fence = RunFence(tmp_path, AttemptToken("workflow", "run", 2))
-    fence.claim()
-    seal = callbacks.CheckpointSealCallback(fence, attempt=2, config_digest="d", reporter=progress)
+    run = RunDirectory(tmp_path, "seal-run")
+    run.claim(None, AttemptToken("workflow", "run", 2), overwrite=False, identity="d")
+    seal = callbacks.CheckpointSealCallback(run, attempt=2, config_digest="d", reporter=progress)
     for step in (10, 20, 30):
-        path = checkpoints.checkpoint_dir(tmp_path, 2, step)
+        path = checkpoints.checkpoint_dir(run.path, 2, step)
         path.mkdir(parents=True)
         (path / "trainer_state.json").write_text("{}")
         env.run(seal.on_save, ARGS, state(step=step), TrainerControl())
-    kept = checkpoints.sealed_checkpoints(tmp_path)
+    kept = checkpoints.sealed_checkpoints(run.path)
     assert [p.name for p in kept] == ["checkpoint-30", "checkpoint-20"]
     assert checkpoints.verify(kept[0], ["d"]) is not None
     assert progress.progress.latest_checkpoint == str(kept[0])
