@@ -22,6 +22,7 @@ from temporalio.exceptions import CancelledError
 
 from services.trainer.worker import build_trainer_worker
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
+from tests.conftest import TEST_LOCAL_PATH_ROOTS
 from tests.durability.harness import (
     long_config,
     long_run_csv,
@@ -173,6 +174,7 @@ async def test_cancel_kills_the_ranks_and_discards_the_run(
         graceful_shutdown=timedelta(seconds=5),
         progress_signal_interval=timedelta(seconds=1),
         processes_per_run=2,
+        local_path_roots=TEST_LOCAL_PATH_ROOTS,
     )
     async with worker:
         handle = await client.start_workflow(

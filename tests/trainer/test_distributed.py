@@ -22,6 +22,7 @@ from temporalio.testing import ActivityEnvironment
 
 from services.trainer import launcher, ownership
 from services.trainer.launcher import DistributedTraining, ranks_for, resolve_processes
+from services.trainer.paths import LocalPathRoots
 from services.trainer.progress import ProgressReporter
 from services.trainer.rank_channel import EVENTS_FILE, EventReader, ProgressRelay
 from services.trainer.run_directory import Ownership
@@ -31,8 +32,11 @@ from services.trainer.training import fine_tune
 from shared.runs import is_complete
 from shared.settings import Settings, SettingsError
 from shared.types import BertFineTuneRequest, BertFineTuneResult, TrainingProgress
+from tests.conftest import TEST_LOCAL_PATH_ROOTS
 from tests.durability.harness import REPO_ROOT, predicts_sentiment
 from tests.tiny import sentiment_rows, write_csv
+
+ROOTS = LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
 
 
 class LossCurve(ProgressReporter):
@@ -80,7 +84,7 @@ def _train(
 
     def run() -> BertFineTuneResult:
         with reporter:
-            return train(request, runs_root, reporter, stop, attempt or Attempt())
+            return train(request, runs_root, reporter, stop, attempt or Attempt(path_roots=ROOTS))
 
     return ActivityEnvironment().run(run), reporter.losses
 
@@ -143,7 +147,7 @@ def test_a_folder_another_running_workflow_owns_is_refused_by_the_leader(
         asked.append(workflow_id)
         return True
 
-    attempt = Attempt(owner=Ownership("wf-b", is_running))
+    attempt = Attempt(owner=Ownership("wf-b", is_running), path_roots=ROOTS)
     with pytest.raises(ApplicationError) as refused:
         _train(DistributedTraining(2), tiny_model, data, runs_root, attempt)
 
