@@ -76,11 +76,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
         runs_dir=settings.runs_dir,
         trainer_metrics_port=args.trainer_metrics_port,
         inferencer_metrics_port=args.inferencer_metrics_port,
+        mlflow_port=args.mlflow_port if args.mlflow else None,
     )
     stack.start()
+    tracking = (
+        f"MLflow UI {stack.mlflow_url} (runs in {Path(args.state_dir) / 'mlflow.db'}).\n"
+        if stack.mlflow_url
+        else ""
+    )
     console.print(
         f"[bold green]Local stack up[/]: Temporal {stack.address}, Web UI {stack.ui_url}, "
         f"runs in {settings.runs_dir}, history in {Path(args.state_dir) / 'temporal.db'}.\n"
+        f"{tracking}"
         f"Metrics: trainer http://localhost:{args.trainer_metrics_port}/metrics, "
         f"inferencer http://localhost:{args.inferencer_metrics_port}/metrics."
         " Ctrl-C stops everything."
@@ -248,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="run the Temporal dev server and both workers")
     stack_options(p)
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also run an MLflow tracking server (SQLite in --state-dir) and track every run",
+    )
+    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server and UI port")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("worker", help="run one worker, configured from the environment")

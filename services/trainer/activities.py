@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from services.trainer import ownership
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS, ProgressReporter
+from services.trainer.tracking import RunTracking, TrackingConfig
 from services.trainer.training import (
     Ownership,
     StopSignals,
@@ -74,8 +75,10 @@ class TrainingActivities:
         client: Client | None = None,
         progress_signal_interval: float = SIGNAL_INTERVAL_SECONDS,
         step_stall_timeout: float | None = None,
+        tracking: TrackingConfig = TrackingConfig(),
     ) -> None:
         self._runs_root = runs_root
+        self._tracking = tracking
         self._loop = loop
         # The worker's client: ``activity.client()`` exists only in ``async def`` activities.
         self._client = client
@@ -136,6 +139,9 @@ class TrainingActivities:
             cancel_requested=activity.is_cancelled,
             shutdown_requested=activity.is_worker_shutdown,
         )
+        tracking = RunTracking(
+            self._tracking, request, attempt, self._runs_root / request.run_id, info.workflow_id
+        )
         metrics.RUNS_STARTED.inc()
         metrics.RUNS_IN_FLIGHT.inc()
         metrics.HEARTBEAT_CLOCK.run_started()
@@ -152,6 +158,7 @@ class TrainingActivities:
                     attempt=attempt,
                     resume_hint=_resume_hint(),
                     owner=Ownership(info.workflow_id, self._workflow_running),
+                    tracking=tracking,
                 )
                 reporter.update(phase="succeeded")  # signalled on the way out
             outcome = "succeeded"
@@ -179,6 +186,7 @@ class TrainingActivities:
             metrics.RUN_DURATION.labels(outcome=outcome).observe(duration)
             metrics.RUNS_IN_FLIGHT.dec()
             metrics.HEARTBEAT_CLOCK.run_finished()
+            tracking.end(outcome)
             structlog.contextvars.unbind_contextvars("run_id")
 
     @activity.defn(name=DISCARD_RUN_ACTIVITY)

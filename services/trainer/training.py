@@ -19,6 +19,7 @@ from typing import Any
 from services.trainer import checkpoints, ownership
 from services.trainer.data import PreparedData, prepare_data
 from services.trainer.progress import ProgressReporter
+from services.trainer.tracking import RunTracking
 from shared import metrics
 from shared.errors import INVALID_CONFIG, MODEL_LOAD_ERROR, failure
 from shared.logging import get_logger
@@ -262,6 +263,7 @@ def fine_tune(
     attempt: int = 1,
     resume_hint: str | None = None,
     owner: Ownership | None = None,
+    tracking: RunTracking | None = None,
 ) -> BertFineTuneResult:
     config = request.config
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -345,8 +347,10 @@ def fine_tune(
         eval_dataset=eval_set,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_compute_accuracy,
-        callbacks=[callback],
+        compute_metrics=tracking.observe_predictions(_compute_accuracy)
+        if tracking
+        else _compute_accuracy,
+        callbacks=[callback, *(tracking.callbacks() if tracking else [])],
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs structured events instead
     log.info(

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS
+from services.trainer.tracking import TrackingConfig
 from services.trainer.workflows import BertFineTuningWorkflow
 from shared.service import run_worker_service
 from shared.settings import Settings
@@ -29,6 +30,7 @@ def build_trainer_worker(
     graceful_shutdown: timedelta = timedelta(seconds=30),
     progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
+    tracking: TrackingConfig = TrackingConfig(),
 ) -> Worker:
     """The training worker.
 
@@ -45,6 +47,8 @@ def build_trainer_worker(
             as hung: heartbeats stop (Temporal retries the run elsewhere from its last
             checkpoint) and liveness fails so the pod restarts. Longer than any real step,
             including the first one's warm-up; None disables the watchdog.
+        tracking: where each run's params, curves and confusion matrices go (an MLflow
+            server, TensorBoard event files in the run folder, or nowhere).
     """
     activities = TrainingActivities(
         runs_root,
@@ -52,6 +56,7 @@ def build_trainer_worker(
         client=client,
         progress_signal_interval=progress_signal_interval.total_seconds(),
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
+        tracking=tracking,
     )
     return Worker(
         client,
@@ -81,5 +86,6 @@ async def run_trainer(settings: Settings) -> None:
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
+            tracking=TrackingConfig.from_settings(settings),
         ),
     )
