@@ -58,7 +58,13 @@ class WorkerProcess:
     """``bert-finetune worker trainer`` in its own process, killable like a pod."""
 
     def __init__(
-        self, address: str, task_queue: str, runs_root: Path, log_path: Path, grace_s: int = 20
+        self,
+        address: str,
+        task_queue: str,
+        runs_root: Path,
+        log_path: Path,
+        grace_s: int = 20,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.log_path = log_path
         self.metrics_port = free_loopback_port()
@@ -75,6 +81,7 @@ class WorkerProcess:
             "TOKENIZERS_PARALLELISM": "false",
             # Two workers and the test share the CPU; one thread each avoids oversubscription.
             "OMP_NUM_THREADS": "1",
+            **(extra_env or {}),
         }
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
