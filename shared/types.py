@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -57,11 +57,13 @@ def make_run_id(experiment_name: str, index: int, model_name: str) -> str:
 
 
 def is_safe_run_id(run_id: str) -> bool:
-    """True when ``run_id`` is a single, non-hidden path component that cannot escape a root."""
+    """True when ``run_id`` is one path component that cannot escape a root nor name a
+    reserved folder: it starts with a letter or digit (``_aliases`` and other ``_`` names
+    belong to the runs root itself, ``.`` names are hidden or partial)."""
     return (
         0 < len(run_id.encode()) <= MAX_RUN_ID_LENGTH
-        and run_id not in {".", ".."}
-        and not run_id.startswith(".")
+        and run_id[0].isascii()
+        and run_id[0].isalnum()
         and _UNSAFE_MODEL_CHARS.search(run_id) is None
     )
 
@@ -90,6 +92,8 @@ class BertFineTuneConfig(_Strict):
     seed: int = 42
     use_gpu: bool = True
     checkpoint_steps: Annotated[int, Field(ge=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.0
 
     @field_validator("model_name", "text_column", "label_column")
     @classmethod
@@ -140,6 +144,16 @@ class BertExperimentInput(_Strict):
         return [make_run_id(self.experiment_name, i, c.model_name) for i, c in enumerate(self.runs)]
 
 
+class RunContext(_Strict):
+    """What a run belongs to: its experiment or sweep (run metadata, experiment tracking)."""
+
+    kind: Literal["experiment", "sweep"]
+    name: str
+    trial_index: int | None = None
+    # The searched fields of a sweep trial with the values used.
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class BertFineTuneRequest(_Strict):
     """Input of the ``fine_tune_bert`` activity."""
 
@@ -149,6 +163,16 @@ class BertFineTuneRequest(_Strict):
     # Attempts used by earlier executions of this run's activity (re-executed after
     # preemptions), so attempt numbers, and checkpoint folders, keep increasing.
     attempt_offset: Annotated[int, Field(ge=0)] = 0
+    # Successive halving. ``pause_at_epoch``: train to the end of that epoch, evaluate, seal
+    # a checkpoint and return ``paused=True`` without committing (the run stays partial and
+    # the next execution resumes it). ``finish_at_epoch``: commit the run as trained to the
+    # end of that epoch (a pruned trial keeps its model there; ``stopped_early=True``).
+    pause_at_epoch: Annotated[int, Field(ge=1)] | None = None
+    finish_at_epoch: Annotated[int, Field(ge=1)] | None = None
+    # The workflow that receives this run's progress signals (the experiment or sweep);
+    # None: the workflow that runs the activity.
+    progress_workflow_id: str | None = None
+    context: RunContext | None = None
 
     @field_validator("run_id")
     @classmethod
@@ -174,6 +198,16 @@ class BertFineTuneResult(_Strict):
     majority_baseline_accuracy: float | None = None
     reused: bool = False
     notes: list[str] = Field(default_factory=list)
+    # eval_accuracy, eval_f1_macro, eval_precision_macro, eval_recall_macro, eval_loss; empty
+    # when the run has no evaluation data.
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+    # Another run whose finished model this run reuses instead of training (never copied).
+    reused_from: str | None = None
+    epochs_completed: int = 0
+    # Stopped before num_epochs by successive halving (a pruned sweep trial).
+    stopped_early: bool = False
+    # Returned for ``pause_at_epoch``: evaluated and checkpointed, not committed.
+    paused: bool = False
 
 
 class BertExperimentOutput(_Strict):
@@ -182,7 +216,10 @@ class BertExperimentOutput(_Strict):
 
 
 class BertInferenceRequest(_Strict):
-    run_id: Annotated[str, Field(min_length=1)]
+    """Exactly one of ``run_id`` and ``alias`` names the model to serve."""
+
+    run_id: Annotated[str, Field(min_length=1)] | None = None
+    alias: Annotated[str, Field(pattern=EXPERIMENT_NAME_PATTERN)] | None = None
     texts: Annotated[list[str], Field(min_length=1)]
     max_seq_length: Annotated[int, Field(ge=8, le=512)] = 128
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
@@ -190,13 +227,22 @@ class BertInferenceRequest(_Strict):
 
     @field_validator("run_id")
     @classmethod
-    def _safe_run_id(cls, value: str) -> str:
-        if not is_safe_run_id(value):
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_safe_run_id(value):
             raise ValueError(
-                "must be the id of a saved run (one path component of [A-Za-z0-9._-]); "
-                "list saved runs with `bert-finetune runs`"
+                "must be the id of a saved run (one path component of [A-Za-z0-9._-] "
+                "starting with a letter or digit); list saved runs with `bert-finetune runs`"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_model(self) -> BertInferenceRequest:
+        if (self.run_id is None) == (self.alias is None):
+            raise ValueError(
+                "give exactly one of run_id (a saved run) and alias (a promoted name); "
+                "list them with `bert-finetune runs`"
+            )
+        return self
 
 
 class BertInferenceResult(_Strict):
