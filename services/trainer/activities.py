@@ -147,6 +147,7 @@ class TrainingActivities:
         metrics.HEARTBEAT_CLOCK.run_started()
         started = time.monotonic()
         outcome = "failed"
+        result: BertFineTuneResult | None = None
         log.info("training.attempt_started", attempt=attempt)
         try:
             with reporter:
@@ -186,7 +187,7 @@ class TrainingActivities:
             metrics.RUN_DURATION.labels(outcome=outcome).observe(duration)
             metrics.RUNS_IN_FLIGHT.dec()
             metrics.HEARTBEAT_CLOCK.run_finished()
-            tracking.end(outcome)
+            tracking.end(outcome, result)
             structlog.contextvars.unbind_contextvars("run_id")
 
     @activity.defn(name=DISCARD_RUN_ACTIVITY)

@@ -345,12 +345,15 @@ def last_logged_steps(client: Any, run: Any) -> dict[str, int]:
     }
 
 
-def sweep_parent_run(client: Any, experiment_id: str, sweep_name: str) -> str:
+def sweep_parent_run(
+    client: Any, experiment_id: str, sweep_name: str, settle_seconds: float = 1.0
+) -> str:
     """The open parent run of a sweep, created by whichever trial gets there first.
 
     Trials on several trainers may start together and each create a parent. They converge:
-    after creating, a trial looks again and everyone uses the oldest open parent; a trial
-    whose own parent lost deletes it.
+    a trial that created one waits ``settle_seconds`` (for other creations in flight to
+    land), looks again, and everyone uses the oldest open parent; a trial whose own parent
+    lost deletes it.
     """
     query = (
         f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_name}' "
@@ -358,9 +361,7 @@ def sweep_parent_run(client: Any, experiment_id: str, sweep_name: str) -> str:
     )
 
     def oldest() -> str | None:
-        runs = client.search_runs(
-            [experiment_id], filter_string=query, order_by=["attributes.start_time ASC"]
-        )
+        runs = client.search_runs([experiment_id], filter_string=query)
         runs = sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
         return runs[0].info.run_id if runs else None
 
@@ -368,13 +369,13 @@ def sweep_parent_run(client: Any, experiment_id: str, sweep_name: str) -> str:
     if existing is not None:
         return existing
     created = client.create_run(
-        experiment_id,
-        run_name=sweep_name,
-        tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name},
+        experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name}
     ).info.run_id
+    time.sleep(settle_seconds)
     winner = oldest() or created
     if winner != created:
         client.delete_run(created)
+        log.info("tracking.mlflow_duplicate_parent_removed", sweep=sweep_name)
     return winner
 
 

@@ -23,7 +23,7 @@ from shared import metrics
 from shared.logging import get_logger
 from shared.runs import write_json_atomic
 from shared.settings import Settings
-from shared.types import BertFineTuneRequest
+from shared.types import BertFineTuneRequest, BertFineTuneResult
 
 log = get_logger(__name__)
 
@@ -58,17 +58,30 @@ class RunNames:
     experiment: str
     run_index: int | None
     sweep: str | None = None
+    searched: tuple[str, ...] = ()
 
 
 def run_names(request: BertFineTuneRequest) -> RunNames:
     """The one place that reads a request's experiment, sweep and trial.
 
-    Run ids are ``{experiment_name}-run-{index}-{model}`` for experiments and sweeps alike.
+    Workflows say it in ``request.context``; without one (an older client, a test calling
+    the activity directly) the run id tells, being ``{experiment_name}-run-{index}-{model}``.
     """
     match = _RUN_INDEX.match(request.run_id)
-    if match is None:
-        return RunNames(experiment=request.run_id, run_index=None)
-    return RunNames(experiment=match["experiment"], run_index=int(match["index"]))
+    index = int(match["index"]) if match else None
+    context = request.context
+    if context is None:
+        return RunNames(
+            experiment=match["experiment"] if match else request.run_id, run_index=index
+        )
+    if context.kind == "sweep":
+        return RunNames(
+            experiment=context.name,
+            run_index=context.trial_index if context.trial_index is not None else index,
+            sweep=context.name,
+            searched=tuple(context.params),
+        )
+    return RunNames(experiment=context.name, run_index=index)
 
 
 def read_tracking_file(run_dir: Path) -> dict[str, Any] | None:
@@ -219,25 +232,33 @@ class RunTracking:
 
     # Called by the activity when the attempt is over (any thread, any outcome).
 
-    def end(self, outcome: str) -> None:
-        """Close the attempt's trackers; never raises, waits a few seconds at most."""
+    def end(self, outcome: str, result: BertFineTuneResult | None = None) -> None:
+        """Close the attempt's trackers; never raises, waits a few seconds at most.
+
+        ``outcome`` is the activity's (``succeeded``, ``failed``, ``cancelled``,
+        ``interrupted``, ``superseded``); ``result`` tells a paused or pruned trial apart.
+        """
         if not self._started:
             return
         try:
-            self._end(outcome)
+            self._end(outcome, result)
         except Exception:
             self.count_error("end")
 
-    def _end(self, outcome: str) -> None:
+    def _end(self, outcome: str, result: BertFineTuneResult | None) -> None:
         stopped_step, epoch = self._stopped_at or (0, 0.0)
-        pruned = outcome == "succeeded" and 0 < stopped_step < self._max_steps
-        state = "pruned" if pruned else outcome
-        final = {"epochs_completed": float(epoch), "pruned": 1.0 if pruned else 0.0}
-        if outcome == "succeeded":
+        status = STATUS_BY_OUTCOME.get(outcome)
+        state = outcome
+        if result is not None and result.paused:
+            state, status = "paused", None  # the next execution continues the same run
+        elif result is not None and result.stopped_early:
+            state = "pruned"
+        if outcome == "succeeded" and state != "paused":
+            final = {"epochs_completed": float(epoch), "pruned": float(state == "pruned")}
             self.log_metrics(final, stopped_step)
         if self._mlflow is not None:
             self._mlflow.set_tags({"bert_finetune.state": state})
-            self._mlflow.end(STATUS_BY_OUTCOME.get(outcome))
+            self._mlflow.end(status)
         if self._tensorboard is not None:
             self._tensorboard.end()
         log.info("tracking.ended", state=state)
@@ -256,6 +277,7 @@ class RunTracking:
         if self._names.sweep is not None:
             tags["bert_finetune.sweep"] = self._names.sweep
             tags["bert_finetune.role"] = "trial"
+            tags["bert_finetune.searched_params"] = ",".join(self._names.searched)
         return tags
 
     def _tracking_key(self) -> str:

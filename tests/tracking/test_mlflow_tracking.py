@@ -14,7 +14,12 @@ from services.trainer.mlflow_logger import TRACKING_KEY_TAG, MlflowRunLogger, Ru
 from services.trainer.tracking import TRACKING_FILE, TrackingConfig
 from shared import metrics
 from shared.temporal import free_loopback_port
-from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
+from shared.types import (
+    BertFineTuneConfig,
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    RunContext,
+)
 from tests.conftest import SentimentData, tiny_config
 from tests.tracking.conftest import MlflowServer
 
@@ -110,3 +115,66 @@ def test_logging_never_blocks_the_training_thread_and_end_is_bounded() -> None:
     assert logging_s < 1.0, logging_s
     # ...and ending does not wait out the full end_timeout once MLflow is known to be down.
     assert end_s < 2.0, end_s
+
+
+def test_sweep_trials_are_child_runs_of_one_parent_run(
+    mlflow_server: MlflowServer, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    sweep = "tsweep"
+    tracking = TrackingConfig(mlflow_server.uri)
+    results = []
+    for trial, learning_rate in enumerate((0.005, 0.0005)):
+        config = tiny_config(tiny_model, sentiment_csv, num_epochs=1, learning_rate=learning_rate)
+        request = BertFineTuneRequest(
+            run_id=f"{sweep}-run-{trial}-tiny",
+            config=BertFineTuneConfig.model_validate(config),
+            context=RunContext(
+                kind="sweep", name=sweep, trial_index=trial, params={"learning_rate": learning_rate}
+            ),
+        )
+        results.append(
+            ActivityEnvironment().run(
+                TrainingActivities(runs_root, tracking=tracking).fine_tune_bert, request
+            )
+        )
+
+    client = mlflow_server.client()
+    experiment = client.get_experiment_by_name(sweep)  # one MLflow experiment per sweep
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("bert_finetune.role") == "sweep"]
+    children = sorted(
+        (run for run in runs if run.data.tags.get("bert_finetune.role") == "trial"),
+        key=lambda run: int(run.data.tags["bert_finetune.run_index"]),
+    )
+    assert len(runs) == 3 and parent.info.run_name == sweep
+    assert [run.info.run_name for run in children] == [r.run_id for r in results]
+    for child, result in zip(children, results, strict=True):
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["bert_finetune.sweep"] == sweep
+        assert child.data.tags["bert_finetune.searched_params"] == "learning_rate"
+        assert child.data.tags["bert_finetune.state"] == "succeeded"
+        # What MLflow's compare and parallel-coordinates views plot: params against metrics.
+        assert float(child.data.params["learning_rate"]) == result.config.learning_rate
+        assert child.data.metrics["eval_accuracy"] == result.eval_accuracy
+        assert child.data.metrics["pruned"] == 0.0
+
+
+def test_trials_starting_together_agree_on_one_parent_run(mlflow_server: MlflowServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from services.trainer.mlflow_logger import experiment_id_for, sweep_parent_run
+
+    experiment_id = experiment_id_for(mlflow_server.client(), "race")
+    barrier = Barrier(3)
+
+    def trial() -> str:
+        client = mlflow_server.client()
+        barrier.wait()
+        return sweep_parent_run(client, experiment_id, "race")
+
+    with ThreadPoolExecutor(3) as pool:
+        parents = [future.result() for future in [pool.submit(trial) for _ in range(3)]]
+    assert len(set(parents)) == 1
+    (remaining,) = mlflow_server.client().search_runs([experiment_id])
+    assert remaining.info.run_id == parents[0]
