@@ -24,7 +24,7 @@ def scalar_tag(key: str) -> str:
     """Group scalars the way Hugging Face's TensorBoard callback does: train/…, eval/…."""
     if key.startswith("eval_"):
         return f"eval/{key.removeprefix('eval_')}"
-    return f"train/{key.removeprefix('train_')}"
+    return f"train/{key}"  # the final ``train_loss`` stays apart from the per-step ``loss``
 
 
 class TensorBoardRunLogger:
