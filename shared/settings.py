@@ -119,6 +119,8 @@ class Settings:
     # Experiment tracking (trainer only): an MLflow server, TensorBoard event files, or both.
     mlflow_tracking_uri: str | None = None
     tensorboard: bool = False
+    # Promotions also become versions of this MLflow registered model (None: not mirrored).
+    mlflow_registered_model: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -157,4 +159,5 @@ class Settings:
             log_format=log_format,
             mlflow_tracking_uri=_tracking_uri(env),
             tensorboard=_bool(env, "BERT_TENSORBOARD", False),
+            mlflow_registered_model=(env.get("BERT_MLFLOW_REGISTERED_MODEL") or "").strip() or None,
         )
