@@ -47,7 +47,13 @@ MAX_PARAM_VALUE_LENGTH = 6000
 # MLflow's HTTP client retries a failed request up to 7 times with exponential backoff (more
 # than a minute against a closed port). This thread retries on its own schedule instead, so
 # each request fails fast and the end of a run is never held up by the client's retries.
-CLIENT_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# The client also prints run links straight to stdout, which would break the JSON log stream:
+# the links are in our own ``tracking.mlflow_run_*`` log events instead.
+CLIENT_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,10 @@ class MlflowRunLogger:
         self._thread.join(0.5 if self._failing else self._end_timeout)
         if self._thread.is_alive():
             log.warning("tracking.mlflow_end_pending", waited_s=self._end_timeout)
+
+    def _run_url(self, experiment_id: str, run_id: str) -> str:
+        """Where the run opens in the MLflow UI."""
+        return f"{self._uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     # The sender thread.
 
@@ -298,6 +308,7 @@ class MlflowRunLogger:
             log.info(
                 "tracking.mlflow_run_continued",
                 mlflow_run_id=run.info.run_id,
+                url=self._run_url(experiment_id, run.info.run_id),
                 logged_series=len(self._last_steps),
             )
         else:
@@ -306,7 +317,11 @@ class MlflowRunLogger:
                 tags[PARENT_RUN_TAG] = sweep_parent_run(client, experiment_id, spec.sweep_name)
             run = client.create_run(experiment_id, run_name=spec.run_name, tags=tags)
             self._run_id = run.info.run_id
-            log.info("tracking.mlflow_run_created", mlflow_run_id=run.info.run_id)
+            log.info(
+                "tracking.mlflow_run_created",
+                mlflow_run_id=run.info.run_id,
+                url=self._run_url(experiment_id, run.info.run_id),
+            )
         self.run_id_ready.set()
 
 
