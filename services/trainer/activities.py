@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from services.trainer import ownership
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS, ProgressReporter
-from services.trainer.tracking import RunTracking, TrackingConfig
+from services.trainer.tracking import RunTracking, TrackingConfig, close_cancelled_run
 from services.trainer.training import (
     Ownership,
     StopSignals,
@@ -211,6 +211,7 @@ class TrainingActivities:
         if not ownership.owned_by(run_dir, workflow_id):
             log.info("training.partial_run_kept", owner=ownership.owner_of(run_dir))
             return False
+        close_cancelled_run(self._tracking, run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
         return True

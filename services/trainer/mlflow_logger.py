@@ -394,6 +394,32 @@ def sweep_parent_run(
     return winner
 
 
+def mark_run_killed(tracking_uri: str, experiment_name: str, tracking_key: str) -> None:
+    """Close a cancelled run's MLflow run as KILLED; errors are logged and counted."""
+    for name, value in CLIENT_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        runs = (
+            client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"tags.`{TRACKING_KEY_TAG}` = '{tracking_key}'",
+                max_results=1,
+            )
+            if experiment is not None
+            else []
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, f"{TAG_PREFIX}state", "cancelled")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    except Exception as err:
+        metrics.TRACKING_ERRORS.labels(tracker=TRACKER).inc()
+        log.warning("tracking.mlflow_error", error_type=type(err).__name__, error=_first_line(err))
+
+
 def close_sweep_run(
     tracking_uri: str,
     experiment_name: str,

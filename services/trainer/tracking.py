@@ -94,6 +94,28 @@ def read_tracking_file(run_dir: Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) and content.get("tracking_key") else None
 
 
+def close_cancelled_run(config: TrackingConfig, run_dir: Path) -> None:
+    """A run cancelled while no attempt was running (nobody else will close it): mark its
+    MLflow run KILLED, from a background thread so removing the run folder never waits."""
+    tracking = read_tracking_file(run_dir)
+    if not config.mlflow_tracking_uri or tracking is None:
+        return
+    import threading
+
+    from services.trainer.mlflow_logger import mark_run_killed
+
+    threading.Thread(
+        target=mark_run_killed,
+        args=(
+            config.mlflow_tracking_uri,
+            str(tracking.get("experiment")),
+            tracking["tracking_key"],
+        ),
+        name="mlflow-cancelled",
+        daemon=True,
+    ).start()
+
+
 def _flat_params(request: BertFineTuneRequest) -> dict[str, str]:
     return {key: str(value) for key, value in request.config.model_dump(mode="json").items()}
 
