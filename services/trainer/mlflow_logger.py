@@ -157,9 +157,10 @@ class MlflowRunLogger:
         self._queue.put(("status", status))
         self._queue.put(_END)
         # While MLflow is failing, waiting would only delay the end of the activity.
-        self._thread.join(0.5 if self._failing else self._end_timeout)
+        wait = 0.5 if self._failing else self._end_timeout
+        self._thread.join(wait)
         if self._thread.is_alive():
-            log.warning("tracking.mlflow_end_pending", waited_s=self._end_timeout)
+            log.warning("tracking.mlflow_end_pending", waited_s=wait)
 
     def _run_url(self, experiment_id: str, run_id: str) -> str:
         """Where the run opens in the MLflow UI."""
@@ -219,6 +220,11 @@ class MlflowRunLogger:
                 pending.tags.update(payload)
             elif kind == "metrics":
                 pending.metrics.extend(payload)
+                overflow = len(pending.metrics) + len(pending.ready) - self._max_pending_metrics
+                if overflow > 0:  # MLflow has been away for long: keep the newest points
+                    dropped = min(overflow, len(pending.metrics))
+                    del pending.metrics[:dropped]
+                    metrics.TRACKING_RECORDS_DROPPED.labels(tracker=TRACKER).inc(dropped)
             elif kind == "artifact":
                 pending.artifacts[payload[0]] = payload[1]
             elif kind == "status":
@@ -251,10 +257,6 @@ class MlflowRunLogger:
                 pending.ready.append(Metric(key, value, timestamp, step))
                 self._last_steps[key] = step
         pending.metrics.clear()
-        overflow = len(pending.ready) - self._max_pending_metrics
-        if overflow > 0:
-            del pending.ready[:overflow]
-            metrics.TRACKING_RECORDS_DROPPED.labels(tracker=TRACKER).inc(overflow)
         while pending.ready:
             batch = pending.ready[:MAX_METRICS_PER_BATCH]
             self._refusable(client.log_batch, run_id, metrics=batch)
