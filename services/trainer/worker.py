@@ -1,4 +1,11 @@
-"""Entry point of the training worker (``bert-finetune worker trainer``)."""
+"""Entry points of the trainer task queue's workers.
+
+``bert-finetune worker trainer`` trains (GPU pods); ``bert-finetune worker controller`` runs
+only workflows and local activities (a small CPU pod), so experiments, sweeps and
+promotions make progress while every trainer is busy or scaled to zero. Both come from one
+factory and register the same workflows and local activities (listed once, in
+``services/trainer/registry.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,8 @@ from temporalio.worker import Worker
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS
+from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from services.trainer.tracking import TrackingConfig
-from services.trainer.workflows import BertFineTuningWorkflow
 from shared.service import run_worker_service
 from shared.settings import Settings
 
@@ -30,12 +37,15 @@ def build_trainer_worker(
     graceful_shutdown: timedelta = timedelta(seconds=30),
     progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
+    no_remote_activities: bool = False,
     tracking: TrackingConfig = TrackingConfig(),
 ) -> Worker:
-    """The training worker.
+    """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
+    controller.
 
     Args:
-        task_queue: queue polled for ``BertFineTuningWorkflow`` and ``fine_tune_bert``.
+        task_queue: queue polled for the workflows in ``registry.TRAINER_WORKFLOWS`` and, unless
+            ``no_remote_activities``, ``fine_tune_bert``.
         runs_root: the shared runs volume (``BERT_RUNS_DIR``).
         max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
         graceful_shutdown: how long a SIGTERM'd worker lets training seal a checkpoint
@@ -47,6 +57,8 @@ def build_trainer_worker(
             as hung: heartbeats stop (Temporal retries the run elsewhere from its last
             checkpoint) and liveness fails so the pod restarts. Longer than any real step,
             including the first one's warm-up; None disables the watchdog.
+        no_remote_activities: a controller: poll only workflow tasks and run local
+            activities, never training (it imports no torch and needs no GPU).
         tracking: where each run's params, curves and confusion matrices go (an MLflow
             server, TensorBoard event files in the run folder, or nowhere).
     """
@@ -58,11 +70,13 @@ def build_trainer_worker(
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
         tracking=tracking,
     )
+    training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[BertFineTuningWorkflow],
-        activities=[activities.fine_tune_bert, activities.discard_partial_run],
+        workflows=TRAINER_WORKFLOWS,
+        activities=[*training, *orchestration_activities(runs_root)],
+        no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
         ),
@@ -87,5 +101,20 @@ async def run_trainer(settings: Settings) -> None:
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
             tracking=TrackingConfig.from_settings(settings),
+        ),
+    )
+
+
+async def run_controller(settings: Settings) -> None:
+    await run_worker_service(
+        "controller",
+        settings,
+        settings.controller_metrics_port,
+        lambda client: build_trainer_worker(
+            client,
+            task_queue=settings.training_task_queue,
+            runs_root=settings.runs_dir,
+            graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
+            no_remote_activities=True,
         ),
     )
