@@ -75,7 +75,7 @@ def build_trainer_worker(
         client,
         task_queue=task_queue,
         workflows=TRAINER_WORKFLOWS,
-        activities=[*training, *orchestration_activities(runs_root)],
+        activities=[*training, *orchestration_activities(runs_root, tracking)],
         no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
@@ -116,5 +116,7 @@ async def run_controller(settings: Settings) -> None:
             runs_root=settings.runs_dir,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             no_remote_activities=True,
+            # Discarding a run cancelled between attempts also closes its MLflow run.
+            tracking=TrackingConfig.from_settings(settings),
         ),
     )

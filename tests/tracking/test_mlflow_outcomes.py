@@ -3,6 +3,7 @@ still RUNNING (its retry continues the same run)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -96,15 +97,17 @@ def test_attempt_outcomes_map_to_mlflow_statuses(
     assert run.data.metrics["loss"] == 0.5
 
 
-def test_a_run_cancelled_between_attempts_is_marked_killed(
+async def test_a_run_cancelled_between_attempts_is_marked_killed(
     mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
     from services.trainer import ownership
+    from services.trainer.registry import orchestration_activities
 
     runs_root = tmp_path / "runs"
     run_dir = runs_root / "between-run-0-tiny"
     run_dir.mkdir(parents=True)
-    ownership.claim(run_dir, "wf-between", lambda _: False)
+    env = ActivityEnvironment()
+    ownership.claim(run_dir, env.info.workflow_id, lambda _: False)
     tracking_config = TrackingConfig(mlflow_server.uri)
     request = BertFineTuneRequest(
         run_id=run_dir.name, config=BertFineTuneConfig(model_name="tiny", train_file="t.csv")
@@ -114,11 +117,12 @@ def test_a_run_cancelled_between_attempts_is_marked_killed(
     preempted.end("interrupted")  # stays RUNNING, waiting for a retry that never comes
     assert preempted.mlflow.run_id_ready.wait(30)
 
-    activities = TrainingActivities(runs_root, tracking=tracking_config)
-    assert activities._discard_if_incomplete(run_dir.name, "wf-between")  # the cancel's clean-up
+    # The local activity a workflow runs when it is cancelled while no attempt is running.
+    discard = orchestration_activities(runs_root, tracking_config)[0]
+    assert await env.run(discard, run_dir.name)
     assert not run_dir.exists()
     deadline = time.monotonic() + 30
     while (run := _only_run(mlflow_server, "between")).info.status != "KILLED":
         assert time.monotonic() < deadline, run.info.status
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     assert run.data.tags["bert_finetune.state"] == "cancelled"
