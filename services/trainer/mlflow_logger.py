@@ -362,6 +362,19 @@ def last_logged_steps(client: Any, run: Any) -> dict[str, int]:
     }
 
 
+def _open_sweep_parent(client: Any, experiment_id: str, sweep_name: str) -> str | None:
+    """The oldest still-running parent run of the sweep (ties: the smallest run id)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_name}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    runs = sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+    return runs[0].info.run_id if runs else None
+
+
 def sweep_parent_run(
     client: Any, experiment_id: str, sweep_name: str, settle_seconds: float = 1.0
 ) -> str:
@@ -372,24 +385,14 @@ def sweep_parent_run(
     land), looks again, and everyone uses the oldest open parent; a trial whose own parent
     lost deletes it.
     """
-    query = (
-        f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_name}' "
-        "and attributes.status = 'RUNNING'"
-    )
-
-    def oldest() -> str | None:
-        runs = client.search_runs([experiment_id], filter_string=query)
-        runs = sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
-        return runs[0].info.run_id if runs else None
-
-    existing = oldest()
+    existing = _open_sweep_parent(client, experiment_id, sweep_name)
     if existing is not None:
         return existing
     created = client.create_run(
         experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name}
     ).info.run_id
     time.sleep(settle_seconds)
-    winner = oldest() or created
+    winner = _open_sweep_parent(client, experiment_id, sweep_name) or created
     if winner != created:
         client.delete_run(created)
         log.info("tracking.mlflow_duplicate_parent_removed", sweep=sweep_name)
@@ -424,37 +427,41 @@ def mark_run_killed(tracking_uri: str, experiment_name: str, tracking_key: str) 
 
 def close_sweep_run(
     tracking_uri: str,
-    experiment_name: str,
     sweep_name: str,
     status: str,
     summary: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
 ) -> str | None:
-    """End a sweep's parent run (FINISHED, FAILED or KILLED) with its summary; its id or None.
+    """End a sweep's open parent run as ``status`` (FINISHED, FAILED or KILLED), with the
+    sweep's summary metrics and tags; its MLflow run id, or None when there is none or MLflow
+    failed (logged and counted, never raised).
 
     For the sweep workflow's last step: the trials cannot know when the sweep is over.
     """
     for name, value in CLIENT_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, RunTag
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = client.get_experiment_by_name(sweep_name)
+        run_id = (
+            _open_sweep_parent(client, experiment.experiment_id, sweep_name)
+            if experiment is not None
+            else None
+        )
+        if run_id is None:
+            return None
+        now_ms = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now_ms, 0) for k, v in (summary or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
+        client.set_terminated(run_id, status=status)
+        return run_id
+    except Exception as err:
+        metrics.TRACKING_ERRORS.labels(tracker=TRACKER).inc()
+        log.warning("tracking.mlflow_error", error_type=type(err).__name__, error=_first_line(err))
         return None
-    query = f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_name}'"
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=query, order_by=["attributes.start_time ASC"]
-    )
-    if not runs:
-        return None
-    run_id = runs[0].info.run_id
-    now_ms = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now_ms, 0) for k, v in (summary or {}).items()],
-        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
-    )
-    client.set_terminated(run_id, status=status)
-    return run_id

@@ -196,3 +196,31 @@ def test_points_kept_while_the_tracker_is_down_are_bounded() -> None:
     while dropped._value.get() - before < 900 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert dropped._value.get() - before == 900  # the newest 100 are kept for a retry
+
+
+def test_closing_a_sweep_finishes_its_parent_and_the_next_sweep_gets_a_new_one(
+    mlflow_server: MlflowServer,
+) -> None:
+    from services.trainer.mlflow_logger import (
+        close_sweep_run,
+        experiment_id_for,
+        sweep_parent_run,
+    )
+
+    client = mlflow_server.client()
+    experiment_id = experiment_id_for(client, "closing")
+    parent = sweep_parent_run(client, experiment_id, "closing", settle_seconds=0)
+    closed = close_sweep_run(
+        mlflow_server.uri,
+        "closing",
+        "FINISHED",
+        summary={"best_eval_accuracy": 0.9},
+        tags={"bert_finetune.best_run_id": "closing-run-1-tiny"},
+    )
+    assert closed == parent
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["best_eval_accuracy"] == 0.9
+    assert run.data.tags["bert_finetune.best_run_id"] == "closing-run-1-tiny"
+    # A later run of the same sweep name starts a fresh parent instead of reopening this one.
+    assert sweep_parent_run(client, experiment_id, "closing", settle_seconds=0) != parent
