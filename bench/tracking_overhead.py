@@ -122,6 +122,8 @@ def main() -> None:
         server.wait(timeout=30)
 
     steps = 10 * args.epochs
+    logging_steps = max(1, min(50, steps // 20))  # the trainer's default policy
+    load = os.getloadavg()[0]
     off = statistics.median(times["tracking off"])
     rows = "\n".join(
         f"| {mode} | {statistics.median(values):.1f} | "
@@ -132,11 +134,12 @@ def main() -> None:
 
 Command: `python -m bench.tracking_overhead --repeats {args.repeats} --epochs {args.epochs}`
 
-Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}. One
-fine-tune of the tiny 2-layer BERT through the real `fine_tune_bert` activity ({steps} steps,
-a loss, learning rate and grad norm at every step, an evaluation and a confusion matrix at
-the end), per mode, interleaved; MLflow is a real `mlflow server` on SQLite on the same
-machine. Wall time covers the whole activity, including the end of tracking.
+Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, load
+average {load:.1f} at the end. One fine-tune of the tiny 2-layer BERT through the real
+`fine_tune_bert` activity ({steps} steps, loss, learning rate and grad norm every
+{logging_steps} steps, an evaluation and a confusion matrix at the end) per mode,
+interleaved; MLflow is a real `mlflow server` on SQLite on the same machine. Wall time
+covers the whole activity, including the end of tracking.
 
 | mode | median s | vs off | runs (s) |
 |---|---:|---:|---|
