@@ -145,6 +145,12 @@ covers the whole activity, including the end of tracking.
 |---|---:|---:|---|
 {rows}
 
+With MLflow on the same machine its server competes for the same cores; a load average far
+above the CPU count (other jobs) makes single runs vary by 3x, so read these medians as an
+upper bound and rerun on an idle machine for a clean figure. The training thread itself
+only pays the enqueue cost below; sending, retries and backoff happen on a background
+thread, and with MLflow down an attempt ends after at most 0.5 s of waiting.
+
 Training thread's share of logging: one `log_metrics` call (4 values) costs
 {enqueue_up:.1f} µs with MLflow up and {enqueue_down:.1f} µs with it down (mean over
 20,000 calls): it only puts the values on a queue; a background thread does the sending.
