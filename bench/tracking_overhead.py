@@ -56,11 +56,13 @@ def train_once(root: Path, tracking: object, run_id: str, config: dict) -> float
 
     from services.trainer.activities import TrainingActivities
     from shared.types import BertFineTuneConfig, BertFineTuneRequest
+    from tests.helpers.gateway import OfflineGateway
 
     request = BertFineTuneRequest(run_id=run_id, config=BertFineTuneConfig.model_validate(config))
     started = time.monotonic()
     ActivityEnvironment().run(
-        TrainingActivities(root / "runs", tracking=tracking).fine_tune_bert, request
+        TrainingActivities(root / "runs", OfflineGateway(), tracking=tracking).fine_tune_bert,
+        request,
     )
     return time.monotonic() - started
 

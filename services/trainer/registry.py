@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.trainer.activities import TrainingActivities
+from services.trainer.activities import PartialRunActivities
 from services.trainer.promotion import PromotionActivities
 from services.trainer.promotion_workflow import BertPromoteWorkflow
 from services.trainer.tracking import TrackingConfig
@@ -28,6 +28,6 @@ def orchestration_activities(
     ``tracking``: discarding a run cancelled between attempts also closes its MLflow run.
     """
     return [
-        TrainingActivities(runs_root, tracking=tracking).discard_partial_run,
+        PartialRunActivities(runs_root, tracking).discard_partial_run,
         PromotionActivities(runs_root).promote_alias,
     ]

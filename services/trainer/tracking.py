@@ -139,7 +139,7 @@ class RunTracking:
         self._names = run_names(request)
         self._mlflow: Any = None
         self._tensorboard: Any = None
-        self._confusion: list[list[int]] | None = None
+        self._confusion_source: Callable[[], list[list[int]] | None] = lambda: None
         self._max_steps = 0
         self._stopped_at: tuple[int, float] | None = None
         self._started = False
@@ -149,29 +149,15 @@ class RunTracking:
         """The MLflow logger once training began (None without MLflow)."""
         return self._mlflow
 
-    def callbacks(self) -> list[Any]:
-        """The Trainer callbacks to add: none when tracking is off."""
+    def callbacks(self, confusion_matrix: Callable[[], list[list[int]] | None]) -> list[Any]:
+        """The Trainer callbacks to add (none when tracking is off). ``confusion_matrix``
+        returns the latest evaluation's matrix (rows: true label, columns: predicted)."""
         if not self.config.enabled:
             return []
         from services.trainer.tracking_callback import TrackingCallback
 
+        self._confusion_source = confusion_matrix
         return [TrackingCallback(self)]
-
-    def observe_predictions(
-        self, compute_metrics: Callable[[Any], dict[str, float]]
-    ) -> Callable[[Any], dict[str, float]]:
-        """Wrap the Trainer's ``compute_metrics`` to keep each evaluation's confusion matrix."""
-        if not self.config.enabled:
-            return compute_metrics
-
-        def observed(prediction: Any) -> dict[str, float]:
-            try:
-                self._confusion = confusion_matrix(prediction)
-            except Exception:
-                self.count_error("confusion_matrix")
-            return compute_metrics(prediction)
-
-        return observed
 
     # Fed by TrackingCallback (training thread).
 
@@ -193,17 +179,10 @@ class RunTracking:
             "bert_finetune.resumed_from_step": str(resumed_from_step or 0),
         }
         if self.config.mlflow_tracking_uri:
-            from services.trainer.mlflow_logger import MlflowRunLogger, RunSpec
+            from services.trainer.mlflow_logger import MlflowRunLogger
 
-            spec = RunSpec(
-                experiment_name=self._names.sweep or self._names.experiment,
-                run_name=self._request.run_id,
-                tracking_key=self._tracking_key(),
-                tags=tags,
-                sweep_name=self._names.sweep,
-            )
             self._mlflow = MlflowRunLogger(self.config.mlflow_tracking_uri)
-            self._mlflow.start(spec, params)
+            self._mlflow.start(self._spec(tags), params)
             self._mlflow.set_tags(tags)  # a resumed run gets this attempt's tags too
         if self.config.tensorboard:
             from services.trainer.tensorboard_logger import TensorBoardRunLogger
@@ -226,7 +205,7 @@ class RunTracking:
             self._tensorboard.log_metrics(values, step)
 
     def log_confusion_matrix(self, labels: list[str], step: int) -> None:
-        matrix, self._confusion = self._confusion, None
+        matrix = self._confusion_source()
         if matrix is None:
             return
         if len(labels) != len(matrix):  # a model without label names
@@ -260,12 +239,25 @@ class RunTracking:
         ``outcome`` is the activity's (``succeeded``, ``failed``, ``cancelled``,
         ``interrupted``, ``superseded``); ``result`` tells a paused or pruned trial apart.
         """
-        if not self._started:
-            return
         try:
-            self._end(outcome, result)
+            if self._started or self._reopen_for_end(result):
+                self._end(outcome, result)
         except Exception:
             self.count_error("end")
+
+    def _reopen_for_end(self, result: BertFineTuneResult | None) -> bool:
+        """An attempt that trained nothing still closes the MLflow run earlier attempts
+        opened: a pruned trial finished from its paused checkpoint, or a retry that failed
+        before training. A reused result has nothing of its own to close."""
+        if not self.config.mlflow_tracking_uri or read_tracking_file(self._run_dir) is None:
+            return False
+        if result is not None and (result.reused or result.reused_from):
+            return False
+        from services.trainer.mlflow_logger import MlflowRunLogger
+
+        self._mlflow = MlflowRunLogger(self.config.mlflow_tracking_uri)
+        self._mlflow.start(self._spec(self._tags()), {})
+        return True
 
     def _end(self, outcome: str, result: BertFineTuneResult | None) -> None:
         stopped_step, epoch = self._stopped_at or (0, 0.0)
@@ -275,7 +267,7 @@ class RunTracking:
             state, status = "paused", None  # the next execution continues the same run
         elif result is not None and result.stopped_early:
             state = "pruned"
-        if outcome == "succeeded" and state != "paused":
+        if outcome == "succeeded" and state != "paused" and self._stopped_at is not None:
             final = {"epochs_completed": float(epoch), "pruned": float(state == "pruned")}
             self.log_metrics(final, stopped_step)
         if self._mlflow is not None:
@@ -284,6 +276,17 @@ class RunTracking:
         if self._tensorboard is not None:
             self._tensorboard.end()
         log.info("tracking.ended", state=state)
+
+    def _spec(self, tags: dict[str, str]) -> Any:
+        from services.trainer.mlflow_logger import RunSpec
+
+        return RunSpec(
+            experiment_name=self._names.sweep or self._names.experiment,
+            run_name=self._request.run_id,
+            tracking_key=self._tracking_key(),
+            tags=tags,
+            sweep_name=self._names.sweep,
+        )
 
     def _tags(self) -> dict[str, str]:
         tags = {
@@ -321,19 +324,6 @@ class RunTracking:
                 # Without the file a retry starts a new MLflow run; this attempt still logs.
                 self.count_error("tracking_file")
         return key
-
-
-def confusion_matrix(prediction: Any) -> list[list[int]]:
-    """Counts of (true label, predicted label) from a Trainer ``EvalPrediction``."""
-    import numpy as np
-
-    logits = prediction.predictions
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    num_labels = int(logits.shape[-1])
-    predicted = np.argmax(logits, axis=-1).reshape(-1)
-    actual = np.asarray(prediction.label_ids).reshape(-1)
-    counts = np.bincount(actual * num_labels + predicted, minlength=num_labels * num_labels)
-    return counts.reshape(num_labels, num_labels).astype(int).tolist()
 
 
 def confusion_table(labels: list[str], matrix: list[list[int]]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from services.trainer.activities import TrainingActivities
+from services.trainer.activities import PartialRunActivities
 from services.trainer.worker import build_trainer_worker
 from services.trainer.workflows import BertFineTuningWorkflow
 from shared import metrics
@@ -163,7 +163,10 @@ async def test_cancel_between_attempts_discards_the_partial_run(
         client,
         task_queue=queue,
         workflows=[BertFineTuningWorkflow],
-        activities=[crashes_after_checkpointing, TrainingActivities(runs_root).discard_partial_run],
+        activities=[
+            crashes_after_checkpointing,
+            PartialRunActivities(runs_root).discard_partial_run,
+        ],
     ):
         handle = await client.start_workflow(
             FINE_TUNING_WORKFLOW,

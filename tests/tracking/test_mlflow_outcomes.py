@@ -16,6 +16,7 @@ from services.trainer.activities import TrainingActivities
 from services.trainer.tracking import RunTracking, TrackingConfig
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.durability.harness import long_config, long_run_csv
+from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
 
 
@@ -36,7 +37,9 @@ def test_a_cancelled_run_is_marked_killed(
         config=BertFineTuneConfig.model_validate(long_config(tiny_model, train, validation)),
     )
     env = ActivityEnvironment()
-    activities = TrainingActivities(runs_root, tracking=TrackingConfig(mlflow_server.uri))
+    activities = TrainingActivities(
+        runs_root, OfflineGateway(), tracking=TrackingConfig(mlflow_server.uri)
+    )
     raised: list[BaseException] = []
 
     def train_run() -> None:

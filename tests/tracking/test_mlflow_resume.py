@@ -15,7 +15,8 @@ from temporalio.client import Client
 
 from services.trainer import checkpoints
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
-from tests.durability.harness import WorkerProcess, long_config, long_run_csv, task_queue
+from tests.durability.harness import long_config, long_run_csv, task_queue
+from tests.helpers.processes import WorkerProcess
 from tests.tracking.conftest import MlflowServer
 
 LOGGING_STEPS = 50  # the default policy: max_steps // 20, at most 50

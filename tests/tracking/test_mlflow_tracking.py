@@ -21,6 +21,7 @@ from shared.types import (
     RunContext,
 )
 from tests.conftest import SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
 
 
@@ -29,7 +30,7 @@ def _train(
 ) -> BertFineTuneResult:
     request = BertFineTuneRequest(run_id=run_id, config=BertFineTuneConfig.model_validate(config))
     return ActivityEnvironment().run(
-        TrainingActivities(runs_root, tracking=tracking).fine_tune_bert, request
+        TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert, request
     )
 
 
@@ -136,7 +137,8 @@ def test_sweep_trials_are_child_runs_of_one_parent_run(
         )
         results.append(
             ActivityEnvironment().run(
-                TrainingActivities(runs_root, tracking=tracking).fine_tune_bert, request
+                TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert,
+                request,
             )
         )
 

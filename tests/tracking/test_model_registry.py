@@ -15,6 +15,7 @@ from shared.runs import file_sha256
 from shared.temporal import free_loopback_port
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
 from tests.conftest import SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
 
 MODEL = "bert-finetune-test"
@@ -25,7 +26,7 @@ def _train(
 ) -> BertFineTuneResult:
     request = BertFineTuneRequest(run_id=run_id, config=BertFineTuneConfig.model_validate(config))
     return ActivityEnvironment().run(
-        TrainingActivities(runs_root, tracking=tracking).fine_tune_bert, request
+        TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert, request
     )
 
 

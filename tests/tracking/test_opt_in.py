@@ -23,14 +23,14 @@ from services.trainer.activities import TrainingActivities
 from shared.settings import Settings
 from services.trainer.tracking import TrackingConfig
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
+from tests.helpers.gateway import OfflineGateway
 
 tracking = TrackingConfig.from_settings(Settings.from_env({}))
 request = BertFineTuneRequest(
     run_id="plain-run-0-tiny", config=BertFineTuneConfig.model_validate(json.loads(sys.argv[2]))
 )
-ActivityEnvironment().run(
-    TrainingActivities(Path(sys.argv[1]), tracking=tracking).fine_tune_bert, request
-)
+activities = TrainingActivities(Path(sys.argv[1]), OfflineGateway(), tracking=tracking)
+ActivityEnvironment().run(activities.fine_tune_bert, request)
 loaded = sorted(
     name for name in sys.modules if name.split(".")[0] in {"mlflow", "tensorboard", "tensorboardX"}
 )

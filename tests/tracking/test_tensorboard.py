@@ -13,6 +13,7 @@ from services.trainer.tracking import TrackingConfig
 from shared.settings import Settings
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
 
 
 def _scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -31,7 +32,7 @@ def test_tensorboard_event_files_land_in_the_run_folder(
     assert tracking == TrackingConfig(mlflow_tracking_uri=None, tensorboard=True)
     config = tiny_config(tiny_model, sentiment_csv, num_epochs=2)  # 20 steps, logged each step
     result = ActivityEnvironment().run(
-        TrainingActivities(runs_root, tracking=tracking).fine_tune_bert,
+        TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert,
         BertFineTuneRequest(
             run_id="tb-run-0-tiny", config=BertFineTuneConfig.model_validate(config)
         ),
