@@ -14,7 +14,8 @@ from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.tracking import RunTracking, TrackingConfig
-from shared.types import BertFineTuneConfig, BertFineTuneRequest
+from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult, RunContext
+from tests.conftest import SentimentData, tiny_config
 from tests.durability.harness import long_config, long_run_csv
 from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
@@ -129,3 +130,48 @@ async def test_a_run_cancelled_between_attempts_is_marked_killed(
         assert time.monotonic() < deadline, run.info.status
         await asyncio.sleep(0.2)
     assert run.data.tags["bert_finetune.state"] == "cancelled"
+
+
+def test_a_halving_trial_pauses_running_and_ends_pruned_in_one_mlflow_run(
+    mlflow_server: MlflowServer, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    config = BertFineTuneConfig.model_validate(
+        tiny_config(tiny_model, sentiment_csv, num_epochs=3)  # 10 steps per epoch
+    )
+    activities = TrainingActivities(
+        runs_root, OfflineGateway(), tracking=TrackingConfig(mlflow_server.uri)
+    )
+
+    def execute(**segment: object) -> BertFineTuneResult:
+        request = BertFineTuneRequest(
+            run_id="rungs-run-0-tiny",
+            config=config,
+            context=RunContext(kind="sweep", name="rungs", trial_index=0, params={}),
+            **segment,
+        )
+        return ActivityEnvironment().run(activities.fine_tune_bert, request)
+
+    def trial():  # noqa: ANN202
+        runs = mlflow_server.client().search_runs(
+            [mlflow_server.client().get_experiment_by_name("rungs").experiment_id],
+            filter_string="tags.`bert_finetune.role` = 'trial'",
+        )
+        assert len(runs) == 1  # every segment continues the same MLflow run
+        return runs[0]
+
+    paused = execute(pause_at_epoch=1)
+    assert paused.paused
+    run = trial()
+    assert run.info.status == "RUNNING" and run.data.tags["bert_finetune.state"] == "paused"
+
+    # The sweep prunes it at this rung: the next execution commits the paused checkpoint
+    # without training (no Trainer callback runs) and still closes the MLflow run.
+    pruned = execute(finish_at_epoch=1, attempt_offset=5)
+    assert pruned.stopped_early
+    deadline = time.monotonic() + 30
+    while (run := trial()).info.status != "FINISHED":
+        assert time.monotonic() < deadline, run.info.status
+        time.sleep(0.2)
+    assert run.data.tags["bert_finetune.state"] == "pruned"
+    steps = [p.step for p in mlflow_server.client().get_metric_history(run.info.run_id, "loss")]
+    assert steps == list(range(1, 11))  # the first epoch's curve, logged once

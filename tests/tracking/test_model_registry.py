@@ -74,7 +74,11 @@ def test_untracked_runs_and_an_unreachable_registry_mirror_nothing(
     closed = f"http://127.0.0.1:{free_loopback_port()}"
     assert mirror_promotion(closed, untracked.run_id, "prod", untracked.model_dir, MODEL) is None
 
-    tracked_offline = _train(runs_root, TrackingConfig(closed), "plain-run-1-tiny", config)
+    # Another seed: the same config would be reused from the first run, not trained.
+    tracked_offline = _train(
+        runs_root, TrackingConfig(closed), "plain-run-1-tiny", {**config, "seed": 7}
+    )
+    assert not tracked_offline.reused
     errors = metrics.TRACKING_ERRORS.labels(tracker="mlflow")._value.get()
     assert (
         mirror_promotion(closed, tracked_offline.run_id, "prod", tracked_offline.model_dir, MODEL)

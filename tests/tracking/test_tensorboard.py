@@ -40,8 +40,9 @@ def test_tensorboard_event_files_land_in_the_run_folder(
     log_dir = Path(result.model_dir) / EVENTS_DIR
     loss = _scalars(log_dir, "train/loss")
     assert [step for step, _ in loss] == list(range(1, 21))
-    (accuracy,) = _scalars(log_dir, "eval/accuracy")
-    assert accuracy == (20, result.eval_accuracy)
+    accuracy = _scalars(log_dir, "eval/accuracy")  # evaluated after every epoch
+    assert [step for step, _ in accuracy] == [10, 20]
+    assert accuracy[-1][1] == result.eval_accuracy
 
 
 def test_a_resumed_attempt_purges_steps_past_its_checkpoint(tmp_path: Path) -> None:
