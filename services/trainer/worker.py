@@ -18,7 +18,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.trainer import checkpoints
-from services.trainer.activities import TemporalGateway, TrainingActivities
+from services.trainer.activities import TemporalGateway, Trainer, TrainingActivities
+from services.trainer.launcher import DistributedTraining, resolve_processes
 from services.trainer.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
@@ -26,6 +27,7 @@ from services.trainer.progress import (
 )
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from services.trainer.tracking import TrackingConfig
+from services.trainer.training import fine_tune
 from shared.service import run_worker_service
 from shared.settings import Settings
 
@@ -46,6 +48,9 @@ def build_trainer_worker(
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
     checkpoint_interval: timedelta = timedelta(seconds=checkpoints.DEFAULT_INTERVAL_SECONDS),
     no_remote_activities: bool = False,
+    processes_per_run: int = 1,
+    log_level: str = "INFO",
+    log_format: str = "auto",
     tracking: TrackingConfig = TrackingConfig(),
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
@@ -74,9 +79,17 @@ def build_trainer_worker(
             cost more than 5% of training time (docs/durability.md).
         no_remote_activities: a controller: poll only workflow tasks and run local
             activities, never training (it imports no torch and needs no GPU).
+        processes_per_run: processes (PyTorch DDP ranks, one per GPU) that train each run
+            together, launched with torchrun; 1 trains in this process. The ranks log with
+            ``log_level`` and ``log_format`` (docs/distributed.md).
         tracking: where each run's params, curves and confusion matrices go (an MLflow
             server, TensorBoard event files in the run folder, or nowhere).
     """
+    train: Trainer = (
+        fine_tune
+        if processes_per_run == 1
+        else DistributedTraining(processes_per_run, log_level=log_level, log_format=log_format)
+    )
     activities = TrainingActivities(
         runs_root,
         TemporalGateway(client, asyncio.get_running_loop()),
@@ -85,6 +98,7 @@ def build_trainer_worker(
         progress_history_check_every=progress_history_check_every,
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
         checkpoint_interval_seconds=checkpoint_interval.total_seconds(),
+        train=train,
         tracking=tracking,
     )
     training = [] if no_remote_activities else [activities.fine_tune_bert]
@@ -118,6 +132,9 @@ async def run_trainer(settings: Settings) -> None:
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
             checkpoint_interval=timedelta(seconds=settings.checkpoint_interval_seconds),
+            processes_per_run=resolve_processes(settings.trainer_processes),
+            log_level=settings.log_level,
+            log_format=settings.log_format,
             tracking=TrackingConfig.from_settings(settings),
         ),
     )
