@@ -126,6 +126,11 @@ class MlflowRunLogger:
         self.run_id_ready = threading.Event()
 
     @property
+    def failing(self) -> bool:
+        """True while MLflow is failing this logger (its latest request failed)."""
+        return self._failing
+
+    @property
     def run_id(self) -> str | None:
         """The MLflow run id, once the sender has found or created the run."""
         return self._run_id
