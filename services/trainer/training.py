@@ -7,10 +7,11 @@ between stages whether the attempt must stop (cancellation, worker shutdown).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from services.trainer import checkpoints, stages
-from services.trainer.data import prepare_data
+from services.trainer.data import PreparedData, prepare_data
 from services.trainer.progress import ProgressSink
 from services.trainer.ranks import SINGLE_PROCESS, Ranks
 from services.trainer.run_directory import RunDirectory
@@ -18,6 +19,7 @@ from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
+from shared.onnx_export import commit_exporter
 from shared.run_record import run_identity
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
@@ -89,8 +91,15 @@ def fine_tune(
         record = stages.run_record(request, run, data, identity, trained, evaluation, attempt)
         if not ranks.is_leader:
             return record.result  # the leader commits the run; its result is the attempt's
-        run.commit(session.save_model, record, attempt.number)
+        # The ONNX export is part of the commit: a completed run is never modified afterwards.
+        run.commit(session.save_model, record, attempt.number, export=_exporter(data))
         log.info("model.saved", run_dir=str(run.path), eval_metrics=evaluation.metrics)
         return record.result
     finally:
         session.release()
+
+
+def _exporter(data: PreparedData) -> Callable[[Path], None]:
+    """Exports the committed model; texts from the run's own data gate the int8 graph."""
+    sample = data.eval if data.eval is not None else data.train
+    return commit_exporter(sample[: min(256, len(sample))]["text"])
