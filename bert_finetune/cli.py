@@ -211,13 +211,19 @@ async def _check_pollers(args: argparse.Namespace) -> int:
 
     settings = _settings()
     client = await _client(settings)
+    # The training queue needs workflow pollers (a controller or trainers: GPU trainers may be
+    # scaled to zero by KEDA until runs wait); the inference queue needs activity pollers.
+    needed = (
+        (settings.training_task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+        (settings.inference_task_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
+    )
     missing = []
-    for queue in (settings.training_task_queue, settings.inference_task_queue):
+    for queue, queue_type in needed:
         response = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace=settings.temporal.namespace,
                 task_queue=TaskQueue(name=queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                task_queue_type=queue_type,
             )
         )
         if not response.pollers:
