@@ -25,9 +25,10 @@ def orchestration_activities(
 ) -> list[Callable[..., Any]]:
     """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training).
 
-    ``tracking``: discarding a run cancelled between attempts also closes its MLflow run.
+    ``tracking``: discarding a run cancelled between attempts also closes its MLflow run, and
+    promotions are mirrored to MLflow's model registry when one is configured.
     """
     return [
         PartialRunActivities(runs_root, tracking).discard_partial_run,
-        PromotionActivities(runs_root).promote_alias,
+        PromotionActivities(runs_root, tracking).promote_alias,
     ]

@@ -41,6 +41,8 @@ class TrackingConfig:
 
     mlflow_tracking_uri: str | None = None
     tensorboard: bool = False
+    # Promotions are mirrored as versions of this MLflow registered model (with the alias).
+    registered_model: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +50,9 @@ class TrackingConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrackingConfig:
-        return cls(settings.mlflow_tracking_uri, settings.tensorboard)
+        return cls(
+            settings.mlflow_tracking_uri, settings.tensorboard, settings.mlflow_registered_model
+        )
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,25 @@ the run's model files as the version's artifacts."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.model_registry import mirror_promotion, mlflow_alias
+from services.trainer.promotion import PromotionActivities
 from services.trainer.tracking import TrackingConfig
 from shared import metrics
 from shared.runs import file_sha256
 from shared.temporal import free_loopback_port
-from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
+from shared.types import (
+    BertFineTuneConfig,
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    BertPromoteInput,
+)
 from tests.conftest import SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
@@ -92,3 +100,31 @@ def test_aliases_map_to_names_mlflow_accepts() -> None:
     assert mlflow_alias("sst2.best") == "sst2_best"
     assert mlflow_alias("v2") == "v2_alias"  # MLflow reserves v<N> and latest
     assert mlflow_alias("latest") == "latest_alias"
+
+
+async def test_the_promotion_activity_mirrors_in_the_background(
+    mlflow_server: MlflowServer,
+    tiny_model: Path,
+    sentiment_csv: SentimentData,
+    runs_root: Path,
+) -> None:
+    tracking = TrackingConfig(mlflow_server.uri, registered_model=MODEL + "-activity")
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=1)
+    trained = _train(runs_root, tracking, "mirror-run-0-tiny", config)
+
+    promote = PromotionActivities(runs_root, tracking).promote_alias
+    output = await ActivityEnvironment().run(
+        promote, BertPromoteInput(run_id=trained.run_id, alias="staging")
+    )
+    assert output.run_id == trained.run_id  # the alias moved at once, mirroring goes on after
+
+    client = mlflow_server.client()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            version = client.get_model_version_by_alias(MODEL + "-activity", "staging")
+            break
+        except Exception:  # not mirrored yet: MLflow raises for a missing model or alias
+            assert time.monotonic() < deadline, "the promotion was never mirrored"
+            await asyncio.sleep(1)
+    assert version.tags["bert_finetune.run_id"] == trained.run_id
