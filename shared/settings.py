@@ -34,6 +34,29 @@ class SettingsError(ValueError):
     """An environment variable has a value the workers cannot use."""
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false")
+
+
+def _tracking_uri(env: Mapping[str, str]) -> str | None:
+    uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri:
+        return None
+    if not uri.startswith(("http://", "https://")):
+        # A file or database URI would make every trainer pod write its own private store.
+        raise SettingsError(
+            f"MLFLOW_TRACKING_URI={uri!r} must be an MLflow tracking server's http(s):// address"
+        )
+    return uri
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -173,6 +196,11 @@ class Settings:
     checkpoint_interval_seconds: int = 600
     log_level: str = "INFO"
     log_format: str = "auto"
+    # Experiment tracking (trainer only): an MLflow server, TensorBoard event files, or both.
+    mlflow_tracking_uri: str | None = None
+    tensorboard: bool = False
+    # Promotions also become versions of this MLflow registered model (None: not mirrored).
+    mlflow_registered_model: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -214,4 +242,7 @@ class Settings:
             ),
             log_level=log_level,
             log_format=log_format,
+            mlflow_tracking_uri=_tracking_uri(env),
+            tensorboard=_bool(env, "BERT_TENSORBOARD", False),
+            mlflow_registered_model=(env.get("BERT_MLFLOW_REGISTERED_MODEL") or "").strip() or None,
         )

@@ -14,14 +14,21 @@ from typing import Any
 from services.trainer.activities import PartialRunActivities
 from services.trainer.promotion import PromotionActivities
 from services.trainer.promotion_workflow import BertPromoteWorkflow
+from services.trainer.tracking import TrackingConfig
 from services.trainer.workflows import BertFineTuningWorkflow
 
 TRAINER_WORKFLOWS: list[type] = [BertFineTuningWorkflow, BertPromoteWorkflow]
 
 
-def orchestration_activities(runs_root: Path) -> list[Callable[..., Any]]:
-    """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training)."""
+def orchestration_activities(
+    runs_root: Path, tracking: TrackingConfig = TrackingConfig()
+) -> list[Callable[..., Any]]:
+    """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training).
+
+    ``tracking``: discarding a run cancelled between attempts also closes its MLflow run, and
+    promotions are mirrored to MLflow's model registry when one is configured.
+    """
     return [
-        PartialRunActivities(runs_root).discard_partial_run,
-        PromotionActivities(runs_root).promote_alias,
+        PartialRunActivities(runs_root, tracking).discard_partial_run,
+        PromotionActivities(runs_root, tracking).promote_alias,
     ]

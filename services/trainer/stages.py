@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.trainer import checkpoints
 from services.trainer.arguments import training_arguments
@@ -31,6 +31,9 @@ from shared.logging import get_logger
 from shared.run_record import EpochEvaluation, RunRecord
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
+if TYPE_CHECKING:
+    from services.trainer.tracking import RunTracking
+
 log = get_logger(__name__)
 
 
@@ -47,6 +50,8 @@ class Attempt:
     # The folders the run's local paths may name; None: the working directory and the runs.
     path_roots: LocalPathRoots | None = None
     checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS
+    # Experiment tracking (MLflow, TensorBoard); its Trainer callback joins the others.
+    tracking: RunTracking | None = None
 
     @property
     def token(self) -> AttemptToken:
@@ -243,6 +248,8 @@ class TrainingSession:
             hooks.append(
                 callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
             )
+        if attempt.tracking is not None and ranks.is_leader:
+            hooks.extend(attempt.tracking.callbacks(lambda: classification.confusion_matrix))
         if eval_set is not None:  # after the others: it reads what they asked for
             hooks.append(
                 callbacks.EvaluationPhaseCallback(reporter, stop, cancellable=ranks.world_size == 1)

@@ -28,6 +28,7 @@ from services.trainer.progress import (
     SIGNAL_INTERVAL_SECONDS,
 )
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
+from services.trainer.tracking import TrackingConfig
 from services.trainer.training import fine_tune
 from shared.service import run_worker_service
 from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings
@@ -56,6 +57,7 @@ def build_trainer_worker(
     processes_per_run: int = 1,
     log_level: str = "INFO",
     log_format: str = "auto",
+    tracking: TrackingConfig = TrackingConfig(),
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
     controller.
@@ -92,6 +94,8 @@ def build_trainer_worker(
         processes_per_run: processes (PyTorch DDP ranks, one per GPU) that train each run
             together, launched with torchrun; 1 trains in this process. The ranks log with
             ``log_level`` and ``log_format`` (docs/distributed.md).
+        tracking: where each run's params, curves and confusion matrices go (an MLflow
+            server, TensorBoard event files in the run folder, or nowhere).
     """
     train: Trainer = (
         fine_tune
@@ -113,13 +117,14 @@ def build_trainer_worker(
         checkpoint_interval_seconds=checkpoint_interval.total_seconds(),
         local_path_roots=LocalPathRoots.of(local_path_roots) if local_path_roots else None,
         train=train,
+        tracking=tracking,
     )
     training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=TRAINER_WORKFLOWS,
-        activities=[*training, *orchestration_activities(runs_root)],
+        activities=[*training, *orchestration_activities(runs_root, tracking)],
         no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
@@ -152,6 +157,7 @@ async def run_trainer(settings: Settings) -> None:
             processes_per_run=resolve_processes(settings.trainer_processes),
             log_level=settings.log_level,
             log_format=settings.log_format,
+            tracking=TrackingConfig.from_settings(settings),
         ),
     )
 
@@ -167,5 +173,7 @@ async def run_controller(settings: Settings) -> None:
             runs_root=settings.runs_dir,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             no_remote_activities=True,
+            # Discarding a run cancelled between attempts also closes its MLflow run.
+            tracking=TrackingConfig.from_settings(settings),
         ),
     )
