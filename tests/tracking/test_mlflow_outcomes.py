@@ -13,12 +13,15 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from services.trainer.tracking import RunTracking, TrackingConfig
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult, RunContext
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.durability.harness import long_config, long_run_csv
 from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
+
+ROOTS = LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
 
 
 def _only_run(server: MlflowServer, experiment: str):  # noqa: ANN202
@@ -39,7 +42,10 @@ def test_a_cancelled_run_is_marked_killed(
     )
     env = ActivityEnvironment()
     activities = TrainingActivities(
-        runs_root, OfflineGateway(), tracking=TrackingConfig(mlflow_server.uri)
+        runs_root,
+        OfflineGateway(),
+        tracking=TrackingConfig(mlflow_server.uri),
+        local_path_roots=ROOTS,
     )
     raised: list[BaseException] = []
 
@@ -139,7 +145,10 @@ def test_a_halving_trial_pauses_running_and_ends_pruned_in_one_mlflow_run(
         tiny_config(tiny_model, sentiment_csv, num_epochs=3)  # 10 steps per epoch
     )
     activities = TrainingActivities(
-        runs_root, OfflineGateway(), tracking=TrackingConfig(mlflow_server.uri)
+        runs_root,
+        OfflineGateway(),
+        tracking=TrackingConfig(mlflow_server.uri),
+        local_path_roots=ROOTS,
     )
 
     def execute(**segment: object) -> BertFineTuneResult:

@@ -11,6 +11,7 @@ from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.mlflow_logger import TRACKING_KEY_TAG, MlflowRunLogger, RunSpec
+from services.trainer.paths import LocalPathRoots
 from services.trainer.tracking import TRACKING_FILE, TrackingConfig
 from shared import metrics
 from shared.temporal import free_loopback_port
@@ -20,9 +21,11 @@ from shared.types import (
     BertFineTuneResult,
     RunContext,
 )
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
+
+ROOTS = LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
 
 
 def _train(
@@ -30,7 +33,10 @@ def _train(
 ) -> BertFineTuneResult:
     request = BertFineTuneRequest(run_id=run_id, config=BertFineTuneConfig.model_validate(config))
     return ActivityEnvironment().run(
-        TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert, request
+        TrainingActivities(
+            runs_root, OfflineGateway(), tracking=tracking, local_path_roots=ROOTS
+        ).fine_tune_bert,
+        request,
     )
 
 
@@ -137,7 +143,9 @@ def test_sweep_trials_are_child_runs_of_one_parent_run(
         )
         results.append(
             ActivityEnvironment().run(
-                TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert,
+                TrainingActivities(
+                    runs_root, OfflineGateway(), tracking=tracking, local_path_roots=ROOTS
+                ).fine_tune_bert,
                 request,
             )
         )

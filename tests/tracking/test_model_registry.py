@@ -11,6 +11,7 @@ from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.model_registry import mirror_promotion, mlflow_alias
+from services.trainer.paths import LocalPathRoots
 from services.trainer.promotion import PromotionActivities
 from services.trainer.tracking import TrackingConfig
 from shared import metrics
@@ -22,11 +23,13 @@ from shared.types import (
     BertFineTuneResult,
     BertPromoteInput,
 )
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 from tests.tracking.conftest import MlflowServer
 
 MODEL = "bert-finetune-test"
+
+ROOTS = LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
 
 
 def _train(
@@ -34,7 +37,10 @@ def _train(
 ) -> BertFineTuneResult:
     request = BertFineTuneRequest(run_id=run_id, config=BertFineTuneConfig.model_validate(config))
     return ActivityEnvironment().run(
-        TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert, request
+        TrainingActivities(
+            runs_root, OfflineGateway(), tracking=tracking, local_path_roots=ROOTS
+        ).fine_tune_bert,
+        request,
     )
 
 

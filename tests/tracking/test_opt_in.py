@@ -16,20 +16,28 @@ from tests.conftest import SentimentData, tiny_config
 from tests.durability.harness import REPO_ROOT
 
 UNTRACKED_RUN = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from temporalio.testing import ActivityEnvironment
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from shared.settings import Settings
 from services.trainer.tracking import TrackingConfig
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.helpers.gateway import OfflineGateway
 
 tracking = TrackingConfig.from_settings(Settings.from_env({}))
+# The test's files are in the temp folder: the trainer may read there (tests/conftest.py).
+roots = Settings.from_env(os.environ).local_path_roots
 request = BertFineTuneRequest(
     run_id="plain-run-0-tiny", config=BertFineTuneConfig.model_validate(json.loads(sys.argv[2]))
 )
-activities = TrainingActivities(Path(sys.argv[1]), OfflineGateway(), tracking=tracking)
+activities = TrainingActivities(
+    Path(sys.argv[1]),
+    OfflineGateway(),
+    tracking=tracking,
+    local_path_roots=LocalPathRoots.of(roots),
+)
 ActivityEnvironment().run(activities.fine_tune_bert, request)
 loaded = sorted(
     name for name in sys.modules if name.split(".")[0] in {"mlflow", "tensorboard", "tensorboardX"}

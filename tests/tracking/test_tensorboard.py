@@ -8,12 +8,15 @@ from pathlib import Path
 from temporalio.testing import ActivityEnvironment
 
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from services.trainer.tensorboard_logger import EVENTS_DIR, TensorBoardRunLogger
 from services.trainer.tracking import TrackingConfig
 from shared.settings import Settings
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
+
+ROOTS = LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
 
 
 def _scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -32,7 +35,9 @@ def test_tensorboard_event_files_land_in_the_run_folder(
     assert tracking == TrackingConfig(mlflow_tracking_uri=None, tensorboard=True)
     config = tiny_config(tiny_model, sentiment_csv, num_epochs=2)  # 20 steps, logged each step
     result = ActivityEnvironment().run(
-        TrainingActivities(runs_root, OfflineGateway(), tracking=tracking).fine_tune_bert,
+        TrainingActivities(
+            runs_root, OfflineGateway(), tracking=tracking, local_path_roots=ROOTS
+        ).fine_tune_bert,
         BertFineTuneRequest(
             run_id="tb-run-0-tiny", config=BertFineTuneConfig.model_validate(config)
         ),
