@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.worker import Replayer
 
 from services.inferencer.workflows import BertInferenceWorkflow
-from services.trainer.workflows import BertFineTuningWorkflow
+from services.trainer.registry import TRAINER_WORKFLOWS
 from shared.converter import data_converter
 from shared.types import FINE_TUNING_WORKFLOW, INFERENCE_WORKFLOW
 from tests.conftest import SentimentData, running_workers, tiny_config
@@ -30,7 +30,7 @@ HISTORIES = Path(__file__).parent / "histories"
 
 def replayer() -> Replayer:
     return Replayer(
-        workflows=[BertFineTuningWorkflow, BertInferenceWorkflow], data_converter=data_converter
+        workflows=[*TRAINER_WORKFLOWS, BertInferenceWorkflow], data_converter=data_converter
     )
 
 

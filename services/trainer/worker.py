@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 
 from services.trainer.activities import TrainingActivities
 from services.trainer.progress import SIGNAL_INTERVAL_SECONDS
-from services.trainer.workflows import BertFineTuningWorkflow
+from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from shared.service import run_worker_service
 from shared.settings import Settings
 
@@ -33,7 +33,7 @@ def build_trainer_worker(
     """The training worker.
 
     Args:
-        task_queue: queue polled for ``BertFineTuningWorkflow`` and ``fine_tune_bert``.
+        task_queue: queue polled for the training workflows and ``fine_tune_bert``.
         runs_root: the shared runs volume (``BERT_RUNS_DIR``).
         max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
         graceful_shutdown: how long a SIGTERM'd worker lets training seal a checkpoint
@@ -56,8 +56,8 @@ def build_trainer_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[BertFineTuningWorkflow],
-        activities=[activities.fine_tune_bert, activities.discard_partial_run],
+        workflows=TRAINER_WORKFLOWS,
+        activities=[activities.fine_tune_bert, *orchestration_activities(runs_root)],
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
         ),

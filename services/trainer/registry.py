@@ -1,0 +1,29 @@
+"""What a worker on the training queue registers, in one place.
+
+Workflow tasks of the trainer queue may run on any worker that polls it: a GPU trainer or a
+controller that trains nothing. Each such worker registers every workflow below and every
+local activity those workflows call; only trainers add ``fine_tune_bert``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from services.trainer.activities import TrainingActivities
+from services.trainer.run_workflow import BertRunWorkflow
+from services.trainer.sweep_activities import SweepRunActivities, propose_sweep_trials
+from services.trainer.sweep_workflow import BertSweepWorkflow
+from services.trainer.workflows import BertFineTuningWorkflow
+
+TRAINER_WORKFLOWS: list[type] = [BertFineTuningWorkflow, BertRunWorkflow, BertSweepWorkflow]
+
+
+def orchestration_activities(runs_root: Path) -> list[Callable[..., Any]]:
+    """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training)."""
+    return [
+        TrainingActivities(runs_root).discard_partial_run,
+        SweepRunActivities(runs_root).check_sweep_runs,
+        propose_sweep_trials,
+    ]
