@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from shared.types import (
     EXPERIMENT_NAME_PATTERN,
@@ -117,6 +117,18 @@ class BertSweepInput(_Strict):
     promote_alias: Annotated[str, Field(pattern=EXPERIMENT_NAME_PATTERN)] | None = None
     overwrite: bool = False
     heartbeat_timeout_seconds: Annotated[int, Field(ge=5, le=600)] = 60
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _tunable_fields_only(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                if name not in TUNABLE_FIELDS:
+                    raise ValueError(
+                        f"{str(name)[:100]!r} is not a tunable field; a sweep searches "
+                        f"{', '.join(TUNABLE_FIELDS)} (set other fields in base)"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _space_fits_the_config(self) -> BertSweepInput:
