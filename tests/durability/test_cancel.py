@@ -17,9 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from services.trainer.activities import TrainingActivities
+from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from services.trainer.worker import build_trainer_worker
-from services.trainer.workflows import BertFineTuningWorkflow
 from shared import metrics
 from shared.types import (
     FINE_TUNE_ACTIVITY,
@@ -162,8 +161,8 @@ async def test_cancel_between_attempts_discards_the_partial_run(
     async with Worker(
         client,
         task_queue=queue,
-        workflows=[BertFineTuningWorkflow],
-        activities=[crashes_after_checkpointing, TrainingActivities(runs_root).discard_partial_run],
+        workflows=TRAINER_WORKFLOWS,
+        activities=[crashes_after_checkpointing, *orchestration_activities(runs_root)],
     ):
         handle = await client.start_workflow(
             FINE_TUNING_WORKFLOW,
