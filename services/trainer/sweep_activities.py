@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from services.trainer.sweep_rules import grid_points, tpe_startup_trials, trial_seed
 from shared.errors import INVALID_CONFIG, failure
@@ -53,7 +54,7 @@ def propose(request: TrialProposalRequest) -> list[dict[str, Any]]:
     if request.strategy == "grid":
         points = grid_points(request.space)
         return [points[index] for index in indices]
-    import optuna
+    optuna = _import_optuna()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = {name: _distribution(name, spec) for name, spec in request.space.items()}
@@ -69,8 +70,21 @@ def propose(request: TrialProposalRequest) -> list[dict[str, Any]]:
     return proposals
 
 
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ApplicationError(
+            "this worker cannot propose sweep trials: optuna is not installed; install "
+            "bert-finetune[trainer] on every worker that polls the training queue",
+            type="WorkerMisconfigured",
+            non_retryable=True,
+        ) from None
+    return optuna
+
+
 def _sampler(request: TrialProposalRequest, index: int) -> Any:
-    import optuna
+    optuna = _import_optuna()
 
     seed = trial_seed(request.seed, index)
     if request.strategy == "random":

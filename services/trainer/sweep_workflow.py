@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -59,6 +60,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LOCAL_ACTIVITY_TIMEOUT = timedelta(minutes=2)
+# A proposal or check that keeps failing is a bug or a misconfigured worker: fail the
+# sweep with its error instead of retrying for ever.
+LOCAL_ACTIVITY_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["InvalidConfig"])
 PROMOTE_TIMEOUT = timedelta(minutes=10)
 
 
@@ -223,12 +227,16 @@ class BertSweepWorkflow(RunBoard):
             count=count,
             history=[self._observation(trial) for trial in self._trials],
         )
-        return await workflow.execute_local_activity(
-            PROPOSE_TRIALS_ACTIVITY,
-            request,
-            result_type=list[dict[str, Any]],
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-        )
+        try:
+            return await workflow.execute_local_activity(
+                PROPOSE_TRIALS_ACTIVITY,
+                request,
+                result_type=list[dict[str, Any]],
+                start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
+                retry_policy=LOCAL_ACTIVITY_RETRY,
+            )
+        except ActivityError as err:
+            raise (err.cause or err) from None
 
     def _observation(self, trial: SweepTrialProgress) -> TrialObservation:
         state = trial.state if trial.state in ("succeeded", "pruned", "failed") else "running"
@@ -247,6 +255,7 @@ class BertSweepWorkflow(RunBoard):
                 CHECK_SWEEP_RUNS_ACTIVITY,
                 SweepRunsCheck(sweep=self._input, proposals=planned),
                 start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
+                retry_policy=LOCAL_ACTIVITY_RETRY,
             )
         except ActivityError as err:
             raise (err.cause or err) from None
