@@ -33,6 +33,7 @@ from shared.types import (
 from tests.hardening.support import first_application_error
 
 HISTORIES = Path(__file__).parents[1] / "histories"
+RECORDING = bool(os.environ.get("RECORD_HISTORIES"))
 
 
 def accuracy(learning_rate: float, epoch: int) -> float:
@@ -243,7 +244,8 @@ async def test_a_sweep_with_pruning_replays(env: Env) -> None:
             max_concurrent_trials=2,
             space={"learning_rate": {"values": [0.08, 0.05, 0.001, 0.002]}},
         ),
-        id=f"sweep-{uuid.uuid4()}",
+        # Child ids derive from this id: a recorded history replays under its file name.
+        id=f"replay-sweep-halving-{uuid.uuid4()}" if not RECORDING else "replay-sweep-halving",
         task_queue=env.queue,
         result_type=BertSweepOutput,
     )
@@ -257,5 +259,5 @@ async def test_a_sweep_with_pruning_replays(env: Env) -> None:
     replayer = Replayer(workflows=TRAINER_WORKFLOWS, data_converter=data_converter)
     for name, history in histories.items():
         await replayer.replay_workflow(history)
-        if os.environ.get("RECORD_HISTORIES") and name.endswith(("halving", "-0", "-2")):
+        if RECORDING and name.endswith(("halving", "-0", "-2")):
             (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
