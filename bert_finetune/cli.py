@@ -45,6 +45,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from services.trainer.worker import run_trainer
 
         asyncio.run(run_trainer(settings))
+    elif args.service == "controller":
+        from services.trainer.worker import run_controller
+
+        asyncio.run(run_controller(settings))
     else:
         from services.inferencer.worker import run_inferencer
 
@@ -158,14 +162,30 @@ async def _predict(args: argparse.Namespace) -> int:
     settings = _settings()
     # Validate before connecting: a bad request never reaches (or waits for) the server.
     requests = client_ops.inference_requests(
-        args.run_id, texts, max_seq_length=args.max_seq_length, batch_size=args.batch_size
+        args.model, texts, max_seq_length=args.max_seq_length, batch_size=args.batch_size
     )
     client = await _client(settings)
     result = await client_ops.run_inference(client, requests, settings.inference_task_queue)
     if args.json:
         console.print_json(result.model_dump_json())
     else:
-        console.print(client_ops.predictions_table(result))
+        console.print(client_ops.predictions_table(result, alias=requests[0].alias))
+    return 0
+
+
+async def _promote(args: argparse.Namespace) -> int:
+    from bert_finetune import client_ops
+
+    settings = _settings()
+    client_ops.promote_input(args.run_id, args.alias)  # a bad name never reaches the server
+    client = await _client(settings)
+    result = await client_ops.promote(client, args.run_id, args.alias, settings.training_task_queue)
+    was = f"it pointed at {result.previous_run_id}" if result.previous_run_id else "a new alias"
+    console.print(
+        f"Alias [bold]{result.alias}[/] now serves run [bold]{result.run_id}[/] ({was}); "
+        f"predict with `bert-finetune predict @{result.alias} TEXT...`",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -187,17 +207,31 @@ async def _progress(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from shared.aliases import list_aliases
     from shared.runs import list_runs
 
     settings = _settings()
     runs = list_runs(settings.runs_dir)
+    aliases = list_aliases(settings.runs_dir)
+    for run in runs:
+        run["aliases"] = [alias for alias, target in aliases.items() if target == run["run_id"]]
+    listed = {run["run_id"] for run in runs}
+    dangling = {alias: target for alias, target in aliases.items() if target not in listed}
     if args.json:
         console.print_json(json.dumps(runs, default=str))
         return 0
     from rich.table import Table
 
-    table = Table(title=f"Runs in {settings.runs_dir}")
-    for column in ("run_id", "state", "eval acc", "labels"):
+    table = Table(
+        title=f"Runs in {settings.runs_dir}",
+        caption="\n".join(
+            f"alias {alias} points at {target}, which no longer exists: promote another run"
+            for alias, target in dangling.items()
+        )
+        or None,
+        caption_justify="left",
+    )
+    for column in ("run_id", "state", "eval acc", "labels", "aliases"):
         table.add_column(column)
     for run in runs:
         metrics = run["manifest"].get("metrics", {})
@@ -207,6 +241,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             "complete" if run["complete"] else "incomplete",
             "-" if accuracy is None else f"{accuracy:.3f}",
             ", ".join(run["manifest"].get("label_names", [])),
+            ", ".join(f"@{alias}" for alias in run["aliases"]),
         )
     console.print(table)
     return 0
@@ -272,8 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack_options(p)
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("worker", help="run one worker, configured from the environment")
-    p.add_argument("service", choices=["trainer", "inferencer"])
+    p = sub.add_parser(
+        "worker",
+        help="run one worker, configured from the environment (controller: workflows and "
+        "promotions only, no training)",
+    )
+    p.add_argument("service", choices=["trainer", "inferencer", "controller"])
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("train", help="start an experiment from a JSON or YAML file")
@@ -292,14 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=_async(_sweep))
 
-    p = sub.add_parser("predict", help="classify texts with a saved run")
-    p.add_argument("run_id")
+    p = sub.add_parser("predict", help="classify texts with a saved run or an alias")
+    p.add_argument("model", metavar="RUN_ID|@ALIAS", help="a run id, or @ALIAS for an alias")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_async(_predict))
+
+    p = sub.add_parser("promote", help="point an alias at a complete run (atomic)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("alias", metavar="ALIAS", help="e.g. production; predict with @ALIAS")
+    p.set_defaults(func=_async(_promote))
 
     p = sub.add_parser("cancel", help="cancel an experiment or a sweep")
     p.add_argument("workflow_id")

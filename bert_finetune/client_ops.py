@@ -1,4 +1,4 @@
-"""What the CLI does through Temporal: start and watch experiments, predict, cancel."""
+"""What the CLI does through Temporal: start and watch experiments, predict, promote, cancel."""
 
 from __future__ import annotations
 
@@ -25,10 +25,13 @@ from shared.types import (
     INFERENCE_WORKFLOW,
     MAX_INFERENCE_PAYLOAD_BYTES,
     PROGRESS_QUERY,
+    PROMOTE_WORKFLOW,
     BertExperimentInput,
     BertExperimentOutput,
     BertInferenceRequest,
     BertInferenceResult,
+    BertPromoteInput,
+    BertPromoteOutput,
     ExperimentProgress,
     inference_payload_bytes,
 )
@@ -270,11 +273,23 @@ def chunk_texts(texts: list[str], max_bytes: int = PREDICT_CHUNK_BYTES) -> list[
     return chunks
 
 
-def inference_requests(run_id: str, texts: list[str], **options: Any) -> list[BertInferenceRequest]:
-    """Validated requests, one per chunk of ``texts`` that fits the payload budget."""
+# ``predict @production ...`` names an alias; anything else is a run id.
+ALIAS_PREFIX = "@"
+
+
+def model_reference(model: str) -> dict[str, str]:
+    """``{"alias": ...}`` for ``@ALIAS``, else ``{"run_id": ...}`` (request fields)."""
+    if model.startswith(ALIAS_PREFIX):
+        return {"alias": model.removeprefix(ALIAS_PREFIX)}
+    return {"run_id": model}
+
+
+def inference_requests(model: str, texts: list[str], **options: Any) -> list[BertInferenceRequest]:
+    """Validated requests for ``model`` (a run id or ``@ALIAS``), one per chunk of ``texts``
+    that fits the payload budget."""
     try:
         return [
-            BertInferenceRequest(run_id=run_id, texts=chunk, **options)
+            BertInferenceRequest(**model_reference(model), texts=chunk, **options)
             for chunk in chunk_texts(texts)
         ]
     except ValidationError as err:
@@ -283,21 +298,29 @@ def inference_requests(run_id: str, texts: list[str], **options: Any) -> list[Be
 
 async def predict(
     client: Client,
-    run_id: str,
+    model: str,
     texts: list[str],
     task_queue: str,
     **options: Any,
 ) -> BertInferenceResult:
-    """Classify ``texts``; large inputs are split over several workflow executions."""
-    return await run_inference(client, inference_requests(run_id, texts, **options), task_queue)
+    """Classify ``texts`` with ``model`` (a run id or ``@ALIAS``); large inputs are split over
+    several workflow executions."""
+    return await run_inference(client, inference_requests(model, texts, **options), task_queue)
 
 
 async def run_inference(
     client: Client, requests: list[BertInferenceRequest], task_queue: str
 ) -> BertInferenceResult:
-    """Execute the requests one after another and join the answers in input order."""
-    results = []
+    """Execute the requests one after another and join the answers in input order.
+
+    An alias is resolved once, by the first request: the later chunks name the run it
+    resolved to, so every text is classified by the same model even if the alias is
+    promoted meanwhile.
+    """
+    results: list[BertInferenceResult] = []
     for request in requests:
+        if results and request.alias is not None:
+            request = request.model_copy(update={"run_id": results[0].run_id, "alias": None})
         results.append(
             await client.execute_workflow(
                 INFERENCE_WORKFLOW,
@@ -308,7 +331,7 @@ async def run_inference(
             )
         )
     return BertInferenceResult(
-        run_id=requests[0].run_id,
+        run_id=results[0].run_id,
         texts=[t for r in results for t in r.texts],
         labels=[label for r in results for label in r.labels],
         label_names=[name for r in results for name in r.label_names],
@@ -316,8 +339,28 @@ async def run_inference(
     )
 
 
-def predictions_table(result: BertInferenceResult) -> Table:
-    table = Table(title="Predictions", caption=f"run {result.run_id}", caption_justify="left")
+def promote_input(run_id: str, alias: str) -> BertPromoteInput:
+    try:
+        return BertPromoteInput(run_id=run_id, alias=alias)
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
+
+
+async def promote(client: Client, run_id: str, alias: str, task_queue: str) -> BertPromoteOutput:
+    """Point ``alias`` at the complete run ``run_id`` through ``BertPromoteWorkflow``."""
+    request = promote_input(run_id, alias)
+    return await client.execute_workflow(
+        PROMOTE_WORKFLOW,
+        request,
+        id=f"bert-promote-{alias}-{uuid.uuid4().hex[:12]}",
+        task_queue=task_queue,
+        result_type=BertPromoteOutput,
+    )
+
+
+def predictions_table(result: BertInferenceResult, alias: str | None = None) -> Table:
+    caption = f"run {result.run_id}" + (f" (alias {alias})" if alias else "")
+    table = Table(title="Predictions", caption=caption, caption_justify="left")
     table.add_column("text", overflow="fold", max_width=70)
     table.add_column("label")
     table.add_column("confidence", justify="right")

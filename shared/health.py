@@ -10,16 +10,19 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-# The event loop must tick at least this often for the worker to count as alive.
+# The event loop must tick at least this often for the worker to count as alive. It ticks
+# from process start, whether or not Temporal is reachable (shared.service).
 LIVENESS_STALE_SECONDS = 60.0
 
 _fatal_lock = threading.Lock()
@@ -61,6 +64,7 @@ class WorkerHealth:
             self._worker_running = running
 
     def set_temporal_ok(self, ok: bool, reason: str = "") -> None:
+        """``reason`` is what ``/readyz`` shows while not ok; it must say what is wrong."""
         with self._lock:
             self._temporal_ok = ok
             self.reason = reason
@@ -79,20 +83,40 @@ class WorkerHealth:
         with self._lock:
             if not alive:
                 return False, why
+            if not self._temporal_ok:
+                return False, self.reason
             if not self._worker_running:
                 return False, "worker is not polling"
-            if not self._temporal_ok:
-                return False, f"Temporal unreachable: {self.reason}"
         return True, "ok"
 
 
+class _FamiliesWithout:
+    """The default registry's metric families minus those starting with given prefixes."""
+
+    def __init__(self, excluded_prefixes: tuple[str, ...]) -> None:
+        self._excluded = excluded_prefixes
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if not family.name.startswith(self._excluded):
+                yield family
+
+
 class MetricsServer:
-    """A small threaded HTTP server; stopped with ``close()``."""
+    """A small threaded HTTP server; stopped with ``close()``.
+
+    ``excluded_prefixes`` drops metric families that belong to another worker role.
+    """
 
     def __init__(
-        self, bind_address: str, port: int, health: WorkerHealth, sdk_metrics_url: str | None
+        self,
+        bind_address: str,
+        port: int,
+        health: WorkerHealth,
+        sdk_metrics_url: str | None,
+        excluded_prefixes: tuple[str, ...] = (),
     ) -> None:
-        handler = _make_handler(health, sdk_metrics_url)
+        handler = _make_handler(health, sdk_metrics_url, _FamiliesWithout(excluded_prefixes))
         self._server = ThreadingHTTPServer((bind_address, port), handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
@@ -119,13 +143,13 @@ def _fetch_sdk_metrics(url: str) -> bytes:
 
 
 def _make_handler(
-    health: WorkerHealth, sdk_metrics_url: str | None
+    health: WorkerHealth, sdk_metrics_url: str | None, families: _FamiliesWithout
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                body = generate_latest(REGISTRY)
+                body = generate_latest(families)  # type: ignore[arg-type]
                 if sdk_metrics_url:
                     body += _fetch_sdk_metrics(sdk_metrics_url)
                 self._reply(200, body, CONTENT_TYPE_LATEST)

@@ -30,7 +30,8 @@ def resolve_run_dir(runs_root: Path, run_id: str) -> Path:
         raise failure(
             INVALID_CONFIG,
             f"run_id {run_id[:100]!r} is not a valid run id: use one path component of "
-            "[A-Za-z0-9._-] that does not start with '.'",
+            "[A-Za-z0-9._-] that starts with a letter or digit (names starting with '_' "
+            "or '.' belong to the runs directory itself)",
         )
     root = runs_root.resolve()
     resolved = (root / run_id).resolve()
@@ -112,7 +113,8 @@ def list_runs(runs_root: Path) -> list[dict[str, Any]]:
         return []
     runs = []
     for entry in sorted(runs_root.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+        # ``_aliases`` and other names that cannot be run ids are not runs.
+        if not is_safe_run_id(entry.name) or not entry.is_dir():
             continue
         complete = is_complete(entry)
         manifest: dict[str, Any] = {}

@@ -1,17 +1,26 @@
 """Run one worker process: logging, metrics endpoint, Temporal connection, signals.
 
 Each service's ``worker.py`` supplies a builder; this module owns the process lifecycle so
-both workers start, report health and shut down the same way.
+every worker starts, reports health and shuts down the same way.
+
+Liveness never depends on Temporal: the event loop ticks ``/healthz`` from the first moment,
+while the worker retries an unreachable frontend or waits for a missing namespace, so
+Kubernetes keeps such a pod running and not-ready (``/readyz`` says why) instead of
+restart-looping it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypeVar
 
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
+from temporalio.runtime import Runtime
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from shared import metrics
@@ -22,8 +31,20 @@ from shared.temporal import build_runtime, connect, free_loopback_port
 
 log = get_logger(__name__)
 
-CONNECT_RETRY_MAX_SECONDS = 30.0
+RETRY_MAX_SECONDS = 30.0
 TEMPORAL_CHECK_SECONDS = 10.0
+LIVENESS_TICK_SECONDS = 1.0
+
+# Each role serves only its own ``bert_*`` families: the metrics module defines both sets, and
+# a trainer exporting idle inference series (or the reverse) would pollute every dashboard
+# and alert that does not filter by job. Unknown roles export everything.
+FOREIGN_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {
+    "trainer": ("bert_inference_",),
+    "inferencer": ("bert_training_",),
+    "controller": ("bert_training_", "bert_inference_"),
+}
+
+T = TypeVar("T")
 
 
 def _package_version() -> str:
@@ -33,37 +54,99 @@ def _package_version() -> str:
         return "unknown"
 
 
-async def _connect_with_retry(settings: Settings, runtime: object, health: WorkerHealth) -> Client:
+class NamespaceMissing(Exception):
+    """The Temporal namespace the worker is configured for does not exist on the server."""
+
+
+def namespace_missing_hint(namespace: str) -> str:
+    return (
+        f"namespace {namespace!r} does not exist: create it "
+        f"(`temporal operator namespace create --namespace {namespace}`, or the chart's "
+        "temporal.createNamespace hook) or set TEMPORAL_NAMESPACE; waiting for it"
+    )
+
+
+async def _retry_until_ok(
+    attempt: Callable[[], Awaitable[T]],
+    health: WorkerHealth,
+    what: str,
+    event: str,
+    **context: object,
+) -> T:
+    """Run ``attempt`` until it succeeds, backing off; readiness shows each failure."""
     delay = 1.0
     while True:
         try:
-            return await connect(settings.temporal, runtime)  # type: ignore[arg-type]
+            return await attempt()
         except Exception as err:
-            health.set_temporal_ok(False, str(err)[:200])
-            log.warning(
-                "temporal.connect_failed",
-                address=settings.temporal.address,
-                error=str(err)[:300],
-                retry_in_seconds=delay,
-            )
+            error = str(err)[:300]
+            health.set_temporal_ok(False, f"{what}: {error}")
+            log.warning(event, error=error, retry_in_seconds=delay, **context)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, CONNECT_RETRY_MAX_SECONDS)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
-async def _watch(client: Client, health: WorkerHealth) -> None:
-    """Tick liveness every second; check the Temporal connection every few seconds."""
-    loop = asyncio.get_running_loop()
-    next_check = 0.0
+async def _check_namespace(client: Client, namespace: str) -> None:
+    try:
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=namespace)
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise NamespaceMissing(namespace_missing_hint(namespace)) from None
+        raise
+
+
+async def _tick_liveness(health: WorkerHealth) -> None:
+    """The event loop is alive as long as this ticks, whatever state Temporal is in."""
     while True:
         health.tick()
-        if loop.time() >= next_check:
-            next_check = loop.time() + TEMPORAL_CHECK_SECONDS
-            try:
-                ok = await asyncio.wait_for(client.service_client.check_health(), timeout=5)
-                health.set_temporal_ok(bool(ok), "" if ok else "health check failed")
-            except Exception as err:
-                health.set_temporal_ok(False, str(err)[:200])
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(LIVENESS_TICK_SECONDS)
+
+
+async def _watch_temporal(client: Client, health: WorkerHealth) -> None:
+    """Readiness follows the frontend's health check while the worker polls."""
+    while True:
+        try:
+            ok = await asyncio.wait_for(client.service_client.check_health(), timeout=5)
+            health.set_temporal_ok(bool(ok), "" if ok else "Temporal health check failed")
+        except Exception as err:
+            health.set_temporal_ok(False, f"Temporal health check failed: {str(err)[:200]}")
+        await asyncio.sleep(TEMPORAL_CHECK_SECONDS)
+
+
+async def _unless_stopped(work: Awaitable[T], stopping: asyncio.Event) -> T | None:
+    """``work``'s result, or None (``work`` cancelled) when a stop signal arrives first."""
+    work_task = asyncio.ensure_future(work)
+    stop_task = asyncio.create_task(stopping.wait())
+    await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    if work_task.done():
+        return work_task.result()
+    work_task.cancel()
+    return None
+
+
+async def _connect_to_namespace(
+    settings: Settings, runtime: Runtime, health: WorkerHealth
+) -> Client:
+    client = await _retry_until_ok(
+        lambda: connect(settings.temporal, runtime),
+        health,
+        f"Temporal unreachable at {settings.temporal.address}",
+        "temporal.connect_failed",
+        address=settings.temporal.address,
+    )
+    # The SDK connects to any namespace name and only its worker validation finds out; a
+    # missing namespace would end the process, so wait for it here, alive and not ready.
+    await _retry_until_ok(
+        lambda: _check_namespace(client, settings.temporal.namespace),
+        health,
+        f"Temporal namespace {settings.temporal.namespace!r} unavailable",
+        "temporal.namespace_unavailable",
+        namespace=settings.temporal.namespace,
+    )
+    return client
 
 
 async def run_worker_service(
@@ -83,6 +166,7 @@ async def run_worker_service(
         metrics_port,
         health,
         sdk_metrics_url=f"http://127.0.0.1:{sdk_port}/metrics",
+        excluded_prefixes=FOREIGN_METRIC_PREFIXES.get(service, ()),
     ).start()
     log.info(
         "worker.starting",
@@ -91,16 +175,18 @@ async def run_worker_service(
         metrics_port=server.port,
         runs_dir=str(settings.runs_dir),
     )
-    watcher: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    background = [asyncio.create_task(_tick_liveness(health))]
     try:
-        client = await _connect_with_retry(settings, runtime, health)
+        client = await _unless_stopped(_connect_to_namespace(settings, runtime, health), stopping)
+        if client is None:
+            return
         health.set_temporal_ok(True)
         worker = build_worker(client)
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        watcher = asyncio.create_task(_watch(client, health))
+        background.append(asyncio.create_task(_watch_temporal(client, health)))
         run_task = asyncio.create_task(worker.run())
         health.set_worker_running(True)
         log.info("worker.started", service=service, task_queue=worker.task_queue)
@@ -113,7 +199,7 @@ async def run_worker_service(
         stop_task.cancel()
         await run_task
     finally:
-        if watcher:
-            watcher.cancel()
+        for task in background:
+            task.cancel()
         server.close()
         log.info("worker.stopped", service=service)

@@ -12,6 +12,7 @@ from shared.types import INFERENCE_TASK_QUEUE, TRAINING_TASK_QUEUE
 
 DEFAULT_TRAINER_METRICS_PORT = 9464
 DEFAULT_INFERENCER_METRICS_PORT = 9465
+DEFAULT_CONTROLLER_METRICS_PORT = 9466
 
 
 class SettingsError(ValueError):
@@ -85,6 +86,7 @@ class Settings:
     metrics_bind_address: str = "0.0.0.0"
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     inferencer_metrics_port: int = DEFAULT_INFERENCER_METRICS_PORT
+    controller_metrics_port: int = DEFAULT_CONTROLLER_METRICS_PORT
     trainer_max_concurrent_activities: int = 1
     inference_max_concurrent_activities: int = 4
     model_cache_size: int = 4
@@ -113,6 +115,7 @@ class Settings:
             metrics_bind_address=env.get("METRICS_BIND_ADDRESS") or "0.0.0.0",
             trainer_metrics_port=_int(env, "METRICS_PORT", DEFAULT_TRAINER_METRICS_PORT),
             inferencer_metrics_port=_int(env, "METRICS_PORT", DEFAULT_INFERENCER_METRICS_PORT),
+            controller_metrics_port=_int(env, "METRICS_PORT", DEFAULT_CONTROLLER_METRICS_PORT),
             trainer_max_concurrent_activities=_int(
                 env, "BERT_TRAINER_MAX_CONCURRENT_ACTIVITIES", 1, minimum=1
             ),

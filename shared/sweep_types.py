@@ -25,7 +25,6 @@ SWEEP_WORKFLOW = "BertSweepWorkflow"
 # Internal: the lifecycle of one run (re-execution after preemption, discard on cancel),
 # a child of both the experiment and the sweep workflow.
 RUN_WORKFLOW = "BertRunWorkflow"
-PROMOTE_WORKFLOW = "BertPromoteWorkflow"
 # Local activities of the orchestration (no GPU, no training): trial proposals and the
 # fast check that a sweep's run ids do not hold other configs' runs.
 PROPOSE_TRIALS_ACTIVITY = "propose_sweep_trials"

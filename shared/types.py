@@ -20,6 +20,10 @@ FINE_TUNE_ACTIVITY = "fine_tune_bert"
 # A local activity of the training worker: removes a cancelled run's partial output.
 DISCARD_RUN_ACTIVITY = "discard_partial_run"
 INFERENCE_ACTIVITY = "run_bert_inference"
+PROMOTE_WORKFLOW = "BertPromoteWorkflow"
+# A local activity of the trainer task queue's workers (trainers and controllers): moves an
+# alias pointer. Any workflow on that queue may run it (``BertPromoteWorkflow``, a sweep).
+PROMOTE_ACTIVITY = "promote_alias"
 
 # Temporal refuses payloads over 2 MiB. An inference result echoes the texts and adds, per
 # text, a label id, a label name and a confidence: budget half the limit, with an allowance
@@ -40,6 +44,8 @@ PROGRESS_QUERY = "progress"
 PROGRESS_SIGNAL = "report_progress"
 
 EXPERIMENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+# Aliases name files under ``$BERT_RUNS_DIR/_aliases``; they follow the experiment-name rule.
+ALIAS_PATTERN = EXPERIMENT_NAME_PATTERN
 _UNSAFE_MODEL_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _EXPERIMENT_NAME = re.compile(EXPERIMENT_NAME_PATTERN)
 # A run id is one path component of at most 255 bytes (the common filesystem limit).
@@ -54,6 +60,10 @@ def sanitize_model_name(model_name: str) -> str:
 def make_run_id(experiment_name: str, index: int, model_name: str) -> str:
     """``{experiment_name}-run-{index}-{model_name_sanitized}`` (DESIGN.md)."""
     return f"{experiment_name}-run-{index}-{sanitize_model_name(model_name)}"
+
+
+def is_valid_alias(alias: str) -> bool:
+    return _EXPERIMENT_NAME.fullmatch(alias) is not None
 
 
 def is_safe_run_id(run_id: str) -> bool:
@@ -178,7 +188,9 @@ class BertFineTuneRequest(_Strict):
     @classmethod
     def _safe_run_id(cls, value: str) -> str:
         if not is_safe_run_id(value):
-            raise ValueError("must be one path component of [A-Za-z0-9._-] not starting with '.'")
+            raise ValueError(
+                "must be one path component of [A-Za-z0-9._-] starting with a letter or digit"
+            )
         return value
 
 
@@ -243,6 +255,40 @@ class BertInferenceRequest(_Strict):
                 "list them with `bert-finetune runs`"
             )
         return self
+
+
+class BertPromoteInput(_Strict):
+    """Input of ``BertPromoteWorkflow`` (and its ``promote_alias`` local activity)."""
+
+    run_id: str
+    alias: str
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str) -> str:
+        if not is_safe_run_id(value):
+            raise ValueError(
+                "must be the id of a saved run (one path component of [A-Za-z0-9._-] "
+                "starting with a letter or digit); list saved runs with `bert-finetune runs`"
+            )
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, value: str) -> str:
+        if not is_valid_alias(value):
+            raise ValueError(
+                "must be 1-100 characters of [A-Za-z0-9._-] starting with a letter or digit "
+                "(for example `production`)"
+            )
+        return value
+
+
+class BertPromoteOutput(_Strict):
+    alias: str
+    run_id: str
+    # The run the alias pointed at before; None for a new alias.
+    previous_run_id: str | None = None
 
 
 class BertInferenceResult(_Strict):

@@ -1,7 +1,7 @@
 """Workflow code stays deterministic: recorded histories replay without errors.
 
 `tests/histories/*.json` were recorded from real executions (success and failure of both
-workflows, a training cancelled mid-run with progress signals and the discard local
+workflows, promotions, a training cancelled mid-run with progress signals and the discard local
 activity, and a run re-executed after repeated preemptions); replaying them catches a
 change to workflow code that would break workflows already running in production.
 `replay-train*.json` predate runs as child workflows (they replay the inline path);

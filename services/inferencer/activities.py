@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from services.inferencer.model_cache import LoadedModel, ModelCache
 from shared import metrics
+from shared.aliases import resolve_request_alias
 from shared.logging import get_logger
 from shared.runs import require_complete_run
 from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
@@ -60,6 +61,8 @@ class InferenceActivities:
         outcome = "success"
         structlog.contextvars.bind_contextvars(run_id=request.run_id)
         try:
+            # An alias is resolved on every request, so a re-promotion is served at once.
+            request = resolve_request_alias(self._runs_root, request)
             run_dir = require_complete_run(self._runs_root, request.run_id)
             device = "cpu"
             if request.use_gpu:

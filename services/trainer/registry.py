@@ -12,18 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.activities import TrainingActivities
+from services.trainer.promotion import PromotionActivities
+from services.trainer.promotion_workflow import BertPromoteWorkflow
 from services.trainer.run_workflow import BertRunWorkflow
 from services.trainer.sweep_activities import SweepRunActivities, propose_sweep_trials
 from services.trainer.sweep_workflow import BertSweepWorkflow
 from services.trainer.workflows import BertFineTuningWorkflow
 
-TRAINER_WORKFLOWS: list[type] = [BertFineTuningWorkflow, BertRunWorkflow, BertSweepWorkflow]
+TRAINER_WORKFLOWS: list[type] = [
+    BertFineTuningWorkflow,
+    BertRunWorkflow,
+    BertSweepWorkflow,
+    BertPromoteWorkflow,
+]
 
 
 def orchestration_activities(runs_root: Path) -> list[Callable[..., Any]]:
     """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training)."""
     return [
         TrainingActivities(runs_root).discard_partial_run,
+        PromotionActivities(runs_root).promote_alias,
         SweepRunActivities(runs_root).check_sweep_runs,
         propose_sweep_trials,
     ]

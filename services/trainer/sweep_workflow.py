@@ -35,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
     from shared.errors import truncate
     from shared.sweep_types import (
         CHECK_SWEEP_RUNS_ACTIVITY,
-        PROMOTE_WORKFLOW,
         PROPOSE_TRIALS_ACTIVITY,
         RUNG_DECISION_SIGNAL,
         RUNG_REACHED_SIGNAL,
@@ -54,7 +53,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from shared.types import (
         PROGRESS_QUERY,
+        PROMOTE_WORKFLOW,
         BertFineTuneRequest,
+        BertPromoteInput,
+        BertPromoteOutput,
         RunContext,
         RunProgress,
     )
@@ -276,14 +278,15 @@ class BertSweepWorkflow(RunBoard):
         best = self._trials[best_index]
         alias = None
         if sweep.promote_alias:
-            await workflow.execute_child_workflow(
+            promoted = await workflow.execute_child_workflow(
                 PROMOTE_WORKFLOW,
-                {"run_id": best.run_id, "alias": sweep.promote_alias},
+                BertPromoteInput(run_id=best.run_id, alias=sweep.promote_alias),
                 id=f"{workflow.info().workflow_id}/promote",
                 task_queue=workflow.info().task_queue,
                 execution_timeout=PROMOTE_TIMEOUT,
+                result_type=BertPromoteOutput,
             )
-            alias = sweep.promote_alias
+            alias = promoted.alias
         workflow.logger.info(
             "sweep.succeeded", extra={"sweep": sweep.sweep_name, "best_run_id": best.run_id}
         )

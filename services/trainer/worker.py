@@ -1,4 +1,11 @@
-"""Entry point of the training worker (``bert-finetune worker trainer``)."""
+"""Entry points of the trainer task queue's workers.
+
+``bert-finetune worker trainer`` trains (GPU pods); ``bert-finetune worker controller`` runs
+only workflows and local activities (a small CPU pod), so experiments, sweeps and
+promotions make progress while every trainer is busy or scaled to zero. Both come from one
+factory and register the same workflows and local activities (listed once, in
+``services/trainer/registry.py``).
+"""
 
 from __future__ import annotations
 
@@ -29,11 +36,14 @@ def build_trainer_worker(
     graceful_shutdown: timedelta = timedelta(seconds=30),
     progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
+    no_remote_activities: bool = False,
 ) -> Worker:
-    """The training worker.
+    """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
+    controller.
 
     Args:
-        task_queue: queue polled for the training workflows and ``fine_tune_bert``.
+        task_queue: queue polled for the workflows in ``registry.TRAINER_WORKFLOWS`` and, unless
+            ``no_remote_activities``, ``fine_tune_bert``.
         runs_root: the shared runs volume (``BERT_RUNS_DIR``).
         max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
         graceful_shutdown: how long a SIGTERM'd worker lets training seal a checkpoint
@@ -45,6 +55,8 @@ def build_trainer_worker(
             as hung: heartbeats stop (Temporal retries the run elsewhere from its last
             checkpoint) and liveness fails so the pod restarts. Longer than any real step,
             including the first one's warm-up; None disables the watchdog.
+        no_remote_activities: a controller: poll only workflow tasks and run local
+            activities, never training (it imports no torch and needs no GPU).
     """
     activities = TrainingActivities(
         runs_root,
@@ -53,11 +65,13 @@ def build_trainer_worker(
         progress_signal_interval=progress_signal_interval.total_seconds(),
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
     )
+    training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=TRAINER_WORKFLOWS,
-        activities=[activities.fine_tune_bert, *orchestration_activities(runs_root)],
+        activities=[*training, *orchestration_activities(runs_root)],
+        no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
         ),
@@ -81,5 +95,20 @@ async def run_trainer(settings: Settings) -> None:
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
+        ),
+    )
+
+
+async def run_controller(settings: Settings) -> None:
+    await run_worker_service(
+        "controller",
+        settings,
+        settings.controller_metrics_port,
+        lambda client: build_trainer_worker(
+            client,
+            task_queue=settings.training_task_queue,
+            runs_root=settings.runs_dir,
+            graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
+            no_remote_activities=True,
         ),
     )

@@ -24,14 +24,12 @@ from tests.deploy.chartlib import (
     load_yaml,
     only,
 )
+from tests.deploy.crds import custom_kinds, validate_custom_resource
 
 KUBE_VERSION = "1.33"
-WORKERS = ("trainer", "inferencer")
+WORKERS = ("trainer", "inferencer", "controller")
 # Paths the core's health server answers (shared/health.py; see test_health_endpoints.py).
 WORKER_ENDPOINTS = {"/healthz", "/readyz"}
-CRD_REQUIRED: dict[str, list[tuple[str, ...]]] = {
-    "ServiceMonitor": [("metadata", "name"), ("spec", "selector"), ("spec", "endpoints")],
-}
 
 
 def scenario_id(path: Path) -> str:
@@ -45,7 +43,7 @@ def scenario(request: pytest.FixtureRequest, render: Render) -> tuple[dict, list
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    return obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+    return obj["spec"]["template"]["spec"] if obj["kind"] in ("Deployment", "Job") else obj["spec"]
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +56,7 @@ def env_of(deployment: dict[str, Any], objects: list[dict]) -> dict[str, Any]:
     """The container's environment as the kubelet builds it: envFrom ConfigMaps, then env."""
     ctr = container(deployment)
     env: dict[str, Any] = {}
-    for source in ctr.get("envFrom", []):
+    for source in ctr.get("envFrom", []):  # the hook Job has none: it runs before the ConfigMap
         name = source["configMapRef"]["name"]
         config_map = next(o for o in find(objects, "ConfigMap") if o["metadata"]["name"] == name)
         env.update(config_map["data"])
@@ -86,15 +84,10 @@ def test_every_object_validates_against_kubernetes_schemas(scenario: tuple) -> N
     _, objects = scenario
     assert objects
     for obj in objects:
-        if obj["kind"] in CRD_REQUIRED:
-            for path in CRD_REQUIRED[obj["kind"]]:
-                node = obj
-                for key in path:
-                    assert key in node, f"{obj['kind']} lacks {'.'.join(path)}"
-                    node = node[key]
-                assert node, f"{obj['kind']} has an empty {'.'.join(path)}"
-            continue
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        if obj["kind"] in custom_kinds():
+            validate_custom_resource(obj)
+        else:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 def test_names_are_dns_labels_within_63_characters(scenario: tuple) -> None:
@@ -172,9 +165,10 @@ def test_termination_grace_exceeds_graceful_shutdown(scenario: tuple) -> None:
 
 
 def test_every_pod_and_container_is_locked_down(scenario: tuple) -> None:
-    _, objects = scenario
-    pods = [o for o in objects if o["kind"] in ("Deployment", "Pod")]
-    assert len(pods) == 3  # two workers and the helm test Pod
+    values, objects = scenario
+    pods = [o for o in objects if o["kind"] in ("Deployment", "Pod", "Job")]
+    hook = values.get("temporal", {}).get("createNamespace", {}).get("enabled", False)
+    assert len(pods) == len(WORKERS) + 1 + hook  # the workers, the helm test Pod, the hook
     for obj in pods:
         spec = pod_spec(obj)
         assert spec["automountServiceAccountToken"] is False
@@ -320,7 +314,7 @@ def test_replicas_and_images_land_where_users_and_skaffold_set_them(render: Rend
         "inferencer": {"replicaCount": 5, "image": {"repository": "reg/i", "tag": "v2"}},
     }
     objects = render(values)
-    trainer, inferencer = (only(objects, "Deployment", w) for w in WORKERS)
+    trainer, inferencer = (only(objects, "Deployment", w) for w in ("trainer", "inferencer"))
     assert trainer["spec"]["replicas"] == 3 and inferencer["spec"]["replicas"] == 5
     assert container(trainer)["image"] == "reg/t:v1@sha256:ab"
     assert container(inferencer)["image"] == "reg/i:v2"
@@ -343,7 +337,8 @@ def test_network_policy_allows_only_metrics_in_and_temporal_and_dns_out(render: 
     policy = only(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["metrics"]
     egress_ports = sorted(p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"])
-    assert egress_ports == [53, 53, 7233]
+    assert egress_ports == [53, 53, 5353, 5353, 7233]
+    assert "to" not in policy["spec"]["egress"][0]  # DNS: wherever the resolver is
     temporal_peer = policy["spec"]["egress"][1]["to"][0]["podSelector"]["matchLabels"]
     assert temporal_peer["app.kubernetes.io/instance"] == "temporal"
     assert temporal_peer["app.kubernetes.io/component"] == "frontend"

@@ -7,6 +7,7 @@ the helm test command, `bert-finetune check-pollers`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,11 +16,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shared.health import LIVENESS_STALE_SECONDS
 from tests.deploy.chartlib import Render, only
 
 pytestmark = pytest.mark.slow
@@ -177,3 +180,178 @@ def test_probes_and_helm_test_against_running_workers(chart_env) -> None:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def start_logged_worker(
+    objects: list[dict], base_env: dict[str, str], worker: str, log_path: Path, **env: str
+) -> tuple[subprocess.Popen, str]:
+    """A worker started like the chart starts it, its JSON log lines going to ``log_path``."""
+    deployment = only(objects, "Deployment", worker)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    full_env = dict(base_env)
+    for var in container["env"]:
+        if "value" in var:
+            full_env[var["name"]] = var["value"]
+    port = free_port()
+    full_env |= {"METRICS_PORT": str(port), "LOG_FORMAT": "json", **env}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(BIN / "bert-finetune"), *container["args"]],
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def http_body(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback)
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
+    chart_env, temporal_address: str, tmp_path: Path
+) -> None:
+    """Kubernetes must keep such pods running and not ready, not restart-loop them.
+
+    One worker points at a closed port, another at a real server whose namespace does not
+    exist yet; both are watched for longer than the liveness stale window. Creating the
+    namespace then makes the second one ready without a restart.
+    """
+    objects, env = chart_env
+    namespace = f"created-later-{uuid.uuid4().hex[:8]}"
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens: connections are refused
+    unreachable, unreachable_url = start_logged_worker(
+        objects, env, "inferencer", tmp_path / "unreachable.log", TEMPORAL_ADDRESS=closed
+    )
+    missing, missing_url = start_logged_worker(
+        objects, env, "inferencer", tmp_path / "missing.log", TEMPORAL_NAMESPACE=namespace
+    )
+    workers = {"unreachable": (unreachable, unreachable_url), "missing": (missing, missing_url)}
+    try:
+        for name, (process, url) in workers.items():
+
+            def serving(
+                process: subprocess.Popen = process, url: str = url, name: str = name
+            ) -> bool:
+                assert process.poll() is None, (tmp_path / f"{name}.log").read_text()[-2000:]
+                try:
+                    return http_status(f"{url}/healthz") == 200
+                except OSError:
+                    return False
+
+            wait_for(serving, 120, f"{name}: /healthz never answered")
+        deadline = time.monotonic() + LIVENESS_STALE_SECONDS + 10
+        while time.monotonic() < deadline:
+            for name, (process, url) in workers.items():
+                assert process.poll() is None, (
+                    f"{name} exited: " + (tmp_path / f"{name}.log").read_text()[-2000:]
+                )
+                assert http_status(f"{url}/healthz") == 200, f"{name}: liveness failed"
+                assert http_status(f"{url}/readyz") == 503, f"{name}: ready without Temporal"
+            time.sleep(2)
+
+        status, body = http_body(f"{unreachable_url}/readyz")
+        assert status == 503 and "Temporal unreachable" in body, body
+        status, body = http_body(f"{missing_url}/readyz")
+        assert status == 503 and f"namespace {namespace!r} does not exist" in body, body
+        events = [
+            json.loads(line)
+            for line in (tmp_path / "missing.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        waiting = [e for e in events if e["event"] == "temporal.namespace_unavailable"]
+        assert waiting and "temporal operator namespace create" in waiting[0]["error"]
+        assert waiting[0]["namespace"] == namespace
+
+        temporal = shutil.which("temporal") or str(BIN / "temporal")
+        subprocess.run(
+            [
+                temporal,
+                "operator",
+                "namespace",
+                "create",
+                "--namespace",
+                namespace,
+                "--address",
+                temporal_address,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+        def ready() -> bool:
+            assert missing.poll() is None
+            return http_status(f"{missing_url}/readyz") == 200
+
+        wait_for(ready, 120, "the worker did not become ready once its namespace existed")
+        assert http_status(f"{unreachable_url}/readyz") == 503
+    finally:
+        for process, _ in workers.values():
+            process.terminate()
+        for process, _ in workers.values():
+            try:
+                assert process.wait(timeout=60) == 0, "SIGTERM while waiting must exit cleanly"
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+
+
+def run_namespace_hook(
+    render: Render, temporal_address: str, namespace: str, timeout_seconds: int = 600
+) -> subprocess.CompletedProcess:
+    """The chart's hook Job command, with its rendered environment and a local address."""
+    hook = {"enabled": True, "timeoutSeconds": timeout_seconds}
+    values = {"temporal": {"namespace": namespace, "createNamespace": hook}}
+    job = only(render(values), "Job", "namespace-hook")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    hook_env = {v["name"]: v["value"] for v in container["env"] if "value" in v}
+    hook_env["TEMPORAL_ADDRESS"] = temporal_address
+    python_index = container["command"].index("python")
+    command = [sys.executable, *container["command"][python_index + 1 :], *container["args"]]
+    return subprocess.run(
+        command, env={**os.environ, **hook_env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_namespace_hook_creates_the_namespace_once(render: Render, temporal_address: str) -> None:
+    namespace = f"hooked-{uuid.uuid4().hex[:8]}"
+    first = run_namespace_hook(render, temporal_address, namespace)
+    assert first.returncode == 0, first.stderr
+    assert "temporal.namespace_created" in first.stderr
+    again = run_namespace_hook(render, temporal_address, namespace)  # every helm upgrade
+    assert again.returncode == 0, again.stderr
+    assert "temporal.namespace_exists" in again.stderr
+    temporal = shutil.which("temporal") or str(BIN / "temporal")
+    described = subprocess.run(
+        [
+            temporal,
+            "operator",
+            "namespace",
+            "describe",
+            "--namespace",
+            namespace,
+            "--address",
+            temporal_address,
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    retention = json.loads(described.stdout)["config"]["workflowExecutionRetentionTtl"]
+    assert retention == "259200s"  # the chart's default retentionDays: 3
+
+
+def test_namespace_hook_gives_up_with_a_clear_error_when_temporal_never_answers(
+    render: Render,
+) -> None:
+    result = run_namespace_hook(render, f"127.0.0.1:{free_port()}", "never", timeout_seconds=30)
+    assert result.returncode == 1
+    assert "temporal.namespace_create_failed" in result.stderr

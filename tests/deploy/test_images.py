@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -54,10 +55,29 @@ def test_image_runs_the_worker_as_non_root_from_a_multi_stage_build(worker: str)
     assert "HF_HOME=/cache/huggingface" in text  # the chart's cache emptyDir
     assert re.search(r"ARG TORCH_VERSION=\d+\.\d+\.\d+", text)
     assert "constraints.txt" not in text  # the CPU pin is for local/CI installs only
+    assert f"pip install --no-deps --require-hashes -r requirements/{worker}.lock" in text
     # No compilers or package caches in the final stage.
     final = text[text.rindex("\nFROM ") :]
     assert "build-essential" not in final and "gcc" not in final
     assert "rm -rf /var/lib/apt/lists/*" in final
+
+
+@pytest.mark.parametrize("worker", DOCKERFILES)
+def test_image_is_precompiled_and_smoke_imports_its_worker(worker: str) -> None:
+    """Checked statically: no Docker engine here. A read-only root filesystem cannot take
+    .pyc files at run time, so the build compiles everything and keeps __pycache__."""
+    text = DOCKERFILES[worker].read_text()
+    builder = text[: text.rindex("\nFROM ")]
+    assert "python -m compileall" in builder
+    assert "__pycache__" not in text
+    smoke = re.search(r'python -c "import ([^"]+)"', builder)
+    assert smoke, "no build-time smoke import"
+    modules = {m.strip() for m in smoke[1].split(",")}
+    assert {f"services.{worker}.worker", "bert_finetune.cli", "shared.namespace"} <= modules
+    for module in modules - {"torch", "transformers"}:
+        assert (REPO_ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    # The compile and the import come after the last COPY of the sources.
+    assert builder.rindex("COPY bert_finetune") < builder.index("compileall")
 
 
 def test_trainer_uses_cuda_torch_and_inferencer_cpu_torch() -> None:
@@ -76,4 +96,7 @@ def test_dockerignore_keeps_only_what_the_build_copies() -> None:
     for dockerfile in DOCKERFILES.values():
         copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), flags=re.M)
         for source in " ".join(copied).split():
-            assert source in allowed, f"{dockerfile} copies {source}, which .dockerignore drops"
+            assert any(fnmatch.fnmatch(source, rule) for rule in allowed), (
+                f"{dockerfile} copies {source}, which .dockerignore drops"
+            )
+            assert (REPO_ROOT / source).exists(), f"{dockerfile} copies missing {source}"

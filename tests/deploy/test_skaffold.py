@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -13,12 +14,40 @@ SKAFFOLD = load_yaml(REPO_ROOT / "skaffold.yaml")
 VALUES = load_yaml(CHART_DIR / "values.yaml")
 
 
-def releases() -> list[tuple[str, dict[str, Any]]]:
-    found = [("default", r) for r in SKAFFOLD["deploy"]["helm"]["releases"]]
+def apply_patches(config: dict[str, Any], patches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Skaffold's profile patches (JSON Patch, the `add` and `replace` ops it uses here)."""
+    patched = copy.deepcopy(config)
+    for patch in patches:
+        assert patch["op"] in ("add", "replace"), patch
+        *parents, leaf = patch["path"].lstrip("/").split("/")
+        node: Any = patched
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]  # must exist
+        if isinstance(node, list):
+            assert patch["op"] == "add", patch["path"]
+            node.insert(int(leaf), patch["value"])
+        else:
+            assert patch["op"] == "add" or leaf in node, patch["path"]
+            node[leaf] = patch["value"]
+    return patched
+
+
+def effective_configs() -> list[tuple[str, dict[str, Any]]]:
+    """The base config and each profile's config after its patches."""
+    base = {k: v for k, v in SKAFFOLD.items() if k != "profiles"}
+    configs = [("default", base)]
     for profile in SKAFFOLD.get("profiles", []):
-        for release in profile.get("deploy", {}).get("helm", {}).get("releases", []):
-            found.append((profile["name"], release))
-    return found
+        assert set(profile) <= {"name", "activation", "patches"}, "profiles only patch"
+        configs.append((profile["name"], apply_patches(base, profile["patches"])))
+    return configs
+
+
+def releases() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, release)
+        for name, config in effective_configs()
+        for release in config["deploy"]["helm"]["releases"]
+    ]
 
 
 def lookup(values: dict[str, Any], dotted: str) -> Any:
@@ -40,16 +69,32 @@ def test_schema_version_and_profiles() -> None:
 
 
 def test_both_images_build_from_the_repo_root_with_their_dockerfile() -> None:
-    artifacts = list(SKAFFOLD["build"]["artifacts"])
-    for profile in SKAFFOLD["profiles"]:
-        artifacts += profile.get("build", {}).get("artifacts", [])
-    assert artifact_images() == {"bert-finetune-trainer", "bert-finetune-inferencer"}
-    for artifact in artifacts:
-        assert artifact.get("context", ".") == "."
-        dockerfile = artifact["docker"]["dockerfile"]
-        assert (REPO_ROOT / dockerfile).is_file()
-        worker = artifact["image"].removeprefix("bert-finetune-")
-        assert dockerfile == f"services/{worker}/Dockerfile"
+    for _, config in effective_configs():
+        artifacts = config["build"]["artifacts"]
+        assert {a["image"] for a in artifacts} == {
+            "bert-finetune-trainer",
+            "bert-finetune-inferencer",
+        }
+        for artifact in artifacts:
+            assert artifact.get("context", ".") == "."
+            dockerfile = artifact["docker"]["dockerfile"]
+            assert (REPO_ROOT / dockerfile).is_file()
+            worker = artifact["image"].removeprefix("bert-finetune-")
+            assert dockerfile == f"services/{worker}/Dockerfile"
+
+
+def test_the_release_is_written_once_and_profiles_patch_it() -> None:
+    text = (REPO_ROOT / "skaffold.yaml").read_text()
+    assert text.count("chartPath:") == 1 and text.count("setValueTemplates:") == 1
+    configs = dict(effective_configs())
+    assert configs["dev"]["deploy"]["helm"]["releases"][0]["valuesFiles"] == [
+        "k8s-dev/bert-finetune-values.yaml"
+    ]
+    trainer = configs["dev"]["build"]["artifacts"][0]
+    assert trainer["image"] == "bert-finetune-trainer"
+    assert trainer["docker"]["buildArgs"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert configs["gpu"]["deploy"]["helm"]["releases"][0]["setValues"]["gpu.enabled"] is True
+    assert "local" not in configs["default"]["build"]
 
 
 @pytest.mark.parametrize(("profile", "release"), releases(), ids=lambda r: str(r)[:20])

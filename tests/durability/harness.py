@@ -55,10 +55,17 @@ def long_config(model: Path, train: Path, validation: Path, **overrides: object)
 
 
 class WorkerProcess:
-    """``bert-finetune worker trainer`` in its own process, killable like a pod."""
+    """``bert-finetune worker trainer`` (or another ``role``) in its own process, killable
+    like a pod."""
 
     def __init__(
-        self, address: str, task_queue: str, runs_root: Path, log_path: Path, grace_s: int = 20
+        self,
+        address: str,
+        task_queue: str,
+        runs_root: Path,
+        log_path: Path,
+        grace_s: int = 20,
+        role: str = "trainer",
     ) -> None:
         self.log_path = log_path
         self.metrics_port = free_loopback_port()
@@ -78,7 +85,7 @@ class WorkerProcess:
         }
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bert_finetune.cli", "worker", "trainer"],
+            [sys.executable, "-m", "bert_finetune.cli", "worker", role],
             cwd=REPO_ROOT,
             env=env,
             stdout=self._log,

@@ -40,7 +40,7 @@ class Context:
 class Case:
     id: str
     area: str
-    workflow: Literal["train", "predict", "sweep"]
+    workflow: Literal["train", "predict", "promote", "sweep"]
     build: Callable[[Context], Any]
     error_type: str
     expect: tuple[str, ...]
@@ -97,6 +97,15 @@ def predict(**overrides: Any) -> Callable[[Context], dict[str, Any]]:
     return build
 
 
+def promotion(**overrides: Any) -> Callable[[Context], dict[str, Any]]:
+    def build(ctx: Context) -> dict[str, Any]:
+        value: dict[str, Any] = {"run_id": ctx.good_run_id, "alias": "production"}
+        value.update(overrides)
+        return value
+
+    return build
+
+
 def sweep(**top: Any) -> Callable[[Context], dict[str, Any]]:
     """A small valid sweep of the tiny BERT, with ``top`` replacing its fields."""
 
@@ -113,18 +122,20 @@ def sweep(**top: Any) -> Callable[[Context], dict[str, Any]]:
     return build
 
 
-T, P, S = "train", "predict", "sweep"
-SHAPE, NAMES, HYPER, DATA, MODELS, INFER, SWEEPS = (
+T, P, PR, S = "train", "predict", "promote", "sweep"
+SHAPE, NAMES, HYPER, DATA, MODELS, INFER, ALIASES, SWEEPS = (
     "input shape",
     "names and paths",
     "hyperparameters",
     "data",
     "models",
     "inference",
+    "aliases",
     "sweeps",
 )
 IC, DE, ML, RNF = INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, RUN_NOT_FOUND
 PATTERN = "should match pattern"
+LETTER_OR_DIGIT = "starting with a letter or digit"
 
 CASES: list[Case] = [
     # input shape
@@ -259,6 +270,15 @@ CASES: list[Case] = [
         ("experiment_name", PATTERN),
     ),
     Case("name-empty", NAMES, T, experiment(experiment_name=""), IC, ("experiment_name", PATTERN)),
+    Case(
+        # Names starting with _ belong to the runs root (``_aliases``), never to runs.
+        "name-underscore",
+        NAMES,
+        T,
+        experiment(experiment_name="_aliases"),
+        IC,
+        ("experiment_name", PATTERN),
+    ),
     Case(
         "name-too-long",
         NAMES,
@@ -598,12 +618,21 @@ CASES: list[Case] = [
         cli=False,
     ),
     Case(
-        "predict-missing-run-id",
+        "predict-neither-run-id-nor-alias",
         SHAPE,
         P,
         lambda c: {"texts": ["good"]},
         IC,
-        ("run_id", "required field is missing"),
+        ("exactly one of run_id", "alias"),
+        cli=False,
+    ),
+    Case(
+        "predict-both-run-id-and-alias",
+        SHAPE,
+        P,
+        predict(alias="production"),
+        IC,
+        ("exactly one of run_id", "alias"),
         cli=False,
     ),
     Case(
@@ -638,6 +667,30 @@ CASES: list[Case] = [
     Case("predict-run-id-dot-dot", NAMES, P, predict(run_id=".."), IC, ("run_id",)),
     Case("predict-run-id-nested", NAMES, P, predict(run_id="a/b"), IC, ("run_id",)),
     Case("predict-run-id-empty", NAMES, P, predict(run_id=""), IC, ("run_id",)),
+    Case(
+        "predict-run-id-aliases-folder",
+        NAMES,
+        P,
+        predict(run_id="_aliases"),
+        IC,
+        ("run_id", LETTER_OR_DIGIT),
+    ),
+    Case(
+        "predict-run-id-underscore",
+        NAMES,
+        P,
+        predict(run_id="_models"),
+        IC,
+        ("run_id", LETTER_OR_DIGIT),
+    ),
+    Case(
+        "predict-alias-traversal",
+        NAMES,
+        P,
+        predict(run_id=None, alias="../production"),
+        IC,
+        ("alias", PATTERN),
+    ),
     Case(
         "predict-run-id-symlink-out",
         NAMES,
@@ -679,6 +732,14 @@ CASES: list[Case] = [
         (INCOMPLETE_RUN_ID, "incomplete"),
     ),
     Case(
+        "predict-unknown-alias",
+        INFER,
+        P,
+        predict(run_id=None, alias="staging"),
+        RNF,
+        ("alias 'staging' does not exist", "bert-finetune promote RUN_ID staging"),
+    ),
+    Case(
         "predict-corrupt-run",
         INFER,
         P,
@@ -705,6 +766,90 @@ CASES: list[Case] = [
         IC,
         ("12000 texts", "split them"),
         cli=False,
+    ),
+    # aliases (BertPromoteWorkflow)
+    Case(
+        "promote-unknown-field",
+        SHAPE,
+        PR,
+        promotion(force=True),
+        IC,
+        ("force", "unknown field"),
+        cli=False,
+    ),
+    Case(
+        "promote-missing-alias",
+        SHAPE,
+        PR,
+        lambda c: {"run_id": c.good_run_id},
+        IC,
+        ("alias", "required field is missing"),
+        cli=False,
+    ),
+    Case("promote-alias-empty", ALIASES, PR, promotion(alias=""), IC, ("alias", LETTER_OR_DIGIT)),
+    Case(
+        "promote-alias-traversal",
+        ALIASES,
+        PR,
+        promotion(alias="../production"),
+        IC,
+        ("alias", LETTER_OR_DIGIT),
+    ),
+    Case(
+        "promote-alias-underscore",
+        ALIASES,
+        PR,
+        promotion(alias="_aliases"),
+        IC,
+        ("alias", LETTER_OR_DIGIT),
+    ),
+    Case(
+        "promote-alias-too-long",
+        ALIASES,
+        PR,
+        promotion(alias="x" * 101),
+        IC,
+        ("alias", "1-100 characters"),
+    ),
+    Case(
+        "promote-run-id-aliases-folder",
+        ALIASES,
+        PR,
+        promotion(run_id="_aliases"),
+        IC,
+        ("run_id", LETTER_OR_DIGIT),
+    ),
+    Case(
+        "promote-run-id-traversal",
+        ALIASES,
+        PR,
+        promotion(run_id="../x"),
+        IC,
+        ("run_id", LETTER_OR_DIGIT),
+    ),
+    Case(
+        "promote-run-id-symlink-out",
+        ALIASES,
+        PR,
+        promotion(run_id=SYMLINK_RUN_ID),
+        IC,
+        ("run_id", "outside BERT_RUNS_DIR"),
+    ),
+    Case(
+        "promote-unknown-run",
+        ALIASES,
+        PR,
+        promotion(run_id="never-trained"),
+        RNF,
+        ("never-trained", "does not exist"),
+    ),
+    Case(
+        "promote-incomplete-run",
+        ALIASES,
+        PR,
+        promotion(run_id=INCOMPLETE_RUN_ID),
+        RNF,
+        (INCOMPLETE_RUN_ID, "incomplete"),
     ),
     # sweeps
     Case("sweep-empty-space", SWEEPS, S, sweep(space={}), IC, ("space", "at least 1 item")),

@@ -111,7 +111,8 @@ async def test_bad_inference_request_fails_fast_and_clearly(
 
 def _predict_args(case: Case, context: Context) -> list[str]:
     request = case.build(context)
-    args = ["predict", request["run_id"], *request["texts"]]
+    model = request["run_id"] if request.get("run_id") is not None else f"@{request['alias']}"
+    args = ["predict", model, *request["texts"]]
     for option in ("max_seq_length", "batch_size"):
         if option in request:
             args += [f"--{option.replace('_', '-')}", str(request[option])]

@@ -6,6 +6,7 @@ reads what it left behind (Prometheus data, worker logs, live endpoints).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -347,6 +348,10 @@ async def run_scenario(
             result_type=BertInferenceResult,
         )
         assert len(result.labels) == len(texts) * (round_ + 1)
+        if round_ == 0:
+            # The SDK creates its latency histograms at their first observation; let that
+            # first sample be scraped so the later requests show up as an increase (rate()).
+            await asyncio.sleep(3 * SCRAPE_INTERVAL_SECONDS)
     with pytest.raises(WorkflowFailureError) as failed:
         await client.execute_workflow(
             INFERENCE_WORKFLOW,

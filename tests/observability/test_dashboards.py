@@ -19,12 +19,13 @@ from bench.plot_panel import (
     query_range,
     substitute,
 )
-from tests.observability.conftest import NAMESPACE, ObservedStack
+from tests.observability.conftest import NAMESPACE, ObservedStack, http_get
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "charts" / "bert-finetune" / "dashboards"
 DASHBOARDS = {"bert-training.json": "trainer", "bert-inference.json": "inferencer"}
 # Grafana's $__rate_interval is max(4 x scrape interval, step + scrape interval).
 RATE_INTERVAL = "10s"
+_SELECTOR = re.compile(r"\b([a-z_:][a-z0-9_:]*)\{([^}]*)\}")
 _LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
 
 
@@ -44,9 +45,12 @@ def test_dashboard_is_valid_grafana_json(name: str) -> None:
     variables = {v["name"]: v for v in model["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name_ in ("namespace", "job", "instance"):
+    for name_ in ("namespace", "job", "instance", "task_queue"):
         assert variables[name_]["type"] == "query"
         assert variables[name_]["datasource"]["uid"] == "${datasource}"
+    # "All" workers must be this role's workers, never ".*" (roles may share a job).
+    assert f'worker="{DASHBOARDS[name]}"' in variables["instance"]["definition"]
+    assert "allValue" not in variables["instance"]
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
@@ -56,15 +60,24 @@ def test_dashboard_is_valid_grafana_json(name: str) -> None:
         assert panel["targets"] and panel.get("description"), panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-            for variable in ("$namespace", "$job", "$instance"):
-                assert variable in target["expr"], f"{panel['title']}: {variable} unused"
+            for metric, matchers in _SELECTOR.findall(target["expr"]):
+                # Per-worker series filter by worker; workflow series by the task queue
+                # (any worker of the queue, the controller included, may complete a workflow).
+                needed = ["$namespace"]
+                needed += ["$task_queue"] if metric.startswith("temporal_") else []
+                needed += [] if metric.startswith("temporal_workflow_") else ["$job", "$instance"]
+                for variable in needed:
+                    assert variable in matchers, f"{panel['title']}: {metric} ignores {variable}"
 
 
-def resolve_variables(stack: ObservedStack, model: dict, range_seconds: int) -> dict[str, str]:
-    """Run each query variable the way Grafana does (the series label-values API), in order."""
-    values: dict[str, str] = {}
+def resolve_variables(
+    stack: ObservedStack, model: dict, range_seconds: int, chosen: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Run each query variable the way Grafana does (the series label-values API), in order;
+    ``chosen`` variables take the given value instead, as a user's selection would."""
+    values: dict[str, str] = dict(chosen or {})
     for variable in model["templating"]["list"]:
-        if variable["type"] != "query":
+        if variable["type"] != "query" or variable["name"] in values:
             continue
         match = _LABEL_VALUES.match(variable["definition"])
         assert match, f"unsupported variable query {variable['definition']!r}"
@@ -87,7 +100,13 @@ def test_variables_select_the_right_workers(observed: ObservedStack, name: str) 
     role = DASHBOARDS[name]
     values = resolve_variables(observed, model, int(observed.finished_at - observed.started_at))
     worker = getattr(observed, role)
-    assert values == {"namespace": NAMESPACE, "job": role, "instance": worker.target}
+    queue = observed.training_queue if role == "trainer" else observed.inference_queue
+    assert values == {
+        "namespace": NAMESPACE,
+        "job": role,
+        "instance": worker.target,
+        "task_queue": queue,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -129,3 +148,47 @@ def test_training_panel_renders_to_png(observed: ObservedStack, tmp_path: Path) 
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     if target := os.environ.get("BERT_PANEL_PNG"):
         shutil.copyfile(out, target)
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_each_panel_shows_only_its_own_workers_series(observed: ObservedStack, name: str) -> None:
+    """With annotation-based scraping both roles share one job: "All" jobs here. Every series
+    any panel selects must still come from this dashboard's worker only."""
+    model = dashboard(name)
+    role = DASHBOARDS[name]
+    range_seconds = int(observed.finished_at - observed.started_at) + 1
+    values = resolve_variables(observed, model, range_seconds, chosen={"job": ".*"})
+    assert values["instance"] == getattr(observed, role).target
+    checked = 0
+    for query in panel_queries(model):
+        for metric, matchers in _SELECTOR.findall(query.expr):
+            selector = substitute(
+                f"{metric}{{{matchers}}}",
+                values,
+                range_seconds=range_seconds,
+                rate_interval=RATE_INTERVAL,
+            )
+            series = prometheus_get(
+                observed.prometheus_url,
+                "/api/v1/series",
+                {"match[]": selector, "start": observed.started_at, "end": observed.finished_at},
+            )
+            instances = {s["instance"] for s in series}
+            assert instances == {getattr(observed, role).target}, (
+                f"[{query.panel_title}] {selector} selects {sorted(instances)}"
+            )
+            checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize("role", sorted(DASHBOARDS.values()))
+def test_each_worker_exports_only_its_own_families(observed: ObservedStack, role: str) -> None:
+    status, body = http_get(f"{getattr(observed, role).base_url}/metrics")
+    assert status == 200
+    families = {
+        line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")
+    }
+    own, foreign = ("bert_training_", "bert_inference_")[:: 1 if role == "trainer" else -1]
+    assert any(f.startswith(own) for f in families)
+    assert not [f for f in families if f.startswith(foreign)]
+    assert "bert_worker_info" in families

@@ -131,13 +131,97 @@ Name of the runs PVC (created or existing).
 {{- end }}
 
 {{/*
-Container image reference. A tag may carry a digest ("tag@sha256:..."), as skaffold sets it.
+Container image reference: repository (its registry replaced by global.imageRegistry when
+set), then "@digest" when a digest is given, else ":tag" (default: the chart's appVersion).
+A tag may itself carry a digest ("tag@sha256:..."), as skaffold sets it.
 Usage: include "bert-finetune.image" (list $ .Values.trainer.image)
 */}}
 {{- define "bert-finetune.image" -}}
 {{- $ctx := index . 0 }}
 {{- $image := index . 1 }}
-{{- printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) }}
+{{- $repository := $image.repository }}
+{{- with dig "imageRegistry" "" ($ctx.Values.global | default dict) }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq "localhost" $first)) }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (join "/" (rest $parts)) }}
+{{- else }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default $ctx.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The controller's image values: its own, with an empty repository meaning the trainer's image
+(tag and digest too, unless set).
+*/}}
+{{- define "bert-finetune.controllerImage" -}}
+{{- $own := .Values.controller.image }}
+{{- $trainer := .Values.trainer.image }}
+{{- if $own.repository }}
+{{- toYaml $own }}
+{{- else }}
+repository: {{ $trainer.repository }}
+tag: {{ default $trainer.tag $own.tag | quote }}
+digest: {{ default $trainer.digest $own.digest | quote }}
+pullPolicy: {{ $own.pullPolicy }}
+{{- end }}
+{{- end }}
+
+{{/*
+BERT_LOCAL_PATH_ROOTS: the configured folders, else the runs volume.
+*/}}
+{{- define "bert-finetune.localPathRoots" -}}
+{{- join ":" (default (list .Values.persistence.mountPath) .Values.localPathRoots) }}
+{{- end }}
+
+{{/*
+NetworkPolicy peers of the Temporal frontend: networkPolicy.temporalTo, else derived from
+where the chart points the workers (a release in this namespace, or a Service address in
+another namespace); an address the chart cannot map to pods fails the render.
+*/}}
+{{- define "bert-finetune.temporalPeers" -}}
+{{- $np := .Values.networkPolicy }}
+{{- $address := .Values.temporal.address }}
+{{- if $np.temporalTo }}
+{{- toYaml $np.temporalTo }}
+{{- else if not $address }}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: temporal
+      app.kubernetes.io/instance: {{ .Values.temporal.releaseName }}
+      app.kubernetes.io/component: frontend
+{{- else }}
+{{- $host := first (splitList ":" $address) }}
+{{- $labels := splitList "." $host }}
+{{- if and (ge (len $labels) 3) (eq (index $labels 2) "svc") }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ index $labels 1 }}
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: temporal
+      app.kubernetes.io/component: frontend
+{{- else }}
+{{- fail (printf "networkPolicy.enabled: cannot derive which pods serve temporal.address %q; set networkPolicy.temporalTo (e.g. an ipBlock for Temporal Cloud, or a namespaceSelector + podSelector for a Temporal in the cluster)" $address) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+TCP port of the Temporal frontend: the port of temporal.address, else temporal.frontendPort.
+*/}}
+{{- define "bert-finetune.temporalPort" -}}
+{{- if .Values.temporal.address }}
+{{- last (splitList ":" .Values.temporal.address) }}
+{{- else }}
+{{- .Values.temporal.frontendPort }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -259,5 +343,38 @@ Checks of combinations the schema cannot express.
 {{- end }}
 {{- if and $hpa.enabled (kindIs "invalid" $hpa.targetCPUUtilizationPercentage) (kindIs "invalid" $hpa.targetMemoryUtilizationPercentage) }}
 {{- fail "inferencer.autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- if and $hpa.enabled .Values.inferencer.keda.enabled }}
+{{- fail "inferencer.keda replaces the CPU autoscaler: enable inferencer.keda or inferencer.autoscaling, not both" }}
+{{- end }}
+{{- range $component := list "trainer" "inferencer" }}
+{{- $keda := (index $.Values $component).keda }}
+{{- if and $keda.enabled (gt (int $keda.minReplicas) (int $keda.maxReplicas)) }}
+{{- fail (printf "%s.keda.minReplicas must not exceed maxReplicas" $component) }}
+{{- end }}
+{{- end }}
+{{- $tls := .Values.temporal.tls }}
+{{- if and (or .Values.trainer.keda.enabled .Values.inferencer.keda.enabled) $tls.enabled (not (or (and $tls.existingSecret $tls.certKey) .Values.temporal.apiKey.existingSecret .Values.keda.authenticationRef)) }}
+{{- fail "KEDA's Temporal scaler speaks TLS only with a client certificate (temporal.tls.certKey/keyKey) or an API key (temporal.apiKey.existingSecret); for server-only TLS give keda.authenticationRef a TriggerAuthentication that provides one" }}
+{{- end }}
+{{- $trainerKeda := .Values.trainer.keda }}
+{{- if and $trainerKeda.enabled (eq (int $trainerKeda.minReplicas) 0) }}
+{{- if not .Values.controller.enabled }}
+{{- fail "trainer.keda.minReplicas 0 needs controller.enabled: with no trainer running, only the controller runs the training queue's workflow tasks (experiments, sweeps, promotions)" }}
+{{- end }}
+{{- if not $trainerKeda.prometheusServerAddress }}
+{{- fail "trainer.keda.minReplicas 0 needs trainer.keda.prometheusServerAddress: a running fine-tune is not queue backlog, so without the in-flight trigger KEDA would scale its trainer to zero mid-run" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The worker components this release runs, as a YAML list.
+*/}}
+{{- define "bert-finetune.workers" -}}
+- trainer
+- inferencer
+{{- if .Values.controller.enabled }}
+- controller
 {{- end }}
 {{- end }}

