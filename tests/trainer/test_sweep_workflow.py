@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
@@ -209,11 +210,18 @@ async def test_failed_trials_do_not_fail_the_sweep_unless_all_fail(env: Env) -> 
     assert "no such column" in (mixed.trials[1].error or "")
     assert mixed.best_run_id == "mixed-run-0-tiny"
 
+    workflow_id = f"sweep-{uuid.uuid4()}"
     with pytest.raises(WorkflowFailureError) as failed:
-        await env.sweep(sweep_input(space={"model_name": {"values": ["broken"]}}))
+        await env.sweep(
+            sweep_input(space={"model_name": {"values": ["broken"]}}, promote_alias="never"),
+            workflow_id,
+        )
     error = first_application_error(failed.value)
     assert error is not None and error.type == "DatasetError"
     assert error.non_retryable and "no trial of sweep 'lr' succeeded" in error.message
+    # A failed sweep promotes nothing: no promotion workflow was ever started.
+    with pytest.raises(RPCError):
+        await env.client.get_workflow_handle(f"{workflow_id}/promote").describe()
 
 
 async def test_progress_query_lists_trials_and_the_best_so_far(env: Env) -> None:
