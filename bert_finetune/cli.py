@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -202,48 +201,21 @@ async def _progress(args: argparse.Namespace) -> int:
     client = await _client(_settings())
     # Experiments and sweeps answer different shapes: print whichever comes back.
     progress = await client.get_workflow_handle(args.workflow_id).query(PROGRESS_QUERY)
-    console.print_json(json.dumps(progress))
+    console.print_json(data=progress)
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from shared.aliases import list_aliases
-    from shared.runs import list_runs
+    from bert_finetune.client_ops import UserError
+    from bert_finetune.run_views import runs_table, show_run
 
-    settings = _settings()
-    runs = list_runs(settings.runs_dir)
-    aliases = list_aliases(settings.runs_dir)
-    for run in runs:
-        run["aliases"] = [alias for alias, target in aliases.items() if target == run["run_id"]]
-    listed = {run["run_id"] for run in runs}
-    dangling = {alias: target for alias, target in aliases.items() if target not in listed}
-    if args.json:
-        console.print_json(json.dumps(runs, default=str))
-        return 0
-    from rich.table import Table
-
-    table = Table(
-        title=f"Runs in {settings.runs_dir}",
-        caption="\n".join(
-            f"alias {alias} points at {target}, which no longer exists: promote another run"
-            for alias, target in dangling.items()
-        )
-        or None,
-        caption_justify="left",
-    )
-    for column in ("run_id", "state", "eval acc", "labels", "aliases"):
-        table.add_column(column)
-    for run in runs:
-        metrics = run["manifest"].get("metrics", {})
-        accuracy = metrics.get("eval_accuracy")
-        table.add_row(
-            run["run_id"],
-            "complete" if run["complete"] else "incomplete",
-            "-" if accuracy is None else f"{accuracy:.3f}",
-            ", ".join(run["manifest"].get("label_names", [])),
-            ", ".join(f"@{alias}" for alias in run["aliases"]),
-        )
-    console.print(table)
+    runs_dir = _settings().runs_dir
+    if args.action == "show":
+        if not args.run_id:
+            raise UserError("give the run to show: bert-finetune runs show RUN_ID")
+        show_run(runs_dir, args.run_id, args.json, console)
+    else:
+        runs_table(runs_dir, args.json, console)
     return 0
 
 
@@ -353,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id")
     p.set_defaults(func=_async(_progress))
 
-    p = sub.add_parser("runs", help="list the runs in BERT_RUNS_DIR")
+    p = sub.add_parser("runs", help="list the runs in BERT_RUNS_DIR, or `runs show RUN_ID`")
+    p.add_argument("action", nargs="?", choices=["show"], help="show one run's details")
+    p.add_argument("run_id", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 

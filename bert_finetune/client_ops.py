@@ -169,6 +169,7 @@ def results_table(output: BertExperimentOutput) -> Table:
         "#",
         "train loss",
         "eval acc",
+        "eval F1",
         "majority baseline",
         "samples/s",
         "time (s)",
@@ -180,6 +181,9 @@ def results_table(output: BertExperimentOutput) -> Table:
             str(index),
             f"{run.train_loss:.4f}",
             "-" if run.eval_accuracy is None else f"{run.eval_accuracy:.3f}",
+            f"{run.eval_metrics['eval_f1_macro']:.3f}"
+            if "eval_f1_macro" in run.eval_metrics
+            else "-",
             "-"
             if run.majority_baseline_accuracy is None
             else f"{run.majority_baseline_accuracy:.3f}",

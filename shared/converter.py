@@ -1,4 +1,4 @@
-"""The pydantic data converter every client and worker uses (DESIGN.md).
+"""The pydantic data converter every client and worker uses (docs/architecture.md).
 
 Decoding errors become a non-retryable ``InvalidConfig`` ApplicationError naming the field.
 Raised while decoding a workflow's input, such an error fails the workflow at once instead

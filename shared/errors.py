@@ -1,4 +1,4 @@
-"""Failure types (DESIGN.md) and helpers that turn problems into clear, non-retryable errors."""
+"""Failure types (docs/errors.md) and helpers that turn problems into clear, typed errors."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def one_line(message: str) -> str:
 
 
 def failure(error_type: str, message: str) -> ApplicationError:
-    """A non-retryable ApplicationError of one of the DESIGN.md failure types, on one line."""
+    """A non-retryable ApplicationError of one of the documented failure types, on one line."""
     return ApplicationError(truncate(one_line(message)), type=error_type, non_retryable=True)
 
 

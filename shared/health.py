@@ -149,7 +149,7 @@ def _make_handler(
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                body = generate_latest(families)  # type: ignore[arg-type]
+                body = generate_latest(families)
                 if sdk_metrics_url:
                     body += _fetch_sdk_metrics(sdk_metrics_url)
                 self._reply(200, body, CONTENT_TYPE_LATEST)

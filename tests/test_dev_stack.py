@@ -13,7 +13,7 @@ import pytest
 
 from bert_finetune.stack import port_open
 from shared.temporal import free_loopback_port
-from tests.conftest import temporal_cli
+from tests.helpers.binaries import temporal_cli
 
 
 def _start_dev(tmp_path: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:

@@ -46,12 +46,12 @@ from shared.types import (
 )
 from tests.conftest import SentimentData, run_temporal_cli, running_workers, tiny_config
 from tests.durability.harness import (
-    WorkerProcess,
     long_config,
     long_run_csv,
     query_progress,
     wait_for,
 )
+from tests.helpers.processes import WorkerProcess
 from tests.test_cli import cli
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -154,7 +154,7 @@ async def test_inference_by_alias_follows_every_promotion_at_once(
         with pytest.raises(WorkflowFailureError) as unknown:
             await infer(client, queues.inference, alias="staging")
     assert "RunNotFound" in client_ops.failure_message(unknown.value)
-    assert [run["run_id"] for run in list_runs(runs_root)] == [run_a, run_b]
+    assert [run.run_id for run in list_runs(runs_root)] == [run_a, run_b]
 
 
 async def test_the_cli_promotes_and_predicts_by_alias(

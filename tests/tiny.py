@@ -60,3 +60,43 @@ def write_csv(
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def build_tiny_roberta(path: Path, num_labels: int = 2) -> Path:
+    """Save a 2-layer RoBERTa with a byte-level BPE tokenizer (whole words as merges)."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    words = [*POSITIVE, *NEGATIVE, *FILLER]
+    # Byte-level BPE marks a leading space with "Ġ"; merge characters up to whole words.
+    symbols = sorted({ch for word in words for ch in word} | {"Ġ"})
+    merges: list[tuple[str, str]] = []
+    tokens = list(symbols)
+    for word in words:
+        current = "Ġ"
+        for ch in word:
+            merges.append((current, ch))
+            current += ch
+            tokens.append(current)
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + tokens))}
+    tokenizer = RobertaTokenizerFast(
+        vocab=vocab, merges=list(dict.fromkeys(merges)), add_prefix_space=True
+    )
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        num_labels=num_labels,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

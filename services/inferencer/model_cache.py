@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from shared import metrics
-from shared.errors import MODEL_LOAD_ERROR, RUN_NOT_FOUND, failure
+from shared.errors import RUN_NOT_FOUND, failure
 from shared.logging import get_logger
+from shared.model_loading import load_for_serving
 from shared.runs import RUN_MANIFEST
 
 log = get_logger(__name__)
@@ -43,25 +44,8 @@ def _stamp(run_dir: Path) -> tuple[int, int]:
 
 def load_model(run_dir: Path, device: str) -> LoadedModel:
     """Load a saved run with safetensors only; never executes code from the run folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     stamp = _stamp(run_dir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(run_dir), trust_remote_code=False, use_safetensors=True
-        )
-    except Exception as err:
-        raise failure(
-            MODEL_LOAD_ERROR,
-            f"run {run_dir.name!r} could not be loaded ({type(err).__name__}: {err}); "
-            "retrain it or check the runs volume",
-        ) from None
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise failure(
-            MODEL_LOAD_ERROR,
-            f"run {run_dir.name!r} has no tokenizer vocabulary; retrain it or restore its files",
-        )
+    tokenizer, model = load_for_serving(str(run_dir), run_dir.name)
     model.to(device).eval()
     id2label = model.config.id2label or {}
     label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ log = get_logger(__name__)
 
 MANIFEST_NAME = "bert_finetune_checkpoint.json"
 KEEP_PER_ATTEMPT = 2
+# The default policy (no checkpoint_steps in the config): a checkpoint at most this often,
+# and never so often that saving takes more than MAX_COST_FRACTION of the training time.
+DEFAULT_INTERVAL_SECONDS = 600.0
+MAX_COST_FRACTION = 0.05
 _ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
@@ -35,6 +40,11 @@ class Checkpoint:
 
 def attempt_dir(run_dir: Path, attempt: int) -> Path:
     return run_dir / CHECKPOINTS_DIR / f"attempt-{attempt}"
+
+
+def checkpoint_dir(run_dir: Path, attempt: int, step: int) -> Path:
+    """Where the Trainer saves the checkpoint of ``step`` (its ``checkpoint-{step}`` naming)."""
+    return attempt_dir(run_dir, attempt) / f"checkpoint-{step}"
 
 
 def _files(checkpoint: Path) -> list[Path]:
@@ -53,12 +63,13 @@ def write_manifest(checkpoint: Path, step: int, attempt: int, config_digest: str
     )
 
 
-def verify(checkpoint: Path, config_digest: str) -> Checkpoint | None:
-    """The checkpoint if it belongs to this config and its manifest matches every file."""
+def verify(checkpoint: Path, config_digests: Collection[str]) -> Checkpoint | None:
+    """The checkpoint if it was sealed for one of ``config_digests`` (this run's identity, in
+    the current and earlier digest formats) and its manifest matches every file."""
     try:
         manifest = json.loads((checkpoint / MANIFEST_NAME).read_text(encoding="utf-8"))
         files = manifest["files"]
-        if manifest.get("config_digest") != config_digest or "trainer_state.json" not in files:
+        if manifest.get("config_digest") not in config_digests or "trainer_state.json" not in files:
             return None
         for name, expected in files.items():
             path = checkpoint / name
@@ -74,7 +85,7 @@ def verify(checkpoint: Path, config_digest: str) -> Checkpoint | None:
 
 def _candidates(run_dir: Path) -> list[tuple[int, int, Path]]:
     root = run_dir / CHECKPOINTS_DIR
-    found = []
+    found: list[tuple[int, int, Path]] = []
     if not root.is_dir():
         return found
     for attempt in root.iterdir():
@@ -96,7 +107,7 @@ def sealed_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def find_resume_checkpoint(
-    run_dir: Path, hint: str | None, config_digest: str
+    run_dir: Path, hint: str | None, config_digests: Collection[str]
 ) -> Checkpoint | None:
     """The newest checkpoint that verifies: the heartbeat's hint first, then a folder scan."""
     checkpoints_root = (run_dir / CHECKPOINTS_DIR).resolve()
@@ -104,12 +115,12 @@ def find_resume_checkpoint(
         hinted = Path(hint).resolve()
         # The hint comes from heartbeat details; only trust paths inside this run's folder.
         if hinted.is_relative_to(checkpoints_root):
-            checkpoint = verify(hinted, config_digest)
+            checkpoint = verify(hinted, config_digests)
             newest = _candidates(run_dir)
             if checkpoint and (not newest or newest[0][0] <= checkpoint.step):
                 return checkpoint
     for _step, _attempt, path in _candidates(run_dir):
-        checkpoint = verify(path, config_digest)
+        checkpoint = verify(path, config_digests)
         if checkpoint:
             return checkpoint
     return None

@@ -223,7 +223,7 @@ def prepare_data(config: BertFineTuneConfig) -> PreparedData:
         )
     names_from_feature = getattr(label_feature, "names", None)
     if kind == "int" and names_from_feature:
-        values = list(range(len(names_from_feature)))
+        values: list[Any] = list(range(len(names_from_feature)))
         names = list(names_from_feature)
         bad = sorted({v for v in train_labels + eval_labels if not 0 <= v < len(names)})
         if bad:

@@ -11,6 +11,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from temporalio import activity
 
@@ -22,6 +23,9 @@ log = get_logger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 2.0
 SIGNAL_INTERVAL_SECONDS = 10.0
+# Well below Temporal's 51,200-event history limit, leaving room for the workflow's own events.
+HISTORY_EVENTS_BUDGET = 25_000
+HISTORY_CHECK_EVERY_SIGNALS = 25
 
 
 class ProgressReporter:
@@ -164,3 +168,50 @@ class ProgressReporter:
                 log.warning("training.heartbeat_failed", error=str(err)[:300])
             if stopping:
                 return
+
+
+class ProgressChannel(Protocol):
+    """Where progress signals go: the workflow that answers the ``progress`` query."""
+
+    def signal(self, progress: TrainingProgress) -> None: ...
+
+    def history_length(self) -> int: ...
+
+
+class ProgressSignaller:
+    """Signals progress to a workflow, minding that workflow's history size.
+
+    Temporal terminates a workflow whose history passes 51,200 events and each signal adds
+    a few. Every ``check_every`` signals the history length is read; past
+    ``history_budget`` events only milestones (phase or checkpoint changes) are sent.
+    """
+
+    def __init__(
+        self,
+        channel: ProgressChannel,
+        history_budget: int = HISTORY_EVENTS_BUDGET,
+        check_every: int = HISTORY_CHECK_EVERY_SIGNALS,
+    ) -> None:
+        self._channel = channel
+        self._history_budget = history_budget
+        self._check_every = check_every
+        self._sent = 0
+        self._milestone = ("", "")
+        self.coarse = False
+
+    def __call__(self, progress: TrainingProgress) -> None:
+        milestone = (progress.phase, progress.latest_checkpoint or "")
+        if self.coarse and milestone == self._milestone:
+            return
+        self._channel.signal(progress)
+        self._milestone = milestone
+        self._sent += 1
+        if not self.coarse and self._sent % self._check_every == 0:
+            history_length = self._channel.history_length()
+            if history_length > self._history_budget:
+                self.coarse = True
+                log.warning(
+                    "training.progress_signals_reduced",
+                    history_length=history_length,
+                    budget=self._history_budget,
+                )

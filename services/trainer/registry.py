@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.trainer.activities import TrainingActivities
+from services.trainer.activities import PartialRunActivities
 from services.trainer.promotion import PromotionActivities
 from services.trainer.promotion_workflow import BertPromoteWorkflow
 from services.trainer.run_workflow import BertRunWorkflow
@@ -30,7 +30,7 @@ TRAINER_WORKFLOWS: list[type] = [
 def orchestration_activities(runs_root: Path) -> list[Callable[..., Any]]:
     """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training)."""
     return [
-        TrainingActivities(runs_root).discard_partial_run,
+        PartialRunActivities(runs_root).discard_partial_run,
         PromotionActivities(runs_root).promote_alias,
         SweepRunActivities(runs_root).check_sweep_runs,
         propose_sweep_trials,

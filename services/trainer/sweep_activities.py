@@ -13,14 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from services.trainer.sweep_rules import grid_points, tpe_startup_trials, trial_seed
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
-from shared.runs import is_complete, read_manifest, resolve_run_dir
+from shared.run_record import NOT_IDENTITY, identity_fields
+from shared.runs import is_complete, read_record, resolve_run_dir
 from shared.sweep_types import (
     CHECK_SWEEP_RUNS_ACTIVITY,
     INTEGER_FIELDS,
@@ -35,9 +35,6 @@ from shared.sweep_types import (
 from shared.types import BertFineTuneConfig
 
 log = get_logger(__name__)
-
-# Not part of a run's identity: they change how it trains, not what it learns.
-IDENTITY_EXCLUDED_FIELDS = frozenset({"use_gpu", "checkpoint_steps"})
 
 
 @activity.defn(name=PROPOSE_TRIALS_ACTIVITY)
@@ -145,10 +142,6 @@ class SweepRunActivities:
         await asyncio.to_thread(refuse_other_runs, self._runs_root, check)
 
 
-def run_identity(config: BertFineTuneConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json", exclude=set(IDENTITY_EXCLUDED_FIELDS))
-
-
 def refuse_other_runs(runs_root: Path, check: SweepRunsCheck) -> None:
     """Raise ``InvalidConfig`` when a trial's run id holds a finished run this sweep would
     not have produced. Trials with known params (grid, random) must match exactly; trials
@@ -160,7 +153,7 @@ def refuse_other_runs(runs_root: Path, check: SweepRunsCheck) -> None:
     for index, params in enumerate(check.proposals):
         run_id = sweep.trial_run_id(index, params)
         existing = _finished_identity(runs_root, run_id)
-        if existing is not None and existing != run_identity(sweep.trial_config(params)):
+        if existing is not None and existing != identity_fields(sweep.trial_config(params)):
             raise _refusal(sweep, run_id)
     if len(check.proposals) >= sweep.total_trials() or not runs_root.is_dir():
         return
@@ -176,22 +169,26 @@ def refuse_other_runs(runs_root: Path, check: SweepRunsCheck) -> None:
 
 
 def _finished_identity(runs_root: Path, run_id: str) -> dict[str, Any] | None:
-    """The identity of the finished run at ``run_id``; None when there is none."""
+    """The config identity of the finished run at ``run_id``; None when there is none."""
     run_dir = resolve_run_dir(runs_root, run_id)
     if not is_complete(run_dir):
         return None
     try:
-        return run_identity(BertFineTuneConfig.model_validate(read_manifest(run_dir)["config"]))
-    except (KeyError, TypeError, ValidationError):
-        # Written by a version with fields this one does not know: not this sweep's.
+        return identity_fields(read_record(run_dir).config)
+    except ApplicationError:
+        # Unreadable, or written by a newer version: not a run this sweep produced.
         return {}
 
 
 def _could_be_trial(sweep: BertSweepInput, identity: dict[str, Any]) -> bool:
+    """Outside the space the run matches ``base``; inside, its values lie in the space."""
     if not identity:
         return False
-    base = run_identity(sweep.base)
-    for name, value in identity.items():
+    defaults = BertFineTuneConfig().model_dump(mode="json")
+    full, base = {**defaults, **identity}, {**defaults, **identity_fields(sweep.base)}
+    for name, value in full.items():
+        if name in NOT_IDENTITY:
+            continue
         spec = sweep.space.get(name)  # type: ignore[call-overload]
         if spec is None:
             if value != base[name]:

@@ -17,8 +17,13 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.progress import SIGNAL_INTERVAL_SECONDS
+from services.trainer import checkpoints
+from services.trainer.activities import TemporalGateway, TrainingActivities
+from services.trainer.progress import (
+    HISTORY_CHECK_EVERY_SIGNALS,
+    HISTORY_EVENTS_BUDGET,
+    SIGNAL_INTERVAL_SECONDS,
+)
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
 from shared.service import run_worker_service
 from shared.settings import Settings
@@ -35,7 +40,10 @@ def build_trainer_worker(
     max_concurrent_activities: int = 1,
     graceful_shutdown: timedelta = timedelta(seconds=30),
     progress_signal_interval: timedelta = timedelta(seconds=SIGNAL_INTERVAL_SECONDS),
+    progress_history_budget: int = HISTORY_EVENTS_BUDGET,
+    progress_history_check_every: int = HISTORY_CHECK_EVERY_SIGNALS,
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
+    checkpoint_interval: timedelta = timedelta(seconds=checkpoints.DEFAULT_INTERVAL_SECONDS),
     no_remote_activities: bool = False,
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
@@ -51,19 +59,28 @@ def build_trainer_worker(
         progress_signal_interval: the most a ``progress`` query may lag a training run
             (phase changes and checkpoints are signalled at once). Each signal costs about
             four history events, so a shorter interval trades history size for freshness.
+        progress_history_budget: past this many events in the receiving workflow's history,
+            only phase and checkpoint changes are signalled (Temporal ends a workflow at
+            51,200 events); the history length is read every
+            ``progress_history_check_every`` signals.
         step_stall_timeout: a training step that has not finished after this long is taken
             as hung: heartbeats stop (Temporal retries the run elsewhere from its last
             checkpoint) and liveness fails so the pod restarts. Longer than any real step,
             including the first one's warm-up; None disables the watchdog.
+        checkpoint_interval: the default checkpoint policy (runs without checkpoint_steps):
+            the most training time a crash can lose, stretched when saving would otherwise
+            cost more than 5% of training time (docs/durability.md).
         no_remote_activities: a controller: poll only workflow tasks and run local
             activities, never training (it imports no torch and needs no GPU).
     """
     activities = TrainingActivities(
         runs_root,
-        asyncio.get_running_loop(),
-        client=client,
+        TemporalGateway(client, asyncio.get_running_loop()),
         progress_signal_interval=progress_signal_interval.total_seconds(),
+        progress_history_budget=progress_history_budget,
+        progress_history_check_every=progress_history_check_every,
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
+        checkpoint_interval_seconds=checkpoint_interval.total_seconds(),
     )
     training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
@@ -95,6 +112,7 @@ async def run_trainer(settings: Settings) -> None:
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
+            checkpoint_interval=timedelta(seconds=settings.checkpoint_interval_seconds),
         ),
     )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,15 +23,11 @@ import pytest
 
 from shared.health import LIVENESS_STALE_SECONDS
 from tests.deploy.chartlib import Render, only
+from tests.helpers.binaries import temporal_cli
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_status(url: str) -> int:
@@ -53,7 +48,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    temporal = shutil.which("temporal") or str(BIN / "temporal")
+    temporal = temporal_cli()
     port = free_port()
     db = tmp_path_factory.mktemp("temporal") / "db.sqlite"
     server = subprocess.Popen(
@@ -267,7 +262,7 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
         assert waiting and "temporal operator namespace create" in waiting[0]["error"]
         assert waiting[0]["namespace"] == namespace
 
-        temporal = shutil.which("temporal") or str(BIN / "temporal")
+        temporal = temporal_cli()
         subprocess.run(
             [
                 temporal,
@@ -326,7 +321,7 @@ def test_namespace_hook_creates_the_namespace_once(render: Render, temporal_addr
     again = run_namespace_hook(render, temporal_address, namespace)  # every helm upgrade
     assert again.returncode == 0, again.stderr
     assert "temporal.namespace_exists" in again.stderr
-    temporal = shutil.which("temporal") or str(BIN / "temporal")
+    temporal = temporal_cli()
     described = subprocess.run(
         [
             temporal,

@@ -1,27 +1,19 @@
-"""Real trainer worker processes and probes of a running training activity.
+"""Probes of a running training activity, and the data and configs durability tests train.
 
-The worker runs exactly as in production (``python -m bert_finetune.cli worker trainer``),
-on a per-test task queue, with its JSON log in a file the test reads afterwards.
+Worker processes come from ``tests.helpers.processes.WorkerProcess``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from temporalio.client import Client, WorkflowHandle
 
-from shared.temporal import free_loopback_port
 from shared.types import PROGRESS_QUERY, ExperimentProgress, TrainingProgress
 from tests.tiny import sentiment_rows, write_csv
 
@@ -52,83 +44,6 @@ def long_config(model: Path, train: Path, validation: Path, **overrides: object)
     }
     config.update(overrides)
     return config
-
-
-class WorkerProcess:
-    """``bert-finetune worker trainer`` (or another ``role``) in its own process, killable
-    like a pod."""
-
-    def __init__(
-        self,
-        address: str,
-        task_queue: str,
-        runs_root: Path,
-        log_path: Path,
-        grace_s: int = 20,
-        role: str = "trainer",
-    ) -> None:
-        self.log_path = log_path
-        self.metrics_port = free_loopback_port()
-        env = {
-            **os.environ,
-            "TEMPORAL_ADDRESS": address,
-            "BERT_RUNS_DIR": str(runs_root),
-            "BERT_TRAINING_TASK_QUEUE": task_queue,
-            "METRICS_PORT": str(self.metrics_port),
-            "METRICS_BIND_ADDRESS": "127.0.0.1",
-            "WORKER_GRACEFUL_SHUTDOWN_SECONDS": str(grace_s),
-            "LOG_FORMAT": "json",
-            "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            # Two workers and the test share the CPU; one thread each avoids oversubscription.
-            "OMP_NUM_THREADS": "1",
-        }
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bert_finetune.cli", "worker", role],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.process.send_signal(sig)
-
-    async def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker did not exit within {timeout}s")
-            await asyncio.sleep(0.1)
-        return self.process.returncode
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The worker's structured log lines (optionally only one event name)."""
-        found = []
-        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and (name is None or entry.get("event") == name):
-                found.append(entry)
-        return found
-
-    def steps_counter(self) -> float:
-        """``bert_training_steps_total`` from this worker's /metrics: steps it has trained."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-            for line in response.read().decode().splitlines():
-                if line.startswith("bert_training_steps_total "):
-                    return float(line.split()[1])
-        return 0.0
 
 
 def task_queue() -> str:

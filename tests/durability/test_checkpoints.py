@@ -28,7 +28,7 @@ def _write_checkpoint(
 
 def test_sealed_checkpoint_verifies(tmp_path: Path) -> None:
     path = _write_checkpoint(tmp_path, attempt=1, step=50)
-    found = checkpoints.verify(path, DIGEST)
+    found = checkpoints.verify(path, [DIGEST])
     assert found == checkpoints.Checkpoint(path=path, step=50, attempt=1)
 
 
@@ -46,13 +46,13 @@ def test_sealed_checkpoint_verifies(tmp_path: Path) -> None:
 def test_damaged_checkpoint_is_refused(tmp_path: Path, damage) -> None:  # noqa: ANN001
     path = _write_checkpoint(tmp_path, attempt=1, step=50)
     damage(path)
-    assert checkpoints.verify(path, DIGEST) is None
+    assert checkpoints.verify(path, [DIGEST]) is None
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     path = _write_checkpoint(tmp_path, attempt=1, step=50, digest="config-b")
-    assert checkpoints.verify(path, DIGEST) is None
-    assert checkpoints.find_resume_checkpoint(tmp_path, str(path), DIGEST) is None
+    assert checkpoints.verify(path, [DIGEST]) is None
+    assert checkpoints.find_resume_checkpoint(tmp_path, str(path), [DIGEST]) is None
 
 
 def test_resume_takes_newest_valid_and_skips_corrupt(tmp_path: Path) -> None:
@@ -63,21 +63,21 @@ def test_resume_takes_newest_valid_and_skips_corrupt(tmp_path: Path) -> None:
     _write_checkpoint(tmp_path, attempt=2, step=200, seal=False)  # killed while saving
 
     # The heartbeat names the corrupt one; the scan falls back to the newest good one.
-    found = checkpoints.find_resume_checkpoint(tmp_path, str(corrupt), DIGEST)
+    found = checkpoints.find_resume_checkpoint(tmp_path, str(corrupt), [DIGEST])
     assert found is not None and found.path == good
 
 
 def test_stale_hint_loses_to_a_newer_checkpoint_on_disk(tmp_path: Path) -> None:
     old = _write_checkpoint(tmp_path, attempt=1, step=50)
     newer = _write_checkpoint(tmp_path, attempt=1, step=100)  # sealed after the last heartbeat
-    found = checkpoints.find_resume_checkpoint(tmp_path, str(old), DIGEST)
+    found = checkpoints.find_resume_checkpoint(tmp_path, str(old), [DIGEST])
     assert found is not None and found.path == newer
 
 
 def test_hint_outside_the_run_is_ignored(tmp_path: Path) -> None:
     elsewhere = _write_checkpoint(tmp_path / "other-run", attempt=1, step=500)
     mine = _write_checkpoint(tmp_path / "run", attempt=1, step=50)
-    found = checkpoints.find_resume_checkpoint(tmp_path / "run", str(elsewhere), DIGEST)
+    found = checkpoints.find_resume_checkpoint(tmp_path / "run", str(elsewhere), [DIGEST])
     assert found is not None and found.path == mine
 
 
@@ -92,7 +92,7 @@ def test_stale_attempt_never_overwrites_newer_attempt(tmp_path: Path) -> None:
 
     assert stale != newer
     assert (newer / checkpoints.MANIFEST_NAME).read_bytes() == newer_manifest
-    assert checkpoints.verify(newer, DIGEST) is not None
+    assert checkpoints.verify(newer, [DIGEST]) is not None
     # The newer attempt's next prune retires the stale attempt's folder.
     _write_checkpoint(tmp_path, attempt=2, step=200)
     checkpoints.prune(tmp_path, current_attempt=2)
@@ -115,5 +115,5 @@ def test_prune_keeps_newest_of_current_attempt(tmp_path: Path) -> None:
 
 
 def test_no_checkpoints_means_fresh_start(tmp_path: Path) -> None:
-    assert checkpoints.find_resume_checkpoint(tmp_path, None, DIGEST) is None
+    assert checkpoints.find_resume_checkpoint(tmp_path, None, [DIGEST]) is None
     assert checkpoints.sealed_checkpoints(tmp_path) == []

@@ -93,13 +93,9 @@ async def test_progress_query_is_live_monotonic_and_has_an_eta(
 
 
 async def test_progress_signals_stop_growing_history_past_the_budget(
-    client: Client, tiny_model: Path, runs_root: Path, tmp_path: Path, monkeypatch
+    client: Client, tiny_model: Path, runs_root: Path, tmp_path: Path
 ) -> None:
     """Past the history budget only phase and checkpoint changes are signalled."""
-    from services.trainer import activities
-
-    monkeypatch.setattr(activities, "HISTORY_EVENTS_BUDGET", 20)
-    monkeypatch.setattr(activities, "HISTORY_CHECK_EVERY_SIGNALS", 2)
     train, validation = long_run_csv(tmp_path, rows=4000)  # 1000 steps per epoch
     experiment = BertExperimentInput.model_validate(
         {
@@ -115,6 +111,8 @@ async def test_progress_signals_stop_growing_history_past_the_budget(
         task_queue=queue,
         runs_root=runs_root,
         progress_signal_interval=timedelta(seconds=0.2),
+        progress_history_budget=20,
+        progress_history_check_every=2,
     ):
         handle = await client.start_workflow(
             FINE_TUNING_WORKFLOW, experiment, id=f"budget-{uuid.uuid4()}", task_queue=queue

@@ -18,14 +18,14 @@ from temporalio.client import Client
 from shared.converter import data_converter
 from shared.temporal import free_loopback_port
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
-from tests.conftest import temporal_cli
 from tests.durability.harness import (
-    WorkerProcess,
     long_config,
     long_run_csv,
     task_queue,
     wait_for,
 )
+from tests.helpers.binaries import temporal_cli
+from tests.helpers.processes import WorkerProcess
 
 OUTAGE_SECONDS = 5.0
 

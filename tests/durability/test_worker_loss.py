@@ -24,7 +24,6 @@ from shared.types import (
     BertExperimentOutput,
 )
 from tests.durability.harness import (
-    WorkerProcess,
     heartbeat,
     long_config,
     long_run_csv,
@@ -33,6 +32,7 @@ from tests.durability.harness import (
     task_queue,
     wait_for,
 )
+from tests.helpers.processes import WorkerProcess
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
 MAX_STEPS = 1000  # 1000 rows / batch 4 * 4 epochs

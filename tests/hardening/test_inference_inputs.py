@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from bert_finetune import client_ops
 from shared.runs import RUN_MANIFEST
 from shared.types import INFERENCE_WORKFLOW, BertInferenceRequest, BertInferenceResult
-from tests.conftest import SentimentData, running_workers, temporal_cli
+from tests.conftest import SentimentData, running_workers
 from tests.hardening.artefacts import Artefacts
 from tests.hardening.cases import (
     CASES_BY_ID,
@@ -47,6 +47,7 @@ from tests.hardening.support import (
     run_cli_in_process,
     snapshot,
 )
+from tests.helpers.binaries import temporal_cli
 
 GOOD_RUN_ID = "good-run"
 

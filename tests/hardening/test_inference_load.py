@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from bench.inference_load import make_run, run_concurrent
 from shared import metrics
 from shared.types import INFERENCE_WORKFLOW, BertInferenceRequest, BertInferenceResult
 from tests.conftest import running_workers
 from tests.hardening.conftest import TrainedRun, copy_run
+from tests.helpers.inference import concurrent_inferences
+from tests.helpers.runs import make_run
 
 CACHE_SIZE = 2  # running_workers builds the inferencer with model_cache_size=2
 
@@ -22,7 +23,7 @@ async def test_fifty_concurrent_requests_all_succeed_with_correct_labels(
 ) -> None:
     copy_run(trained_run.run_dir, runs_root, "loaded")
     async with running_workers(client, runs_root, trainer=False) as queues:
-        load = await run_concurrent(client, queues.inference, "loaded", 50, 8)
+        load = await concurrent_inferences(client, queues.inference, "loaded", 50, 8)
     assert len(load.results) == 50
     for result in load.results:
         expected = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from bench.plot_panel import prometheus_get
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -37,18 +35,14 @@ from shared.types import (
     BertInferenceResult,
 )
 from tests.conftest import SentimentData, tiny_config
+from tests.helpers.ports import free_port
+from tests.helpers.prometheus import prometheus_get
 
 pytestmark = pytest.mark.slow
 
 NAMESPACE = "bert-obs"  # what a ServiceMonitor's target labels would say in Kubernetes
 SCRAPE_INTERVAL_SECONDS = 1
 STARTUP_TIMEOUT_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.plot_panel import prometheus_get
+from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack
 
 REPO = Path(__file__).resolve().parents[2]

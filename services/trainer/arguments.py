@@ -1,0 +1,54 @@
+"""From a ``BertFineTuneConfig`` to ``TrainingArguments`` keyword arguments (a pure mapping)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.types import BertFineTuneConfig
+
+# Evaluation batches hold no gradients: larger batches are cheaper per text.
+MIN_EVAL_BATCH_SIZE = 32
+
+
+def training_arguments(
+    config: BertFineTuneConfig,
+    *,
+    output_dir: str,
+    max_steps: int,
+    use_cuda: bool,
+    bf16: bool,
+    checkpoint_steps: int | None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``transformers.TrainingArguments``.
+
+    ``checkpoint_steps`` None: no step-based saves (a callback decides by time instead).
+    Checkpoint pruning is ours (``checkpoints.prune`` keeps the newest sealed ones), and so is
+    logging (structured events), hence no ``save_total_limit``, progress bars or reporters.
+    """
+    return {
+        "output_dir": output_dir,
+        "num_train_epochs": config.num_epochs,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": max(config.batch_size, MIN_EVAL_BATCH_SIZE),
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        # transformers 5 reads a warmup_steps below 1 as a fraction of the training steps.
+        "warmup_steps": config.warmup_ratio,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "use_cpu": not use_cuda,
+        "bf16": bf16,
+        "save_strategy": "steps" if checkpoint_steps else "no",
+        "save_steps": checkpoint_steps or max_steps,
+        "save_total_limit": None,
+        # Per-epoch evaluation is asked for by a callback, which skips the last epoch.
+        "eval_strategy": "no",
+        "logging_strategy": "steps",
+        "logging_steps": max(1, min(50, max_steps // 20)),
+        # The loss shows in progress from the first step, not only after logging_steps.
+        "logging_first_step": True,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": use_cuda,
+    }

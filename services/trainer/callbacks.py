@@ -1,0 +1,206 @@
+"""What the worker adds around ``Trainer``, as small ``TrainerCallback`` classes, one job each.
+
+Each reads the Trainer's ``state`` and sets flags on its ``control``; none patches the Trainer.
+``build_callbacks`` lists them in the order they run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from services.trainer import checkpoints
+from services.trainer.progress import ProgressReporter
+from services.trainer.stopping import StopControl
+from shared import metrics
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class MetricsCallback(TrainerCallback):
+    """Prometheus counters and gauges: steps, samples, the latest loss."""
+
+    def __init__(self) -> None:
+        self._last_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_step = state.global_step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        steps = state.global_step - self._last_step
+        self._last_step = state.global_step
+        metrics.STEPS.inc(steps)
+        metrics.SAMPLES.inc(
+            steps
+            * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * max(1, args.world_size)
+        )
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            metrics.TRAINING_LOSS.set(float(logs["loss"]))
+
+
+class ProgressCallback(TrainerCallback):
+    """Step, epoch, loss and evaluation into the progress reporter (heartbeats, query)."""
+
+    def __init__(self, reporter: ProgressReporter) -> None:
+        self._reporter = reporter
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._reporter.update(
+            phase="training", global_step=state.global_step, max_steps=state.max_steps
+        )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._reporter.update(global_step=state.global_step, epoch=float(state.epoch or 0))
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self._reporter.update(loss=float(logs["loss"]))
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
+    ) -> None:
+        if metrics and "eval_accuracy" in metrics:
+            self._reporter.update(eval_accuracy=float(metrics["eval_accuracy"]))
+
+
+class StopCallback(TrainerCallback):
+    """Cancellation and worker shutdown, polled at every step boundary.
+
+    Cancel: stop without saving (the run is discarded). Shutdown (preemption): seal a
+    checkpoint at this step, then stop; the next attempt resumes from it.
+    """
+
+    def __init__(self, stop: StopControl) -> None:
+        self._stop = stop
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._stop.cancel_requested():
+            self._stop.cancelled = True
+            control.should_training_stop = True
+            control.should_save = False
+        elif self._stop.shutdown_requested() and self._stop.interrupted_at_step is None:
+            self._stop.interrupted_at_step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class EpochStopCallback(TrainerCallback):
+    """Successive halving: stop at the end of ``stop_at_epoch``, sealing a checkpoint there
+    when ``seal`` (a pause resumes from it; a finish commits the model as it is)."""
+
+    def __init__(self, stop_at_epoch: int, seal: bool) -> None:
+        self._stop_at_epoch = stop_at_epoch
+        self._seal = seal
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if round(state.epoch or 0) >= self._stop_at_epoch:
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = control.should_save or self._seal
+
+
+class TimedCheckpointCallback(TrainerCallback):
+    """The default checkpoint policy: a checkpoint once ``interval_seconds`` have passed since
+    the last one, bounding the work a crash can lose by time whatever the step rate.
+
+    Saving costs time, so the interval also grows to keep saves under ``max_cost_fraction``
+    of the training time, using the measured duration of the last save (a large model on a
+    slow volume checkpoints less often rather than spending its time writing).
+    """
+
+    def __init__(
+        self,
+        interval_seconds: float,
+        max_cost_fraction: float = checkpoints.MAX_COST_FRACTION,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base_interval = interval_seconds
+        self._max_cost = max_cost_fraction
+        self._clock = clock
+        self._last_save = clock()
+        self._save_requested_at: float | None = None
+        self.interval = interval_seconds
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_save = self._clock()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._clock() - self._last_save >= self.interval:
+            control.should_save = True
+        if control.should_save:
+            self._save_requested_at = self._clock()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = self._clock()
+        if self._save_requested_at is not None:
+            save_seconds = now - self._save_requested_at
+            self.interval = max(self._base_interval, save_seconds / self._max_cost)
+            self._save_requested_at = None
+        self._last_save = now
+
+
+class CheckpointSealCallback(TrainerCallback):
+    """Seal each checkpoint the Trainer has written (manifest of sizes and SHA-256), prune
+    older ones, and publish it as the resume hint in the next heartbeat."""
+
+    def __init__(
+        self, run_dir: Path, attempt: int, config_digest: str, reporter: ProgressReporter
+    ) -> None:
+        self._run_dir = run_dir
+        self._attempt = attempt
+        self._digest = config_digest
+        self._reporter = reporter
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = checkpoints.checkpoint_dir(self._run_dir, self._attempt, state.global_step)
+        checkpoints.write_manifest(path, state.global_step, self._attempt, self._digest)
+        checkpoints.prune(self._run_dir, self._attempt)
+        metrics.CHECKPOINTS.inc()
+        self._reporter.update(latest_checkpoint=str(path))
+        self._reporter.heartbeat_now()  # the retry's resume hint
+        self._reporter.signal_soon()
+        log.info("training.checkpoint", step=state.global_step, path=str(path))
+
+
+class EpochEvaluationCallback(TrainerCallback):
+    """Evaluate at the end of every epoch but the last (the history in the run's record);
+    the final evaluation runs after training, outside the measured training time."""
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # A stop (cancel, preemption) also ends the epoch loop: that is no epoch's end.
+        if state.global_step < state.max_steps and not control.should_training_stop:
+            control.should_evaluate = True
+
+
+class LoggingCallback(TrainerCallback):
+    """Structured log events instead of the Trainer's printed dicts."""
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            log.info(
+                "training.step",
+                step=state.global_step,
+                max_steps=state.max_steps,
+                loss=float(logs["loss"]),
+            )
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
+    ) -> None:
+        if metrics:
+            log.info("training.evaluated", step=state.global_step, metrics=metrics)

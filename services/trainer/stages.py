@@ -1,0 +1,393 @@
+"""The stages ``training.fine_tune`` runs, each small and testable on its own."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.trainer import checkpoints
+from services.trainer.arguments import training_arguments
+from services.trainer.data import PreparedData
+from services.trainer.evaluation import ClassificationMetrics, eval_metrics
+from services.trainer.progress import ProgressReporter
+from services.trainer.run_directory import (
+    Ownership,
+    RunDirectory,
+    epochs_wanted,
+    reuse_record,
+    reused_result,
+)
+from services.trainer.stopping import StopControl
+from shared import metrics
+from shared.logging import get_logger
+from shared.run_record import EpochEvaluation, RunRecord
+from shared.types import BertFineTuneRequest, BertFineTuneResult
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What the worker knows about this attempt of the run."""
+
+    number: int = 1
+    # The newest checkpoint the previous attempt reported in its heartbeat details.
+    resume_hint: str | None = None
+    owner: Ownership | None = None
+    checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS
+
+
+def reuse_finished_work(
+    run: RunDirectory, request: BertFineTuneRequest, identity: str, owner: Ownership | None
+) -> BertFineTuneResult | None:
+    """The result of finished work equal to this request's, without training: this run's
+    own, or another run's (any experiment or sweep) completed here as a pointer to it."""
+    own = run.reusable(request, identity)
+    if own is not None:
+        log.info("training.reused", run_dir=str(run.path), reused_from=own.reused_from)
+        return reused_result(own, run.path)
+    if request.overwrite:
+        return None
+    source = run.find_source(identity, epochs_wanted(request))
+    if source is None:
+        return None
+    run.claim(owner)
+    source_dir = run.runs_root / source.run_id
+    pointer = run.commit_reuse(reuse_record(request, source, source_dir), source)
+    log.info("training.reused", run_dir=str(run.path), reused_from=source.run_id)
+    return pointer.result
+
+
+def tokenize(data: PreparedData, tokenizer: Any, max_seq_length: int) -> tuple[Any, Any]:
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        # Truncate only: the collator pads each batch to its own longest row.
+        return tokenizer(batch["text"], truncation=True, max_length=max_seq_length)
+
+    train = data.train.map(encode, batched=True, remove_columns=["text"])
+    evaluation = (
+        data.eval.map(encode, batched=True, remove_columns=["text"])
+        if data.eval is not None
+        else None
+    )
+    return train, evaluation
+
+
+def stop_epoch(request: BertFineTuneRequest) -> int | None:
+    """The epoch this request stops training at before ``num_epochs`` (None: train all)."""
+    asked = [e for e in (request.pause_at_epoch, request.finish_at_epoch) if e is not None]
+    if not asked or min(asked) >= request.config.num_epochs:
+        return None
+    return min(asked)
+
+
+def evaluation_history(log_history: list[dict[str, Any]]) -> list[EpochEvaluation]:
+    """The evaluations in a Trainer's log history (earlier attempts' included), by epoch."""
+    by_step: dict[int, EpochEvaluation] = {}
+    for entry in log_history:
+        if "eval_loss" in entry:
+            step = int(entry.get("step", 0))
+            by_step[step] = EpochEvaluation(
+                epoch=round(float(entry.get("epoch", 0))),
+                global_step=step,
+                metrics=eval_metrics(entry),
+            )
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def mean_logged_loss(log_history: list[dict[str, Any]]) -> float:
+    losses = [float(entry["loss"]) for entry in log_history if "loss" in entry]
+    return sum(losses) / len(losses) if losses else math.nan
+
+
+@dataclass
+class Trained:
+    train_loss: float
+    global_step: int
+    epochs_completed: int
+    stopped_early: bool
+    resumed_from_step: int | None
+    seconds: float
+    samples_per_second: float
+    num_parameters: int
+    num_train_samples: int
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float] = field(default_factory=dict)
+    confusion_matrix: list[list[int]] | None = None
+    history: list[EpochEvaluation] = field(default_factory=list)
+    num_samples: int = 0
+
+
+class TrainingSession:
+    """A ``Trainer`` set up for one attempt: the callbacks, arguments and stop epoch."""
+
+    def __init__(
+        self,
+        request: BertFineTuneRequest,
+        trainer: Any,
+        classification: ClassificationMetrics,
+        steps_per_epoch: int,
+        use_cuda: bool,
+        reporter: ProgressReporter,
+    ) -> None:
+        self.request = request
+        self.trainer = trainer
+        self._classification = classification
+        self._steps_per_epoch = steps_per_epoch
+        self._use_cuda = use_cuda
+        self._reporter = reporter
+        self._stop_epoch = stop_epoch(request)
+
+    @classmethod
+    def build(
+        cls,
+        request: BertFineTuneRequest,
+        run: RunDirectory,
+        attempt: Attempt,
+        identity: str,
+        model: Any,
+        tokenizer: Any,
+        train_set: Any,
+        eval_set: Any,
+        reporter: ProgressReporter,
+        stop: StopControl,
+    ) -> TrainingSession:
+        import torch
+        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+        from transformers.trainer_callback import PrinterCallback
+        from transformers.utils import logging as transformers_logging
+
+        from services.trainer import callbacks
+
+        transformers_logging.disable_progress_bar()
+        config = request.config
+        use_cuda = config.use_gpu and torch.cuda.is_available()
+        steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        max_steps = steps_per_epoch * config.num_epochs
+        ends_at = stop_epoch(request)
+        args = training_arguments(
+            config,
+            output_dir=str(checkpoints.attempt_dir(run.path, attempt.number)),
+            max_steps=max_steps,
+            use_cuda=use_cuda,
+            bf16=use_cuda and torch.cuda.is_bf16_supported(),
+            checkpoint_steps=config.checkpoint_steps,
+        )
+        classification = ClassificationMetrics(len(model.config.id2label))
+        hooks = [
+            callbacks.MetricsCallback(),
+            callbacks.ProgressCallback(reporter),
+            callbacks.LoggingCallback(),
+            callbacks.StopCallback(stop),
+            callbacks.CheckpointSealCallback(run.path, attempt.number, identity[:16], reporter),
+        ]
+        if eval_set is not None:
+            hooks.append(callbacks.EpochEvaluationCallback())
+        if config.checkpoint_steps is None:
+            hooks.append(callbacks.TimedCheckpointCallback(attempt.checkpoint_interval_seconds))
+        if ends_at is not None:
+            hooks.append(
+                callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
+            )
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**args),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=classification,
+            callbacks=hooks,
+        )
+        trainer.remove_callback(PrinterCallback)  # LoggingCallback logs structured events
+        log.info(
+            "training.start",
+            device="cuda" if use_cuda else "cpu",
+            max_steps=max_steps,
+            checkpoint_steps=config.checkpoint_steps,
+            checkpoint_interval_seconds=attempt.checkpoint_interval_seconds,
+            stop_epoch=ends_at,
+            train_rows=len(train_set),
+        )
+        return cls(request, trainer, classification, steps_per_epoch, use_cuda, reporter)
+
+    def train(self, resume: checkpoints.Checkpoint | None) -> Trained:
+        """Train from ``resume`` (or from scratch) to the end or to the stop epoch."""
+        config = self.request.config
+        resumed_from = resume.step if resume else None
+        if resume:
+            metrics.RUNS_RESUMED.inc()
+            log.info("training.resume", step=resume.step, checkpoint=str(resume.path))
+            self._reporter.update(resumed_from_step=resume.step, latest_checkpoint=str(resume.path))
+        finish = self.request.finish_at_epoch
+        if resume and finish and resume.step >= finish * self._steps_per_epoch:
+            return self._take_checkpoint_as_trained(resume, finish)
+        started = time.monotonic()
+        output = self.trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        state = self.trainer.state
+        epochs = min(config.num_epochs, round(state.epoch or 0))
+        samples_per_second = float(output.metrics.get("train_samples_per_second", 0.0))
+        metrics.SAMPLES_PER_SECOND.set(samples_per_second)
+        log.info(
+            "training.finished",
+            global_step=state.global_step,
+            resumed_from_step=resumed_from,
+            steps_trained=state.global_step - (resumed_from or 0),
+        )
+        return Trained(
+            train_loss=float(output.training_loss),
+            global_step=state.global_step,
+            epochs_completed=epochs,
+            stopped_early=epochs < config.num_epochs,
+            resumed_from_step=resumed_from,
+            seconds=round(time.monotonic() - started, 3),
+            samples_per_second=samples_per_second,
+            num_parameters=int(self.trainer.model.num_parameters()),
+            num_train_samples=len(self.trainer.train_dataset),
+        )
+
+    def _take_checkpoint_as_trained(self, resume: checkpoints.Checkpoint, epochs: int) -> Trained:
+        """A pruned trial paused at exactly this epoch: its sealed checkpoint is the model."""
+        from safetensors.torch import load_model
+        from transformers import TrainerState
+
+        load_model(self.trainer.model, str(resume.path / "model.safetensors"))
+        self.trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
+        log.info("training.finished_from_checkpoint", step=resume.step, epochs=epochs)
+        return Trained(
+            train_loss=mean_logged_loss(self.trainer.state.log_history),
+            global_step=resume.step,
+            epochs_completed=epochs,
+            stopped_early=epochs < self.request.config.num_epochs,
+            resumed_from_step=resume.step,
+            seconds=0.0,
+            samples_per_second=0.0,
+            num_parameters=int(self.trainer.model.num_parameters()),
+            num_train_samples=len(self.trainer.train_dataset),
+        )
+
+    def evaluate(self) -> Evaluation:
+        """The model's evaluation at the end of training: the one done at the final step
+        during training when there was one, else a new one."""
+        if self.trainer.eval_dataset is None:
+            return Evaluation()
+        state = self.trainer.state
+        history = evaluation_history(state.log_history)
+        latest = self._classification.confusion_matrix
+        if not (history and history[-1].global_step == state.global_step and latest):
+            self._reporter.update(phase="evaluating")
+            self.trainer.evaluate()
+            history = evaluation_history(state.log_history)
+        final = history[-1].metrics
+        if "eval_accuracy" in final:
+            metrics.EVAL_ACCURACY.set(final["eval_accuracy"])
+            self._reporter.update(eval_accuracy=final["eval_accuracy"])
+        return Evaluation(
+            metrics=final,
+            confusion_matrix=self._classification.confusion_matrix,
+            history=history,
+            num_samples=len(self.trainer.eval_dataset),
+        )
+
+    def pausing(self, trained: Trained) -> bool:
+        """Whether this attempt ends in a pause (a checkpoint, no commit)."""
+        pause = self.request.pause_at_epoch
+        return pause is not None and pause == self._stop_epoch and trained.stopped_early
+
+    def save_model(self, target: Path) -> None:
+        self.trainer.save_model(str(target))
+
+    def release(self) -> None:
+        """Free the model's memory now (a worker trains many runs in one process)."""
+        self.trainer = None
+        if self._use_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _result(
+    request: BertFineTuneRequest,
+    run: RunDirectory,
+    data: PreparedData,
+    trained: Trained,
+    evaluation: Evaluation,
+    paused: bool = False,
+) -> BertFineTuneResult:
+    return BertFineTuneResult(
+        run_id=request.run_id,
+        config=request.config,
+        train_loss=trained.train_loss,
+        eval_accuracy=evaluation.metrics.get("eval_accuracy"),
+        eval_metrics=evaluation.metrics,
+        training_time_seconds=trained.seconds,
+        num_parameters=trained.num_parameters,
+        model_dir=str(run.path),
+        num_train_samples=trained.num_train_samples,
+        train_samples_per_second=trained.samples_per_second,
+        label_names=data.label_names,
+        resumed_from_step=trained.resumed_from_step,
+        num_eval_samples=evaluation.num_samples,
+        majority_baseline_accuracy=data.majority_baseline,
+        notes=data.notes,
+        epochs_completed=trained.epochs_completed,
+        # A paused run has not stopped: it continues at the next execution.
+        stopped_early=trained.stopped_early and not paused,
+        paused=paused,
+    )
+
+
+def paused_result(
+    request: BertFineTuneRequest,
+    run: RunDirectory,
+    data: PreparedData,
+    trained: Trained,
+    evaluation: Evaluation,
+) -> BertFineTuneResult:
+    """Evaluated and checkpointed at the pause epoch; the run stays partial (no run.json)."""
+    log.info("training.paused", epoch=trained.epochs_completed, eval_metrics=evaluation.metrics)
+    return _result(request, run, data, trained, evaluation, paused=True)
+
+
+def run_record(
+    request: BertFineTuneRequest,
+    run: RunDirectory,
+    data: PreparedData,
+    identity: str,
+    trained: Trained,
+    evaluation: Evaluation,
+    attempt: Attempt,
+) -> RunRecord:
+    return RunRecord(
+        run_id=request.run_id,
+        config=request.config,
+        data_fingerprint=data.fingerprint,
+        identity=identity,
+        label_names=data.label_names,
+        result=_result(request, run, data, trained, evaluation),
+        global_step=trained.global_step,
+        epochs_completed=trained.epochs_completed,
+        stopped_early=trained.stopped_early,
+        eval_history=evaluation.history,
+        confusion_matrix=evaluation.confusion_matrix,
+        attempt=attempt.number,
+        versions=_versions(),
+        finished_at=time.time(),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import datasets
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+    }

@@ -1,0 +1,88 @@
+"""The one policy for loading a sequence classifier and its tokenizer (trainer and inferencer).
+
+- Weights only from safetensors files: a pickle (``pytorch_model.bin``) can execute code.
+- Never ``trust_remote_code``: a model folder or hub repo must not ship Python we run.
+- A tokenizer without a vocabulary is refused: transformers builds an empty one from a bare
+  config, and every word would become ``[UNK]``.
+- Every failure is a ``ModelLoadError`` naming what was loaded and how to fix it.
+
+Any architecture that ``AutoModelForSequenceClassification`` knows loads this way (BERT,
+RoBERTa, DeBERTa-v2, DistilBERT, ...): a model family is a config change, not a code change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import MODEL_LOAD_ERROR, failure
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines() or [""]
+    return f"{type(err).__name__}: {lines[0][:300]}"
+
+
+def load_tokenizer(source: str, subject: str, fix: str) -> Any:
+    """The tokenizer saved at ``source`` (a folder or hub id); ``subject`` names it in errors."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as err:
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"{subject} could not be loaded: no usable tokenizer ({_first_line(err)}); {fix}",
+        ) from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"{subject} could not be loaded: no usable tokenizer (it has no vocabulary files next "
+            f"to the weights); {fix}",
+        )
+    return tokenizer
+
+
+def load_classifier(source: str, subject: str, fix: str, **overrides: Any) -> Any:
+    """The sequence classifier at ``source``; ``overrides`` set labels for a new head."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, trust_remote_code=False, use_safetensors=True, **overrides
+        )
+    except Exception as err:
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"{subject} could not be loaded for sequence classification ({_first_line(err)}); "
+            f"{fix}",
+        ) from None
+
+
+def load_for_fine_tuning(model_name: str, label_names: list[str]) -> tuple[Any, Any]:
+    """Tokenizer and model to fine-tune, with a classification head for ``label_names``."""
+    subject = f"model_name {model_name!r}"
+    tokenizer = load_tokenizer(
+        model_name,
+        subject,
+        "give a hub id or a directory with a saved model and its tokenizer "
+        "(tokenizer.save_pretrained)",
+    )
+    model = load_classifier(
+        model_name,
+        subject,
+        "it must be a checkpoint saved with safetensors (no pickles, no remote code) of an "
+        "architecture transformers can classify with",
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        ignore_mismatched_sizes=True,
+    )
+    return tokenizer, model
+
+
+def load_for_serving(model_dir: str, run_id: str) -> tuple[Any, Any]:
+    """Tokenizer and model of a finished run, for inference."""
+    fix = "retrain it or check the runs volume"
+    subject = f"run {run_id!r}"
+    tokenizer = load_tokenizer(model_dir, subject, fix)
+    return tokenizer, load_classifier(model_dir, subject, fix)

@@ -1,0 +1,1 @@
+"""Test plumbing shared by every test package: ports, binaries, worker processes, fakes."""

@@ -1,0 +1,106 @@
+"""Successive-halving segments (pause, continue, finish) and reuse across run ids, with the
+tiny BERT and real files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from services.inferencer.activities import classify
+from services.inferencer.model_cache import load_model
+from services.trainer import checkpoints
+from services.trainer.activities import TrainingActivities
+from shared.runs import is_complete, read_record, resolve_served_run
+from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
+from tests.conftest import SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
+
+STEPS_PER_EPOCH = 10  # 160 rows at batch size 16
+
+
+def _train(runs_root: Path, run_id: str, config: dict, **request: object) -> BertFineTuneResult:
+    return ActivityEnvironment().run(
+        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
+        BertFineTuneRequest(
+            run_id=run_id, config=BertFineTuneConfig.model_validate(config), **request
+        ),
+    )
+
+
+def test_pause_continue_and_finish_at_a_rung(
+    tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=4)
+    run_dir = runs_root / "halving-run-0-tiny"
+
+    first = _train(runs_root, "halving-run-0-tiny", config, pause_at_epoch=1)
+    assert first.paused and first.epochs_completed == 1 and not first.stopped_early
+    assert set(first.eval_metrics) >= {"eval_accuracy", "eval_f1_macro", "eval_loss"}
+    assert not is_complete(run_dir), "a paused run is not committed"
+    assert [p.name for p in checkpoints.sealed_checkpoints(run_dir)] == ["checkpoint-10"]
+
+    second = _train(runs_root, "halving-run-0-tiny", config, pause_at_epoch=2, attempt_offset=5)
+    assert second.paused and second.epochs_completed == 2
+    assert second.resumed_from_step == STEPS_PER_EPOCH, "continued, not restarted"
+    (sealed,) = checkpoints.sealed_checkpoints(run_dir)[:1]
+    assert sealed.name == "checkpoint-20"
+    weights_at_rung = load_file(sealed / "model.safetensors")
+    shutil.copytree(sealed, tmp_path / "rung-2")
+
+    pruned = _train(runs_root, "halving-run-0-tiny", config, finish_at_epoch=2, attempt_offset=10)
+    assert not pruned.paused and pruned.stopped_early and pruned.epochs_completed == 2
+    assert pruned.resumed_from_step == 2 * STEPS_PER_EPOCH
+    assert pruned.eval_metrics == second.eval_metrics, "the model as of the end of epoch 2"
+    committed = load_file(run_dir / "model.safetensors")
+    assert all((committed[name] == weights_at_rung[name]).all() for name in weights_at_rung)
+
+    record = read_record(run_dir)
+    assert record.stopped_early and record.epochs_completed == 2 and record.global_step == 20
+    assert [entry.epoch for entry in record.eval_history] == [1, 2]
+    assert record.confusion_matrix is not None
+    assert sum(map(sum, record.confusion_matrix)) == pruned.num_eval_samples == 40
+    assert not (run_dir / "checkpoints").exists()
+
+    # A pruned run stands in for its own epochs only, never for more.
+    again = _train(runs_root, "renamed-run-0-tiny", config, finish_at_epoch=2)
+    assert again.reused and again.reused_from == "halving-run-0-tiny"
+    with pytest.raises(ApplicationError) as refused:
+        _train(runs_root, "halving-run-0-tiny", config)
+    assert refused.value.type == "InvalidConfig" and "stopped early" in refused.value.message
+    full = _train(runs_root, "full-run-0-tiny", config)
+    assert not full.reused and full.epochs_completed == 4 and not full.stopped_early
+
+
+def test_the_same_work_under_another_name_reuses_the_model_without_copying_it(
+    tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=2)
+    source = _train(runs_root, "first-run-0-tiny", config)
+    # Only the experiment name (hence the run id) and where it runs differ.
+    reused = _train(runs_root, "second-run-0-tiny", {**config, "use_gpu": True})
+    assert reused.reused and reused.reused_from == "first-run-0-tiny"
+    assert reused.run_id == "second-run-0-tiny"
+    assert reused.eval_metrics == source.eval_metrics
+    pointer_dir = runs_root / "second-run-0-tiny"
+    assert sorted(p.name for p in pointer_dir.iterdir()) == ["run.json"], "no weights copied"
+
+    served = resolve_served_run(runs_root, "second-run-0-tiny")
+    assert served.model_dir == (runs_root / "first-run-0-tiny").resolve()
+    loaded = load_model(served.model_dir, "cpu")
+    assert loaded.label_names == source.label_names
+    assert len(classify(loaded, ["the movie was great fun", "awful"], 32, 8)[0]) == 2
+
+    # Overwriting the source never silently changes what the reusing run serves.
+    _train(runs_root, "first-run-0-tiny", {**config, "seed": 7}, overwrite=True)
+    with pytest.raises(ApplicationError) as refused:
+        resolve_served_run(runs_root, "second-run-0-tiny")
+    assert refused.value.type == "RunNotFound" and "first-run-0-tiny" in refused.value.message
+    # Asked again, the reusing run does the work itself (its source no longer holds it).
+    retrained = _train(runs_root, "second-run-0-tiny", config)
+    assert not retrained.reused and retrained.reused_from is None
+    assert resolve_served_run(runs_root, "second-run-0-tiny").model_dir == pointer_dir.resolve()

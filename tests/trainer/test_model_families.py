@@ -1,0 +1,31 @@
+"""Another model family is a config change: a tiny RoBERTa trains and serves like BERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.testing import ActivityEnvironment
+
+from services.inferencer.activities import classify
+from services.inferencer.model_cache import load_model
+from services.trainer.activities import TrainingActivities
+from shared.types import BertFineTuneConfig, BertFineTuneRequest
+from tests.conftest import SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
+from tests.tiny import build_tiny_roberta
+
+
+def test_a_roberta_checkpoint_fine_tunes_and_serves_without_code_changes(
+    tmp_path: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    model = build_tiny_roberta(tmp_path / "tiny-roberta")
+    config = BertFineTuneConfig.model_validate(tiny_config(model, sentiment_csv))
+    result = ActivityEnvironment().run(
+        TrainingActivities(runs_root, OfflineGateway()).fine_tune_bert,
+        BertFineTuneRequest(run_id="families-run-0-roberta", config=config),
+    )
+    assert result.eval_accuracy is not None and result.eval_accuracy > 0.8
+    loaded = load_model(Path(result.model_dir), "cpu")
+    assert type(loaded.model).__name__ == "RobertaForSequenceClassification"
+    labels, _ = classify(loaded, ["the movie was great fun", "it was awful"], 32, 8)
+    assert [loaded.label_names[label] for label in labels] == ["positive", "negative"]
