@@ -19,11 +19,13 @@ from temporalio.worker import Replayer
 from services.inferencer.workflows import BertInferenceWorkflow
 from services.trainer.registry import TRAINER_WORKFLOWS
 from services.trainer.run_workflow import run_workflow_id
+from shared.aliases import resolve_alias
 from shared.converter import data_converter
-from shared.runs import is_complete
+from shared.runs import is_complete, read_record
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepOutput
 from tests.conftest import SentimentData, run_temporal_cli, running_workers, tiny_config
 from tests.test_cli import cli
+from tests.tiny import sentiment_rows, write_csv
 
 HISTORIES = Path(__file__).parent / "histories"
 GOOD_LR = 0.005
@@ -32,7 +34,7 @@ USELESS_LR = 1e-7
 
 
 def base_config(tiny_model: Path, data: SentimentData, **overrides: object) -> dict:
-    return tiny_config(tiny_model, data, num_epochs=2, **overrides)
+    return tiny_config(tiny_model, data, **{"num_epochs": 2, **overrides})
 
 
 async def test_grid_sweep_through_the_temporal_cli_with_plain_json(
@@ -123,18 +125,25 @@ async def test_random_sweep_through_our_cli(
 
 
 async def test_successive_halving_prunes_the_weak_trials_and_picks_the_argmax(
-    client: Client, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+    client: Client, tiny_model: Path, runs_root: Path, tmp_path: Path
 ) -> None:
-    """One trial at a time, so trials reach the rung in index order: the first always goes
-    on; a useless learning rate is then never among the best half; the second good trial
-    is (n=4 keeps 2). Recorded for the replay tests with ``RECORD_HISTORIES=1``."""
+    """800 rows: one epoch (50 steps) takes a good learning rate to high accuracy while a
+    useless one stays at chance. One trial at a time, so trials reach the rung in index
+    order: the first always goes on; a useless learning rate is then never among the best
+    half; the second good trial is (n=4 keeps 2). Recorded for the replay tests with
+    ``RECORD_HISTORIES=1``."""
+    data = SentimentData(
+        train=write_csv(tmp_path / "train.csv", sentiment_rows(800, seed=1)),
+        validation=write_csv(tmp_path / "validation.csv", sentiment_rows(40, seed=2)),
+    )
     sweep = {
         "sweep_name": "halving",
-        "base": base_config(tiny_model, sentiment_csv, num_epochs=2),
-        "space": {"learning_rate": {"values": [GOOD_LR, USELESS_LR, USELESS_LR * 2, 0.004]}},
+        "base": base_config(tiny_model, data, num_epochs=2),
+        "space": {"learning_rate": {"values": [GOOD_LR, USELESS_LR, USELESS_LR * 2, 0.007]}},
         "strategy": "grid",
         "max_concurrent_trials": 1,
         "early_stopping": {"type": "successive_halving", "reduction_factor": 2},
+        "promote_alias": "halving-best",
     }
     async with running_workers(client, runs_root, inferencer=False) as queues:
         handle = await client.start_workflow(
@@ -147,15 +156,20 @@ async def test_successive_halving_prunes_the_weak_trials_and_picks_the_argmax(
         output = await handle.result()
     assert [t.state for t in output.trials] == ["succeeded", "pruned", "pruned", "succeeded"]
     assert [t.epochs_completed for t in output.trials] == [2, 1, 1, 2]
-    succeeded = {t.run_id: t.eval_metrics["eval_accuracy"] for t in output.trials[::3]}
-    assert output.best_run_id == max(succeeded, key=lambda run_id: succeeded[run_id])
+    # The best is the argmax of the metric over succeeded trials (ties: lowest index).
+    best = max(output.trials[::3], key=lambda t: (t.eval_metrics["eval_accuracy"], -t.trial_index))
+    assert output.best_run_id == best.run_id
+    assert output.best_metric == best.eval_metrics["eval_accuracy"]
     weak = [t.eval_metrics["eval_accuracy"] for t in output.trials[1:3]]
-    assert max(weak) < min(succeeded.values())
+    assert max(weak) < min(t.eval_metrics["eval_accuracy"] for t in output.trials[::3])
     for trial in output.trials:
-        manifest = json.loads((runs_root / trial.run_id / "run.json").read_text())
-        assert manifest["result"]["stopped_early"] == (trial.state == "pruned")
-        assert manifest["result"]["epochs_completed"] == trial.epochs_completed
+        record = read_record(runs_root / trial.run_id)
+        assert record.stopped_early == (trial.state == "pruned")
+        assert record.epochs_completed == trial.epochs_completed
         assert not (runs_root / trial.run_id / "checkpoints").exists()
+    # Promoted on success: the alias points at the best trial.
+    assert resolve_alias(runs_root, "halving-best") == output.best_run_id
+    assert output.alias == "halving-best"
 
     histories = {"replay-sweep-real-halving": await handle.fetch_history()}
     for trial in output.trials[:2]:
