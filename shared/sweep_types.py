@@ -7,7 +7,7 @@ Imported by workflows: free of I/O and heavy imports, like ``shared.types``.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -34,16 +34,7 @@ RUNG_REACHED_SIGNAL = "rung_reached"
 RUNG_DECISION_SIGNAL = "rung_decision"
 
 MAX_TRIALS = 100
-TUNABLE_FIELDS = (
-    "learning_rate",
-    "batch_size",
-    "num_epochs",
-    "max_seq_length",
-    "weight_decay",
-    "warmup_ratio",
-    "seed",
-    "model_name",
-)
+# The config fields a sweep may search (each value is validated by the field's own rules).
 TunableField = Literal[
     "learning_rate",
     "batch_size",
@@ -54,6 +45,7 @@ TunableField = Literal[
     "seed",
     "model_name",
 ]
+TUNABLE_FIELDS: tuple[str, ...] = get_args(TunableField)
 INTEGER_FIELDS = frozenset({"batch_size", "num_epochs", "max_seq_length", "seed"})
 SweepMetric = Literal["eval_accuracy", "eval_f1_macro", "eval_loss"]
 MINIMISED_METRICS = frozenset({"eval_loss"})

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 from temporalio.client import Client
 from temporalio.worker import Replayer
@@ -33,16 +34,27 @@ GOOD_LR = 0.005
 USELESS_LR = 1e-7
 
 
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory: pytest.TempPathFactory) -> SentimentData:
+    """800 rows: one epoch (50 steps) takes a good learning rate to high accuracy while a
+    useless one stays at chance."""
+    root = tmp_path_factory.mktemp("separable")
+    return SentimentData(
+        train=write_csv(root / "train.csv", sentiment_rows(800, seed=1)),
+        validation=write_csv(root / "validation.csv", sentiment_rows(40, seed=2)),
+    )
+
+
 def base_config(tiny_model: Path, data: SentimentData, **overrides: object) -> dict:
     return tiny_config(tiny_model, data, **{"num_epochs": 2, **overrides})
 
 
 async def test_grid_sweep_through_the_temporal_cli_with_plain_json(
-    client: Client, tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path, tmp_path: Path
+    client: Client, tiny_model: Path, separable: SentimentData, runs_root: Path, tmp_path: Path
 ) -> None:
     sweep = {
         "sweep_name": "grid-json",
-        "base": base_config(tiny_model, sentiment_csv, num_epochs=1),
+        "base": base_config(tiny_model, separable, num_epochs=1),
         "space": {"learning_rate": {"values": [USELESS_LR, GOOD_LR]}, "seed": {"values": [1]}},
         "strategy": "grid",
         "max_concurrent_trials": 2,
@@ -125,20 +137,14 @@ async def test_random_sweep_through_our_cli(
 
 
 async def test_successive_halving_prunes_the_weak_trials_and_picks_the_argmax(
-    client: Client, tiny_model: Path, runs_root: Path, tmp_path: Path
+    client: Client, tiny_model: Path, separable: SentimentData, runs_root: Path
 ) -> None:
-    """800 rows: one epoch (50 steps) takes a good learning rate to high accuracy while a
-    useless one stays at chance. One trial at a time, so trials reach the rung in index
-    order: the first always goes on; a useless learning rate is then never among the best
-    half; the second good trial is (n=4 keeps 2). Recorded for the replay tests with
-    ``RECORD_HISTORIES=1``."""
-    data = SentimentData(
-        train=write_csv(tmp_path / "train.csv", sentiment_rows(800, seed=1)),
-        validation=write_csv(tmp_path / "validation.csv", sentiment_rows(40, seed=2)),
-    )
+    """One trial at a time, so trials reach the rung in index order: the first always goes
+    on; a useless learning rate is then never among the best half; the second good trial
+    is (n=4 keeps 2). Recorded for the replay tests with ``RECORD_HISTORIES=1``."""
     sweep = {
         "sweep_name": "halving",
-        "base": base_config(tiny_model, data, num_epochs=2),
+        "base": base_config(tiny_model, separable, num_epochs=2),
         "space": {"learning_rate": {"values": [GOOD_LR, USELESS_LR, USELESS_LR * 2, 0.007]}},
         "strategy": "grid",
         "max_concurrent_trials": 1,

@@ -54,7 +54,9 @@ def propose(request: TrialProposalRequest) -> list[dict[str, Any]]:
     optuna = _import_optuna()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {name: _distribution(name, spec) for name, spec in request.space.items()}
+    distributions: dict[str, Any] = {
+        name: _distribution(name, spec) for name, spec in request.space.items()
+    }
     proposals = []
     for index in indices:
         study = optuna.create_study(
@@ -63,7 +65,7 @@ def propose(request: TrialProposalRequest) -> list[dict[str, Any]]:
         )
         study.add_trials([_frozen_trial(o, distributions) for o in request.history])
         trial = study.ask(distributions)
-        proposals.append({name: trial.params[name] for name in request.space})
+        proposals.append({name: trial.params[name] for name in distributions})
     return proposals
 
 

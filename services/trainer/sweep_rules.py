@@ -10,18 +10,18 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from shared.sweep_types import MINIMISED_METRICS, ParamSpec, SuccessiveHalving
+from shared.sweep_types import MINIMISED_METRICS, ParamSpec, SuccessiveHalving, TunableField
 
 # TPE proposes at random until this many trials have finished; Optuna's own default (10)
 # would leave a small sweep with no guided trial at all.
 MAX_TPE_STARTUP_TRIALS = 10
 
 
-def grid_points(space: Mapping[str, ParamSpec]) -> list[dict[str, Any]]:
+def grid_points(space: Mapping[TunableField, ParamSpec]) -> list[dict[str, Any]]:
     """The cartesian product of every ``values`` list: keys in the order given, the last key
     varying fastest, values in their given order."""
-    names = list(space)
-    axes = [space[name].values or [] for name in names]
+    names: list[str] = list(space)
+    axes = [spec.values or [] for spec in space.values()]
     return [dict(zip(names, combination, strict=True)) for combination in itertools.product(*axes)]
 
 

@@ -245,7 +245,7 @@ class BertSweepWorkflow(RunBoard):
         return TrialObservation(
             trial_index=trial.trial_index,
             params=trial.params,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             value=trial.eval_metrics.get(self._input.metric) if state == "succeeded" else None,
             intermediate=self._rung_values.get(trial.trial_index, {}),
         )
@@ -301,7 +301,7 @@ class BertSweepWorkflow(RunBoard):
                     trial_index=t.trial_index,
                     run_id=t.run_id,
                     params=t.params,
-                    state=t.state,  # type: ignore[arg-type]
+                    state=t.state,
                     eval_metrics=t.eval_metrics,
                     epochs_completed=t.epochs_completed,
                     error=t.error,
