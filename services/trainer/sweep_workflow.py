@@ -26,6 +26,7 @@ from temporalio.exceptions import (
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
+    FailureError,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -208,12 +209,18 @@ class BertSweepWorkflow(RunBoard):
                     "keep_training": self._decisions[key],
                 },
             )
-        await workflow.get_external_workflow_handle(
+        child = workflow.get_external_workflow_handle(
             run_workflow_id(workflow.info().workflow_id, report.run_id)
-        ).signal(
-            RUNG_DECISION_SIGNAL,
-            RungDecision(epoch=report.epoch, keep_training=self._decisions[key]),
         )
+        decision = RungDecision(epoch=report.epoch, keep_training=self._decisions[key])
+        try:
+            await child.signal(RUNG_DECISION_SIGNAL, decision)
+        except FailureError as err:
+            # The trial closed meanwhile (cancelled with the sweep): nobody waits for it.
+            workflow.logger.warning(
+                "sweep.rung_decision_undelivered",
+                extra={"run_id": report.run_id, "error": str(err)},
+            )
 
     # --- proposals and checks -------------------------------------------------------------
 
