@@ -83,6 +83,8 @@ class BertSweepWorkflow(RunBoard):
         self._rung_values: dict[int, dict[int, float]] = {}
         self._decisions: dict[tuple[str, int], bool] = {}
         self._first_failure: ApplicationError | None = None
+        # Set when the sweep itself is cancelled: its trials then end cancelled, not failed.
+        self._cancelling = False
 
     @workflow.run
     async def run(self, input: BertSweepInput) -> BertSweepOutput:
@@ -103,6 +105,7 @@ class BertSweepWorkflow(RunBoard):
                 tasks.append(asyncio.create_task(self._run_trial(trial, slots)))
             await asyncio.gather(*tasks)
         except (CancelledError, asyncio.CancelledError):
+            self._cancelling = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -125,7 +128,8 @@ class BertSweepWorkflow(RunBoard):
 
     async def _run_trial(self, trial: SweepTrialProgress, slots: asyncio.Semaphore) -> None:
         """One child; its outcome lands in the trial entry. Raises only when the sweep
-        itself is cancelled (a trial cancelled on its own counts as failed)."""
+        itself is cancelled (a trial cancelled on its own, e.g. with `temporal workflow
+        cancel` on the child, counts as failed)."""
         sweep = self._input
         parent_id = workflow.info().workflow_id
         config = sweep.trial_config(trial.params)
@@ -155,11 +159,13 @@ class BertSweepWorkflow(RunBoard):
                 task_queue=workflow.info().task_queue,
             )
         except ChildWorkflowError as err:
+            if self._cancelling and isinstance(err.cause, CancelledError):
+                self._trial_cancelled(trial)
+                raise err.cause from None
             self._trial_failed(trial, err.cause or err)
             return
         except asyncio.CancelledError:
-            self._mark_cancelled(trial.run_id)
-            trial.state = "cancelled"
+            self._trial_cancelled(trial)
             raise
         finally:
             slots.release()
@@ -167,6 +173,10 @@ class BertSweepWorkflow(RunBoard):
         trial.state = "pruned" if result.stopped_early else "succeeded"
         trial.eval_metrics = dict(result.eval_metrics)
         trial.epochs_completed = result.epochs_completed or config.num_epochs
+
+    def _trial_cancelled(self, trial: SweepTrialProgress) -> None:
+        self._mark_cancelled(trial.run_id)
+        trial.state = "cancelled"
 
     def _trial_failed(self, trial: SweepTrialProgress, error: BaseException) -> None:
         self._mark_failed(trial.run_id, error)

@@ -24,13 +24,8 @@ from shared.runs import is_complete
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepOutput, SweepProgress
 from shared.types import PROGRESS_QUERY, BertFineTuneResult
 from tests.conftest import running_workers
-from tests.durability.harness import (
-    WorkerProcess,
-    long_config,
-    long_run_csv,
-    task_queue,
-    wait_for,
-)
+from tests.durability.harness import long_config, long_run_csv, task_queue, wait_for
+from tests.helpers.processes import WorkerProcess
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
 
