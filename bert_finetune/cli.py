@@ -79,11 +79,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
         runs_dir=settings.runs_dir,
         trainer_metrics_port=args.trainer_metrics_port,
         inferencer_metrics_port=args.inferencer_metrics_port,
+        mlflow_port=args.mlflow_port if args.mlflow else None,
     )
     stack.start()
+    tracking = (
+        f"MLflow UI {stack.mlflow_url} (runs in {Path(args.state_dir) / 'mlflow.db'}).\n"
+        if stack.mlflow_url
+        else ""
+    )
     console.print(
         f"[bold green]Local stack up[/]: Temporal {stack.address}, Web UI {stack.ui_url}, "
         f"runs in {settings.runs_dir}, history in {Path(args.state_dir) / 'temporal.db'}.\n"
+        f"{tracking}"
         f"Metrics: trainer http://localhost:{args.trainer_metrics_port}/metrics, "
         f"inferencer http://localhost:{args.inferencer_metrics_port}/metrics."
         " Ctrl-C stops everything."
@@ -226,13 +233,19 @@ async def _check_pollers(args: argparse.Namespace) -> int:
 
     settings = _settings()
     client = await _client(settings)
+    # The training queue needs workflow pollers (a controller or trainers: GPU trainers may be
+    # scaled to zero by KEDA until runs wait); the inference queue needs activity pollers.
+    needed = (
+        (settings.training_task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+        (settings.inference_task_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
+    )
     missing = []
-    for queue in (settings.training_task_queue, settings.inference_task_queue):
+    for queue, queue_type in needed:
         response = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace=settings.temporal.namespace,
                 task_queue=TaskQueue(name=queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                task_queue_type=queue_type,
             )
         )
         if not response.pollers:
@@ -277,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="run the Temporal dev server and both workers")
     stack_options(p)
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also run an MLflow tracking server (SQLite in --state-dir) and track every run",
+    )
+    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server and UI port")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser(

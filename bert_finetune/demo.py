@@ -102,6 +102,11 @@ async def _run(stack: LocalStack, console: Console, state_dir: Path) -> None:
         f"Temporal Web UI: {stack.ui_url} (run `bert-finetune dev` to browse these workflows "
         "again; their history is kept in the state folder)"
     )
+    console.print(
+        "Loss curves and run comparisons: `bert-finetune dev --mlflow` also starts an MLflow "
+        "tracking server (UI on http://127.0.0.1:5000) and logs every run to it "
+        "(docs/observability.md)"
+    )
     if not beat:
         raise client_ops.UserError("the demo model did not beat the majority baseline")
 

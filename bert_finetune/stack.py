@@ -1,7 +1,9 @@
-"""The local stack: the embedded Temporal dev server and both workers as child processes."""
+"""The local stack: the embedded Temporal dev server, optionally an MLflow tracking server,
+and both workers, as child processes."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -36,6 +38,36 @@ def temporal_binary() -> str:
     return found
 
 
+def mlflow_server_command(state_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """A real MLflow tracking server keeping runs in SQLite and artifacts under ``state_dir``."""
+    try:
+        importlib.metadata.version("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        raise StackError(
+            "the MLflow server is not installed; run `make install` (the local extra has it)"
+        ) from None
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{(state_dir / 'mlflow.db').absolute()}",
+        "--artifacts-destination",
+        str((state_dir / "mlartifacts").absolute()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+# The server's background job runner (GenAI jobs) starts six more processes we never use.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @dataclass
 class LocalStack:
     """Start with ``start()``, stop with ``stop()``; children die with this process."""
@@ -48,6 +80,8 @@ class LocalStack:
     trainer_metrics_port: int = 9464
     inferencer_metrics_port: int = 9465
     quiet_workers: bool = False
+    # When set, an MLflow tracking server on this port, and the trainer logs to it.
+    mlflow_port: int | None = None
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     @property
@@ -57,6 +91,10 @@ class LocalStack:
     @property
     def ui_url(self) -> str:
         return f"http://localhost:{self.ui_port}"
+
+    @property
+    def mlflow_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.mlflow_port}" if self.mlflow_port else None
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str], quiet: bool) -> None:
         log_path = self.state_dir / f"{name}.log"
@@ -95,6 +133,19 @@ class LocalStack:
             quiet=True,
         )
         self._wait_for_port(self.port, "Temporal dev server", timeout=60)
+        if self.mlflow_port:
+            if port_open("127.0.0.1", self.mlflow_port):
+                raise StackError(
+                    f"port {self.mlflow_port} is already in use; pass another --mlflow-port"
+                )
+            self._spawn(
+                "mlflow",
+                mlflow_server_command(self.state_dir, self.mlflow_port),
+                {**env, **MLFLOW_SERVER_ENV},
+                quiet=True,
+            )
+            # The first start creates the SQLite schema, which takes a while on a small machine.
+            self._wait_for_port(self.mlflow_port, "MLflow server", timeout=180)
         if self.start_workers:
             worker_env = {
                 **env,
@@ -102,6 +153,8 @@ class LocalStack:
                 "TEMPORAL_NAMESPACE": "default",
                 "BERT_RUNS_DIR": str(self.runs_dir or Path("bert_runs").absolute()),
             }
+            if self.mlflow_url:
+                worker_env["MLFLOW_TRACKING_URI"] = self.mlflow_url
             for service, metrics_port in (
                 ("trainer", self.trainer_metrics_port),
                 ("inferencer", self.inferencer_metrics_port),

@@ -113,6 +113,19 @@ LAST_HEARTBEAT = Gauge(
     "bert_training_last_heartbeat_timestamp_seconds", "Unix time of the latest heartbeat sent"
 )
 
+# Experiment tracking (MLflow, TensorBoard): best effort, so failures are counted, not raised.
+TRACKERS = ("mlflow", "tensorboard")
+TRACKING_ERRORS = Counter(
+    "bert_tracking_errors",
+    "Experiment-tracking operations that failed (training went on), by tracker",
+    ["tracker"],
+)
+TRACKING_RECORDS_DROPPED = Counter(
+    "bert_tracking_records_dropped",
+    "Metric points given up on (tracker unreachable too long or queue full), by tracker",
+    ["tracker"],
+)
+
 # Inference
 INFERENCE_REQUESTS = Counter(
     "bert_inference_requests", "Inference requests by outcome", ["outcome"]
@@ -150,6 +163,9 @@ for _outcome in RUN_OUTCOMES:
     RUN_DURATION.labels(outcome=_outcome)
 for _outcome in INFERENCE_OUTCOMES:
     INFERENCE_REQUESTS.labels(outcome=_outcome)
+for _tracker in TRACKERS:
+    TRACKING_ERRORS.labels(tracker=_tracker)
+    TRACKING_RECORDS_DROPPED.labels(tracker=_tracker)
 
 
 class HeartbeatClock:

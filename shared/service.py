@@ -40,7 +40,7 @@ LIVENESS_TICK_SECONDS = 1.0
 # and alert that does not filter by job. Unknown roles export everything.
 FOREIGN_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {
     "trainer": ("bert_inference_",),
-    "inferencer": ("bert_training_",),
+    "inferencer": ("bert_training_", "bert_tracking_"),
     "controller": ("bert_training_", "bert_inference_"),
 }
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared.types import INFERENCE_TASK_QUEUE, TRAINING_TASK_QUEUE
 
@@ -17,6 +17,29 @@ DEFAULT_CONTROLLER_METRICS_PORT = 9466
 
 class SettingsError(ValueError):
     """An environment variable has a value the workers cannot use."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false")
+
+
+def _tracking_uri(env: Mapping[str, str]) -> str | None:
+    uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri:
+        return None
+    if not uri.startswith(("http://", "https://")):
+        # A file or database URI would make every trainer pod write its own private store.
+        raise SettingsError(
+            f"MLFLOW_TRACKING_URI={uri!r} must be an MLflow tracking server's http(s):// address"
+        )
+    return uri
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -30,6 +53,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _processes(env: Mapping[str, str], name: str) -> int | Literal["auto"]:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "auto":
+        return "auto"
+    return _int(env, name, 1, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,8 @@ class Settings:
     inferencer_metrics_port: int = DEFAULT_INFERENCER_METRICS_PORT
     controller_metrics_port: int = DEFAULT_CONTROLLER_METRICS_PORT
     trainer_max_concurrent_activities: int = 1
+    # Processes (DDP ranks) that train one run together; "auto": one per visible GPU.
+    trainer_processes: int | Literal["auto"] = 1
     inference_max_concurrent_activities: int = 4
     model_cache_size: int = 4
     graceful_shutdown_seconds: int = 30
@@ -96,6 +128,11 @@ class Settings:
     checkpoint_interval_seconds: int = 600
     log_level: str = "INFO"
     log_format: str = "auto"
+    # Experiment tracking (trainer only): an MLflow server, TensorBoard event files, or both.
+    mlflow_tracking_uri: str | None = None
+    tensorboard: bool = False
+    # Promotions also become versions of this MLflow registered model (None: not mirrored).
+    mlflow_registered_model: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +157,7 @@ class Settings:
             trainer_max_concurrent_activities=_int(
                 env, "BERT_TRAINER_MAX_CONCURRENT_ACTIVITIES", 1, minimum=1
             ),
+            trainer_processes=_processes(env, "BERT_TRAINER_PROCESSES"),
             inference_max_concurrent_activities=_int(
                 env, "BERT_INFERENCE_MAX_CONCURRENT_ACTIVITIES", 4, minimum=1
             ),
@@ -136,4 +174,7 @@ class Settings:
             ),
             log_level=log_level,
             log_format=log_format,
+            mlflow_tracking_uri=_tracking_uri(env),
+            tensorboard=_bool(env, "BERT_TENSORBOARD", False),
+            mlflow_registered_model=(env.get("BERT_MLFLOW_REGISTERED_MODEL") or "").strip() or None,
         )

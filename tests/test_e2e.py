@@ -52,6 +52,8 @@ async def test_experiment_trains_two_configs_and_serves_predictions(
             assert run_dir.parent == runs_root.resolve()
             assert (run_dir / "run.json").is_file()
             assert not (run_dir / "checkpoints").exists()
+            # The ONNX export is committed with the model (the inferencer serves it).
+            assert (run_dir / "onnx" / "export.json").is_file()
             assert run.eval_accuracy is not None and run.eval_accuracy > 0.8
             assert run.label_names == ["negative", "positive"]
             assert run.num_train_samples == 160

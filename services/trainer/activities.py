@@ -31,6 +31,7 @@ from services.trainer.progress import (
 from services.trainer.run_directory import Ownership
 from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl, TrainingCancelled, TrainingInterrupted
+from services.trainer.tracking import RunTracking, TrackingConfig, close_cancelled_run
 from services.trainer.training import fine_tune
 from shared import health, metrics
 from shared.errors import WORKER_SHUTDOWN
@@ -51,6 +52,20 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 SIGNAL_TIMEOUT_SECONDS = 10.0
+
+
+class Trainer(Protocol):
+    """Trains one attempt: ``training.fine_tune`` in this process, or
+    ``launcher.DistributedTraining`` over several."""
+
+    def __call__(
+        self,
+        request: BertFineTuneRequest,
+        runs_root: Path,
+        reporter: ProgressReporter,
+        stop: StopControl,
+        attempt: Attempt | None = None,
+    ) -> BertFineTuneResult: ...
 
 
 class WorkflowGateway(Protocol):
@@ -141,25 +156,34 @@ class TrainingActivities:
         progress_history_check_every: int = HISTORY_CHECK_EVERY_SIGNALS,
         step_stall_timeout: float | None = None,
         checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS,
+        train: Trainer = fine_tune,
+        tracking: TrackingConfig = TrackingConfig(),
     ) -> None:
         self._runs_root = runs_root
+        self._tracking = tracking
         self._gateway = gateway
         self._progress_signal_interval = progress_signal_interval
         self._history_budget = progress_history_budget
         self._history_check_every = progress_history_check_every
         self._step_stall_timeout = step_stall_timeout
         self._checkpoint_interval = checkpoint_interval_seconds
+        self._train = train
 
     @activity.defn(name=FINE_TUNE_ACTIVITY, no_thread_cancel_exception=True)
     def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
         info = activity.info()
         # Attempts keep increasing across re-executions after preemptions (see the workflow),
         # which keeps checkpoint folders of superseded attempts ordered below newer ones.
+        number = request.attempt_offset + info.attempt
+        tracking = RunTracking(
+            self._tracking, request, number, self._runs_root / request.run_id, _workflow_id()
+        )
         attempt = Attempt(
-            number=request.attempt_offset + info.attempt,
+            number=number,
             resume_hint=_resume_hint(),
             owner=Ownership(_workflow_id(), self._gateway.is_running),
             checkpoint_interval_seconds=self._checkpoint_interval,
+            tracking=tracking,
         )
         signaller = ProgressSignaller(
             self._gateway.progress_channel(*_progress_target(request)),
@@ -176,9 +200,10 @@ class TrainingActivities:
         stop = StopControl(activity.is_cancelled, activity.is_worker_shutdown)
         with activity_scope(TrainingRecorder(), "training", run_id=request.run_id) as outcome:
             log.info("training.attempt_started", attempt=attempt.number)
+            result: BertFineTuneResult | None = None
             try:
                 with reporter:
-                    result = fine_tune(request, self._runs_root, reporter, stop, attempt)
+                    result = self._train(request, self._runs_root, reporter, stop, attempt)
                     reporter.update(phase="paused" if result.paused else "succeeded")
                 return result
             except TrainingCancelled:
@@ -189,6 +214,9 @@ class TrainingActivities:
                 log.warning("training.interrupted", reason=str(err))
                 # Retryable on purpose: the next attempt resumes from the checkpoint just sealed.
                 raise ApplicationError(str(err), type=WORKER_SHUTDOWN) from None
+            finally:
+                # No result and no label: an error is on its way out (the scope labels it).
+                tracking.end(outcome.label or ("failed" if result is None else "succeeded"), result)
 
     def _on_stopped(self, request: BertFineTuneRequest) -> str:
         """After a stop at a step boundary: clean up only when a user asked to cancel."""
@@ -198,19 +226,24 @@ class TrainingActivities:
             log.warning("training.superseded")
             return "superseded"
         metrics.RUNS_CANCELLED.inc()
-        discard_if_incomplete(self._runs_root, request.run_id, _workflow_id())
+        discard_if_incomplete(self._runs_root, request.run_id, _workflow_id(), self._tracking)
         log.info("training.cancelled")
         return "cancelled"
 
 
-def discard_if_incomplete(runs_root: Path, run_id: str, workflow_id: str) -> bool:
-    """Remove an unfinished run folder, but never one another workflow is training."""
+def discard_if_incomplete(
+    runs_root: Path, run_id: str, workflow_id: str, tracking: TrackingConfig = TrackingConfig()
+) -> bool:
+    """Remove an unfinished run folder, but never one another workflow is training.
+
+    With ``tracking``, the run's MLflow run is closed as KILLED too (nobody else will)."""
     run_dir = resolve_run_dir(runs_root, run_id)
     if not run_dir.is_dir() or is_complete(run_dir):
         return False
     if not ownership.owned_by(run_dir, workflow_id):
         log.info("training.partial_run_kept", owner=ownership.owner_of(run_dir))
         return False
+    close_cancelled_run(tracking, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
     return True
@@ -219,8 +252,9 @@ def discard_if_incomplete(runs_root: Path, run_id: str, workflow_id: str) -> boo
 class PartialRunActivities:
     """The local activity that cleans up after a cancel (any worker of the trainer queue)."""
 
-    def __init__(self, runs_root: Path) -> None:
+    def __init__(self, runs_root: Path, tracking: TrackingConfig = TrackingConfig()) -> None:
         self._runs_root = runs_root
+        self._tracking = tracking
 
     @activity.defn(name=DISCARD_RUN_ACTIVITY)
     async def discard_partial_run(self, run_id: str) -> bool:
@@ -232,5 +266,5 @@ class PartialRunActivities:
         behind a training run for the activity thread pool nor blocks the event loop.
         """
         return await asyncio.to_thread(
-            discard_if_incomplete, self._runs_root, run_id, _workflow_id()
+            discard_if_incomplete, self._runs_root, run_id, _workflow_id(), self._tracking
         )

@@ -8,20 +8,27 @@ worker that registers no training at all.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from temporalio import activity
 
+from services.trainer.tracking import TrackingConfig
 from shared import aliases
 from shared.logging import get_logger
+from shared.runs import resolve_served_run
 from shared.types import PROMOTE_ACTIVITY, BertPromoteInput, BertPromoteOutput
 
 log = get_logger(__name__)
 
 
 class PromotionActivities:
-    def __init__(self, runs_root: Path) -> None:
+    """``tracking``: with an MLflow server and a registered model name, each promotion is
+    mirrored to MLflow's model registry (the runs volume stays what the inferencer serves)."""
+
+    def __init__(self, runs_root: Path, tracking: TrackingConfig = TrackingConfig()) -> None:
         self._runs_root = runs_root
+        self._tracking = tracking
 
     @activity.defn(name=PROMOTE_ACTIVITY)
     async def promote_alias(self, request: BertPromoteInput) -> BertPromoteOutput:
@@ -36,4 +43,22 @@ class PromotionActivities:
             run_id=result.run_id,
             previous_run_id=result.previous_run_id,
         )
+        self._mirror_soon(result)
         return result
+
+    def _mirror_soon(self, result: BertPromoteOutput) -> None:
+        """Mirror to the registry in the background: an upload may outlast a local activity,
+        and a tracker outage must never fail or slow a promotion (mirroring never raises and
+        is idempotent, so a retried promotion mirrors again safely)."""
+        uri, model = self._tracking.mlflow_tracking_uri, self._tracking.registered_model
+        if not uri or not model:
+            return
+        from services.trainer.model_registry import mirror_promotion
+
+        served = resolve_served_run(self._runs_root, result.run_id)
+        threading.Thread(
+            target=mirror_promotion,
+            args=(uri, result.run_id, result.alias, served.model_dir, model),
+            name=f"mirror-{result.alias}",
+            daemon=True,
+        ).start()

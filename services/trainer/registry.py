@@ -17,6 +17,7 @@ from services.trainer.promotion_workflow import BertPromoteWorkflow
 from services.trainer.run_workflow import BertRunWorkflow
 from services.trainer.sweep_activities import SweepRunActivities, propose_sweep_trials
 from services.trainer.sweep_workflow import BertSweepWorkflow
+from services.trainer.tracking import TrackingConfig
 from services.trainer.workflows import BertFineTuningWorkflow
 
 TRAINER_WORKFLOWS: list[type] = [
@@ -27,11 +28,17 @@ TRAINER_WORKFLOWS: list[type] = [
 ]
 
 
-def orchestration_activities(runs_root: Path) -> list[Callable[..., Any]]:
-    """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training)."""
+def orchestration_activities(
+    runs_root: Path, tracking: TrackingConfig = TrackingConfig()
+) -> list[Callable[..., Any]]:
+    """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training).
+
+    ``tracking``: discarding a run cancelled between attempts also closes its MLflow run, and
+    promotions are mirrored to MLflow's model registry when one is configured.
+    """
     return [
-        PartialRunActivities(runs_root).discard_partial_run,
-        PromotionActivities(runs_root).promote_alias,
+        PartialRunActivities(runs_root, tracking).discard_partial_run,
+        PromotionActivities(runs_root, tracking).promote_alias,
         SweepRunActivities(runs_root).check_sweep_runs,
         propose_sweep_trials,
     ]

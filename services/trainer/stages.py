@@ -6,13 +6,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.trainer import checkpoints
 from services.trainer.arguments import training_arguments
 from services.trainer.data import PreparedData
 from services.trainer.evaluation import ClassificationMetrics, eval_metrics
-from services.trainer.progress import ProgressReporter
+from services.trainer.progress import ProgressSink
+from services.trainer.ranks import SINGLE_PROCESS, Ranks
 from services.trainer.run_directory import (
     Ownership,
     RunDirectory,
@@ -26,6 +27,9 @@ from shared.logging import get_logger
 from shared.run_record import EpochEvaluation, RunRecord
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
+if TYPE_CHECKING:
+    from services.trainer.tracking import RunTracking
+
 log = get_logger(__name__)
 
 
@@ -38,6 +42,8 @@ class Attempt:
     resume_hint: str | None = None
     owner: Ownership | None = None
     checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS
+    # Experiment tracking (MLflow, TensorBoard); its Trainer callback joins the others.
+    tracking: RunTracking | None = None
 
 
 def reuse_finished_work(
@@ -133,7 +139,7 @@ class TrainingSession:
         classification: ClassificationMetrics,
         steps_per_epoch: int,
         use_cuda: bool,
-        reporter: ProgressReporter,
+        reporter: ProgressSink,
     ) -> None:
         self.request = request
         self.trainer = trainer
@@ -154,8 +160,9 @@ class TrainingSession:
         tokenizer: Any,
         train_set: Any,
         eval_set: Any,
-        reporter: ProgressReporter,
+        reporter: ProgressSink,
         stop: StopControl,
+        ranks: Ranks = SINGLE_PROCESS,
     ) -> TrainingSession:
         import torch
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -177,6 +184,7 @@ class TrainingSession:
             use_cuda=use_cuda,
             bf16=use_cuda and torch.cuda.is_bf16_supported(),
             checkpoint_steps=config.checkpoint_steps,
+            world_size=ranks.world_size,
         )
         classification = ClassificationMetrics(len(model.config.id2label))
         hooks = [
@@ -184,7 +192,9 @@ class TrainingSession:
             callbacks.ProgressCallback(reporter),
             callbacks.LoggingCallback(),
             callbacks.StopCallback(stop),
-            callbacks.CheckpointSealCallback(run.path, attempt.number, identity[:16], reporter),
+            *ranks.sealing(
+                callbacks.CheckpointSealCallback(run.path, attempt.number, identity[:16], reporter)
+            ),
         ]
         if eval_set is not None:
             hooks.append(callbacks.EpochEvaluationCallback())
@@ -194,6 +204,9 @@ class TrainingSession:
             hooks.append(
                 callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
             )
+        if attempt.tracking is not None and ranks.is_leader:
+            hooks.extend(attempt.tracking.callbacks(lambda: classification.confusion_matrix))
+        hooks.extend(ranks.agreement())  # last: it sees every other callback's decision
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**args),

@@ -18,13 +18,16 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.trainer import checkpoints
-from services.trainer.activities import TemporalGateway, TrainingActivities
+from services.trainer.activities import TemporalGateway, Trainer, TrainingActivities
+from services.trainer.launcher import DistributedTraining, resolve_processes
 from services.trainer.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
     SIGNAL_INTERVAL_SECONDS,
 )
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
+from services.trainer.tracking import TrackingConfig
+from services.trainer.training import fine_tune
 from shared.service import run_worker_service
 from shared.settings import Settings
 
@@ -45,6 +48,10 @@ def build_trainer_worker(
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
     checkpoint_interval: timedelta = timedelta(seconds=checkpoints.DEFAULT_INTERVAL_SECONDS),
     no_remote_activities: bool = False,
+    processes_per_run: int = 1,
+    log_level: str = "INFO",
+    log_format: str = "auto",
+    tracking: TrackingConfig = TrackingConfig(),
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
     controller.
@@ -72,7 +79,17 @@ def build_trainer_worker(
             cost more than 5% of training time (docs/durability.md).
         no_remote_activities: a controller: poll only workflow tasks and run local
             activities, never training (it imports no torch and needs no GPU).
+        processes_per_run: processes (PyTorch DDP ranks, one per GPU) that train each run
+            together, launched with torchrun; 1 trains in this process. The ranks log with
+            ``log_level`` and ``log_format`` (docs/distributed.md).
+        tracking: where each run's params, curves and confusion matrices go (an MLflow
+            server, TensorBoard event files in the run folder, or nowhere).
     """
+    train: Trainer = (
+        fine_tune
+        if processes_per_run == 1
+        else DistributedTraining(processes_per_run, log_level=log_level, log_format=log_format)
+    )
     activities = TrainingActivities(
         runs_root,
         TemporalGateway(client, asyncio.get_running_loop()),
@@ -81,13 +98,15 @@ def build_trainer_worker(
         progress_history_check_every=progress_history_check_every,
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
         checkpoint_interval_seconds=checkpoint_interval.total_seconds(),
+        train=train,
+        tracking=tracking,
     )
     training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=TRAINER_WORKFLOWS,
-        activities=[*training, *orchestration_activities(runs_root)],
+        activities=[*training, *orchestration_activities(runs_root, tracking)],
         no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
@@ -113,6 +132,10 @@ async def run_trainer(settings: Settings) -> None:
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
             checkpoint_interval=timedelta(seconds=settings.checkpoint_interval_seconds),
+            processes_per_run=resolve_processes(settings.trainer_processes),
+            log_level=settings.log_level,
+            log_format=settings.log_format,
+            tracking=TrackingConfig.from_settings(settings),
         ),
     )
 
@@ -128,5 +151,7 @@ async def run_controller(settings: Settings) -> None:
             runs_root=settings.runs_dir,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             no_remote_activities=True,
+            # Discarding a run cancelled between attempts also closes its MLflow run.
+            tracking=TrackingConfig.from_settings(settings),
         ),
     )

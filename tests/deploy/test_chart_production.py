@@ -166,7 +166,10 @@ def test_trainer_knobs_are_first_class_values(render: Render) -> None:
     assert env["BERT_LOCAL_PATH_ROOTS"] == env["BERT_RUNS_DIR"] == "/data/bert_runs"
     assert env["BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS"] == "10"
     assert env["BERT_STEP_STALL_TIMEOUT_SECONDS"] == "1800"
+    assert env["BERT_TRAINER_PROCESSES"] == "auto"  # one DDP process per GPU of the pod
     assert "MLFLOW_TRACKING_URI" not in env
+    two = render({"trainer": {"processesPerRun": 2}})
+    assert env_of(only(two, "Deployment", "trainer"), two)["BERT_TRAINER_PROCESSES"] == "2"
 
 
 # --- storage ----------------------------------------------------------------------------------

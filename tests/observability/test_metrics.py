@@ -12,7 +12,7 @@ from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack, http_get
 
 ROLES = ("trainer", "inferencer")
-ALLOWED_LABELS = {"error_type", "outcome", "worker", "version"}
+ALLOWED_LABELS = {"error_type", "outcome", "worker", "version", "tracker"}
 _NAME = re.compile(r"^bert_[a-z][a-z0-9_]*[a-z0-9]$")
 _EXCEPTION_CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 # Units other than the base ones (seconds, bytes, ratios) have no place in our names.
@@ -68,6 +68,8 @@ def test_our_metrics_follow_the_naming_rules(observed: ObservedStack, role: str)
                     ) or _EXCEPTION_CLASS.match(value), f"{family.name}: outcome {value!r}"
                 if key == "worker":
                     assert value == role
+                if key == "tracker":
+                    assert value in metrics.TRACKERS, f"{family.name}: tracker {value!r}"
 
 
 @pytest.mark.parametrize("role", ROLES)
