@@ -29,6 +29,8 @@ RUN_WORKFLOW = "BertRunWorkflow"
 # fast check that a sweep's run ids do not hold other configs' runs.
 PROPOSE_TRIALS_ACTIVITY = "propose_sweep_trials"
 CHECK_SWEEP_RUNS_ACTIVITY = "check_sweep_runs"
+# Ends the sweep's parent run in the experiment tracker (a no-op without one).
+CLOSE_SWEEP_TRACKING_ACTIVITY = "close_sweep_tracking"
 # Successive halving: the run tells its parent it reached a rung, the parent answers.
 RUNG_REACHED_SIGNAL = "rung_reached"
 RUNG_DECISION_SIGNAL = "rung_decision"
@@ -277,3 +279,13 @@ class SweepRunsCheck(_Strict):
 
     sweep: BertSweepInput
     proposals: list[dict[str, Any]]
+
+
+class SweepTrackingEnd(_Strict):
+    """Input of ``close_sweep_tracking``: how the sweep ended, for its MLflow parent run."""
+
+    sweep_name: str
+    status: Literal["FINISHED", "FAILED", "KILLED"]
+    metric: SweepMetric
+    best_run_id: str | None = None
+    best_metric: float | None = None

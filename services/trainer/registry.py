@@ -16,6 +16,7 @@ from services.trainer.promotion import PromotionActivities
 from services.trainer.promotion_workflow import BertPromoteWorkflow
 from services.trainer.run_workflow import BertRunWorkflow
 from services.trainer.sweep_activities import SweepRunActivities, propose_sweep_trials
+from services.trainer.sweep_tracking import SweepTrackingActivities
 from services.trainer.sweep_workflow import BertSweepWorkflow
 from services.trainer.tracking import TrackingConfig
 from services.trainer.workflows import BertFineTuningWorkflow
@@ -41,4 +42,5 @@ def orchestration_activities(
         PromotionActivities(runs_root, tracking).promote_alias,
         SweepRunActivities(runs_root).check_sweep_runs,
         propose_sweep_trials,
+        SweepTrackingActivities(tracking).close_sweep_tracking,
     ]

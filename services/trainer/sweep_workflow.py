@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from shared.errors import truncate
     from shared.sweep_types import (
         CHECK_SWEEP_RUNS_ACTIVITY,
+        CLOSE_SWEEP_TRACKING_ACTIVITY,
         PROPOSE_TRIALS_ACTIVITY,
         RUNG_DECISION_SIGNAL,
         RUNG_REACHED_SIGNAL,
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         RungReport,
         SweepProgress,
         SweepRunsCheck,
+        SweepTrackingEnd,
         SweepTrial,
         SweepTrialProgress,
         TrialObservation,
@@ -88,6 +90,18 @@ class BertSweepWorkflow(RunBoard):
 
     @workflow.run
     async def run(self, input: BertSweepInput) -> BertSweepOutput:
+        try:
+            output = await self._search(input)
+        except (CancelledError, asyncio.CancelledError):
+            await self._close_tracking("KILLED")
+            raise
+        except Exception:
+            await self._close_tracking("FAILED")
+            raise
+        await self._close_tracking("FINISHED", output)
+        return output
+
+    async def _search(self, input: BertSweepInput) -> BertSweepOutput:
         total = input.total_trials()
         workflow.logger.info(
             "sweep.started",
@@ -280,6 +294,32 @@ class BertSweepWorkflow(RunBoard):
             raise (err.cause or err) from None
 
     # --- the end --------------------------------------------------------------------------
+
+    async def _close_tracking(
+        self, status: Literal["FINISHED", "FAILED", "KILLED"], output: BertSweepOutput | None = None
+    ) -> None:
+        """End the sweep's parent run in the experiment tracker; never fails the sweep.
+        (Behind a patch: sweeps recorded before it replay without this step.)"""
+        if not workflow.patched("sweep-closes-tracking"):
+            return
+        end = SweepTrackingEnd(
+            sweep_name=self._input.sweep_name,
+            status=status,
+            metric=self._input.metric,
+            best_run_id=output.best_run_id if output else None,
+            best_metric=output.best_metric if output else None,
+        )
+        try:
+            await workflow.execute_local_activity(
+                CLOSE_SWEEP_TRACKING_ACTIVITY,
+                end,
+                start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "sweep.tracking_not_closed", extra={"sweep": end.sweep_name, "error": str(err)}
+            )
 
     async def _finish(self) -> BertSweepOutput:
         sweep = self._input
