@@ -126,6 +126,29 @@ async def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sweep(args: argparse.Namespace) -> int:
+    from bert_finetune import client_ops
+
+    settings = _settings()
+    sweep = client_ops.load_sweep(Path(args.spec), overwrite=args.overwrite)
+    client = await _client(settings)
+    handle = await client_ops.start_sweep(
+        client, sweep, settings.training_task_queue, args.workflow_id
+    )
+    if args.no_wait:
+        console.print(handle.id)
+        return 0
+    console.print(f"Started sweep [bold]{handle.id}[/] ({sweep.total_trials()} trials)")
+    output = await client_ops.watch_sweep(handle, console)
+    console.print(
+        f"best: [bold]{output.best_run_id}[/] ({output.metric} {output.best_metric:.4f})"
+        + (f", promoted to alias [bold]{output.alias}[/]" if output.alias else "")
+    )
+    if args.json:
+        console.print_json(output.model_dump_json())
+    return 0
+
+
 async def _predict(args: argparse.Namespace) -> int:
     from bert_finetune import client_ops
 
@@ -182,13 +205,14 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def _progress(args: argparse.Namespace) -> int:
-    from shared.types import PROGRESS_QUERY, ExperimentProgress
+    from shared.types import PROGRESS_QUERY
 
     client = await _client(_settings())
+    # Experiments and sweeps answer different shapes: print whichever comes back.
     progress = await client.get_workflow_handle(args.workflow_id).query(
-        PROGRESS_QUERY, result_type=ExperimentProgress, rpc_timeout=PROGRESS_QUERY_TIMEOUT
+        PROGRESS_QUERY, rpc_timeout=PROGRESS_QUERY_TIMEOUT
     )
-    console.print_json(progress.model_dump_json())
+    console.print_json(data=progress)
     return 0
 
 
@@ -301,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=_async(_train))
 
+    p = sub.add_parser("sweep", help="search hyperparameters: start a sweep from a spec file")
+    p.add_argument("spec", help="SWEEP.json or .yaml (sweep_name, base, space, strategy...)")
+    p.add_argument("--no-wait", action="store_true", help="print the workflow id and exit")
+    p.add_argument("--workflow-id", help="default: bert-sweep-<sweep_name>")
+    p.add_argument("--overwrite", action="store_true", help="replace finished runs")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=_async(_sweep))
+
     p = sub.add_parser("predict", help="classify texts with a saved run or an alias")
     p.add_argument("model", metavar="RUN_ID|@ALIAS", help="a run id, or @ALIAS for an alias")
     p.add_argument("texts", nargs="*", metavar="TEXT")
@@ -315,11 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS", help="e.g. production; predict with @ALIAS")
     p.set_defaults(func=_async(_promote))
 
-    p = sub.add_parser("cancel", help="cancel an experiment")
+    p = sub.add_parser("cancel", help="cancel an experiment or a sweep")
     p.add_argument("workflow_id")
     p.set_defaults(func=_async(_cancel))
 
-    p = sub.add_parser("progress", help="print an experiment's progress query as JSON")
+    p = sub.add_parser("progress", help="print an experiment's or sweep's progress as JSON")
     p.add_argument("workflow_id")
     p.set_defaults(func=_async(_progress))
 
@@ -345,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        if args.command == "train":
+        if args.command in ("train", "sweep"):
+            what = "experiment" if args.command == "train" else "sweep"
             errors.print(
-                "interrupted: the experiment keeps running on Temporal; follow it with "
+                f"interrupted: the {what} keeps running on Temporal; follow it with "
                 "`bert-finetune progress WORKFLOW_ID` or stop it with `bert-finetune cancel`",
                 highlight=False,
             )

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from shared.errors import INVALID_CONFIG, describe_validation_error, one_line
+from shared.sweep_types import SWEEP_WORKFLOW, BertSweepInput, BertSweepOutput, SweepProgress
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -32,6 +35,8 @@ from shared.types import (
     ExperimentProgress,
     inference_payload_bytes,
 )
+
+T = TypeVar("T", bound=BaseModel)
 
 # Keep each inference request well under the workflow's payload budget.
 PREDICT_CHUNK_BYTES = MAX_INFERENCE_PAYLOAD_BYTES // 2
@@ -53,10 +58,11 @@ class UserError(Exception):
         return f"[{self.error_type}] {message}" if self.error_type else message
 
 
-def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
+def _load_spec(path: Path, expected: str) -> dict[str, Any]:
+    """The JSON or YAML object in ``path``; ``expected`` names its fields for the error."""
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
-        raise UserError(f"experiment file {str(path)!r} {problem}")
+        raise UserError(f"file {str(path)!r} {problem}")
     try:
         text = path.read_text(encoding="utf-8")
         raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
@@ -68,15 +74,31 @@ def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
         raise UserError(f"{path}: not valid {kind}: {detail}", INVALID_CONFIG) from None
     if not isinstance(raw, dict):
         raise UserError(
-            f"{path}: expected an object with experiment_name and runs, got {type(raw).__name__}",
+            f"{path}: expected an object with {expected}, got {type(raw).__name__}",
             INVALID_CONFIG,
         )
-    if overwrite:
-        raw["overwrite"] = True
+    return raw
+
+
+def _validated(model: type[T], raw: dict[str, Any], path: Path) -> T:
     try:
-        return BertExperimentInput.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         raise UserError(f"{path}: {describe_validation_error(err)}", INVALID_CONFIG) from None
+
+
+def load_experiment(path: Path, overwrite: bool = False) -> BertExperimentInput:
+    raw = _load_spec(path, "experiment_name and runs")
+    if overwrite:
+        raw["overwrite"] = True
+    return _validated(BertExperimentInput, raw, path)
+
+
+def load_sweep(path: Path, overwrite: bool = False) -> BertSweepInput:
+    raw = _load_spec(path, "sweep_name, base and space")
+    if overwrite:
+        raw["overwrite"] = True
+    return _validated(BertSweepInput, raw, path)
 
 
 def experiment_workflow_id(experiment_name: str) -> str:
@@ -169,6 +191,76 @@ def results_table(output: BertExperimentOutput) -> Table:
             f"{run.train_samples_per_second:.1f}",
             f"{run.training_time_seconds:.1f}" + (" (reused)" if run.reused else ""),
             "-" if run.resumed_from_step is None else str(run.resumed_from_step),
+        )
+    return table
+
+
+def sweep_workflow_id(sweep_name: str) -> str:
+    return f"bert-sweep-{sweep_name}"
+
+
+async def start_sweep(
+    client: Client, sweep: BertSweepInput, task_queue: str, workflow_id: str | None
+) -> WorkflowHandle[Any, BertSweepOutput]:
+    return await client.start_workflow(
+        SWEEP_WORKFLOW,
+        sweep,
+        id=workflow_id or sweep_workflow_id(sweep.sweep_name),
+        task_queue=task_queue,
+        result_type=BertSweepOutput,
+    )
+
+
+async def watch_sweep(
+    handle: WorkflowHandle[Any, BertSweepOutput], console: Console, poll_seconds: float = 1.0
+) -> BertSweepOutput:
+    """A live table of trials from the ``progress`` query until the sweep closes."""
+    result_task = asyncio.create_task(handle.result())
+    with Live(Table(title="waiting for the sweep to start"), console=console) as live:
+        while not result_task.done():
+            try:
+                progress = await handle.query(PROGRESS_QUERY, result_type=SweepProgress)
+            except Exception:  # the workflow may not have started its first task yet
+                progress = None
+            if progress is not None:
+                live.update(sweep_table(progress))
+            await asyncio.wait({result_task}, timeout=poll_seconds)
+        with contextlib.suppress(Exception):
+            live.update(sweep_table(await handle.query(PROGRESS_QUERY, result_type=SweepProgress)))
+    return result_task.result()
+
+
+def _format_param(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def sweep_table(progress: SweepProgress | BertSweepOutput) -> Table:
+    """One row per trial: state, params, epoch, metric; the best so far is marked."""
+    metric = progress.metric
+    done = sum(t.state in ("succeeded", "pruned", "failed") for t in progress.trials)
+    total = progress.num_trials if isinstance(progress, SweepProgress) else len(progress.trials)
+    table = Table(
+        title=f"Sweep {progress.sweep_name}: {done}/{total} trials done",
+        caption=f"best: {progress.best_run_id or '-'}",
+        caption_justify="left",
+    )
+    for column in ("#", "state", "params", "epoch", metric, "best"):
+        table.add_column(column, justify="left" if column in ("state", "params") else "right")
+    for trial in progress.trials:
+        value = trial.eval_metrics.get(metric)
+        epoch = getattr(trial, "epoch", 0.0) or trial.epochs_completed
+        state = trial.state
+        if state == "running":
+            state = getattr(trial, "phase", state)
+        table.add_row(
+            str(trial.trial_index),
+            state if not trial.error else f"{state}: {trial.error[:60]}",
+            " ".join(f"{k}={_format_param(v)}" for k, v in trial.params.items()),
+            f"{epoch:.1f}" if epoch else "-",
+            "-" if value is None else f"{value:.4f}",
+            "*" if trial.run_id == progress.best_run_id else "",
         )
     return table
 

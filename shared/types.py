@@ -299,7 +299,8 @@ class BertInferenceResult(_Strict):
     confidences: list[float]
 
 
-RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+# "pruned": a sweep trial stopped early by successive halving.
+RunState = Literal["pending", "running", "succeeded", "pruned", "failed", "cancelled"]
 
 
 class _RunProgressFields(_Strict):

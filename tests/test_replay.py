@@ -3,9 +3,13 @@
 `tests/histories/*.json` were recorded from real executions (success and failure of both
 workflows, promotions, a training cancelled mid-run with progress signals and the discard local
 activity, and a run re-executed after repeated preemptions); replaying them catches a
-change to workflow code that would break workflows already running in production. Fresh
-histories are replayed too. To re-record after an
-intentional, versioned change: `RECORD_HISTORIES=1 pytest tests/test_replay.py`.
+change to workflow code that would break workflows already running in production.
+`replay-train*.json` predate runs as child workflows (they replay the inline path);
+`replay-children-*` are experiments whose runs are ``BertRunWorkflow`` children (the
+parent's and the child's history each), `replay-sweep-*` sweeps with pruning. Fresh
+histories are replayed too. To record new ones after an intentional, versioned change:
+`RECORD_HISTORIES=1 pytest tests/test_replay.py` (never overwrite a recorded file: old
+histories are what running workflows look like).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ def replayer() -> Replayer:
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
+    # The file name is the recorded workflow id (child workflow ids derive from it).
     history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
-    await replayer().replay_workflow(history)
+    await asyncio.wait_for(replayer().replay_workflow(history), timeout=60)
 
 
 async def test_fresh_histories_replay(
@@ -48,11 +53,11 @@ async def test_fresh_histories_replay(
     tmp_path: Path,
 ) -> None:
     ids = [
-        "replay-train",
+        "replay-children-train",
         "replay-infer",
         "replay-infer-missing",
-        "replay-train-bad-column",
-        "replay-train-cancelled",
+        "replay-children-bad-column",
+        "replay-children-cancelled",
     ]
     async with running_workers(client, runs_root) as queues:
         output = await client.execute_workflow(
@@ -104,9 +109,20 @@ async def test_fresh_histories_replay(
         await cancelled.cancel()
         with pytest.raises(WorkflowFailureError):
             await cancelled.result()
+    histories = {}
     for workflow_id in ids:
-        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        handle = client.get_workflow_handle(workflow_id)
+        histories[workflow_id] = await handle.fetch_history()
+        description = await handle.describe()
+        if description.workflow_type == FINE_TUNING_WORKFLOW:
+            # The run's child: "{workflow id}/{run id}", the only child of these experiments.
+            async for event in handle.fetch_history_events():
+                started = event.child_workflow_execution_started_event_attributes
+                if started.workflow_execution.workflow_id:
+                    child = client.get_workflow_handle(started.workflow_execution.workflow_id)
+                    histories[f"{workflow_id}-run"] = await child.fetch_history()
+    for name, history in histories.items():
         await replayer().replay_workflow(history)
-        if os.environ.get("RECORD_HISTORIES"):
-            HISTORIES.mkdir(exist_ok=True)
-            (HISTORIES / f"{workflow_id}.json").write_text(history.to_json(), encoding="utf-8")
+        path = HISTORIES / f"{name}.json"
+        if os.environ.get("RECORD_HISTORIES") and not path.exists():
+            path.write_text(history.to_json(), encoding="utf-8")

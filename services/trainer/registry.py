@@ -14,10 +14,19 @@ from typing import Any
 from services.trainer.activities import PartialRunActivities
 from services.trainer.promotion import PromotionActivities
 from services.trainer.promotion_workflow import BertPromoteWorkflow
+from services.trainer.run_workflow import BertRunWorkflow
+from services.trainer.sweep_activities import SweepRunActivities, propose_sweep_trials
+from services.trainer.sweep_tracking import SweepTrackingActivities
+from services.trainer.sweep_workflow import BertSweepWorkflow
 from services.trainer.tracking import TrackingConfig
 from services.trainer.workflows import BertFineTuningWorkflow
 
-TRAINER_WORKFLOWS: list[type] = [BertFineTuningWorkflow, BertPromoteWorkflow]
+TRAINER_WORKFLOWS: list[type] = [
+    BertFineTuningWorkflow,
+    BertRunWorkflow,
+    BertSweepWorkflow,
+    BertPromoteWorkflow,
+]
 
 
 def orchestration_activities(
@@ -31,4 +40,7 @@ def orchestration_activities(
     return [
         PartialRunActivities(runs_root, tracking).discard_partial_run,
         PromotionActivities(runs_root, tracking).promote_alias,
+        SweepRunActivities(runs_root).check_sweep_runs,
+        propose_sweep_trials,
+        SweepTrackingActivities(tracking).close_sweep_tracking,
     ]

@@ -51,8 +51,13 @@ def task_queue() -> str:
 
 
 async def heartbeat(client: Client, handle: WorkflowHandle) -> TrainingProgress | None:
-    """The last heartbeat the server holds for the (single) pending training activity."""
+    """The last heartbeat the server holds for the (single) pending training activity,
+    in the workflow or, for a run trained in a child workflow, in its (single) child."""
     description = await handle.describe()
+    children = description.raw_description.pending_children
+    if children:
+        child = client.get_workflow_handle(children[0].workflow_id)
+        description = await child.describe()
     pending = description.raw_description.pending_activities
     if not pending or not pending[0].heartbeat_details.payloads:
         return None

@@ -17,9 +17,9 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from services.trainer.activities import PartialRunActivities
+from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
+from services.trainer.run_workflow import run_workflow_id
 from services.trainer.worker import build_trainer_worker
-from services.trainer.workflows import BertFineTuningWorkflow
 from shared import metrics
 from shared.types import (
     FINE_TUNE_ACTIVITY,
@@ -127,12 +127,13 @@ async def test_cancel_stops_training_and_keeps_finished_sibling(
 
         progress = await query_progress(handle)
         assert [run.state for run in progress.runs] == ["succeeded", "cancelled"]
+        # The finished run's result stays in the history: its child completed.
         completed = [
-            event
+            event.child_workflow_execution_completed_event_attributes.workflow_execution
             async for event in handle.fetch_history_events()
-            if event.HasField("activity_task_completed_event_attributes")
+            if event.HasField("child_workflow_execution_completed_event_attributes")
         ]
-        assert len(completed) == 1  # the finished run's result stays in the history
+        assert [c.workflow_id for c in completed] == [run_workflow_id(handle.id, finished_id)]
 
     assert not (runs_root / cancelled_id).exists()
     assert (runs_root / finished_id / "run.json").is_file()
@@ -163,11 +164,8 @@ async def test_cancel_between_attempts_discards_the_partial_run(
     async with Worker(
         client,
         task_queue=queue,
-        workflows=[BertFineTuningWorkflow],
-        activities=[
-            crashes_after_checkpointing,
-            PartialRunActivities(runs_root).discard_partial_run,
-        ],
+        workflows=TRAINER_WORKFLOWS,
+        activities=[crashes_after_checkpointing, *orchestration_activities(runs_root)],
     ):
         handle = await client.start_workflow(
             FINE_TUNING_WORKFLOW,

@@ -17,6 +17,7 @@ from tests.conftest import SentimentData, tiny_config
 from tests.hardening.artefacts import SECRET, Artefacts
 
 EXPERIMENT = "hardening-bad"
+SWEEP = "hardening-sweep"
 SYMLINK_RUN_ID = "escape-link"
 INCOMPLETE_RUN_ID = "half-written"
 CORRUPT_RUN_ID = "corrupt-weights"
@@ -39,7 +40,7 @@ class Context:
 class Case:
     id: str
     area: str
-    workflow: Literal["train", "predict", "promote"]
+    workflow: Literal["train", "predict", "promote", "sweep"]
     build: Callable[[Context], Any]
     error_type: str
     expect: tuple[str, ...]
@@ -107,8 +108,24 @@ def promotion(**overrides: Any) -> Callable[[Context], dict[str, Any]]:
     return build
 
 
-T, P, PR = "train", "predict", "promote"
-SHAPE, NAMES, HYPER, DATA, MODELS, INFER, ALIASES, CONFINED = (
+def sweep(**top: Any) -> Callable[[Context], dict[str, Any]]:
+    """A small valid sweep of the tiny BERT, with ``top`` replacing its fields."""
+
+    def build(ctx: Context) -> dict[str, Any]:
+        value = {
+            "sweep_name": SWEEP,
+            "base": tiny_config(ctx.tiny_model, ctx.data, num_epochs=1),
+            "space": {"learning_rate": {"values": [0.005, 0.001]}},
+            "strategy": "grid",
+        }
+        value.update(top)
+        return value
+
+    return build
+
+
+T, P, PR, S = "train", "predict", "promote", "sweep"
+SHAPE, NAMES, HYPER, DATA, MODELS, INFER, ALIASES, SWEEPS, CONFINED = (
     "input shape",
     "names and paths",
     "hyperparameters",
@@ -116,6 +133,7 @@ SHAPE, NAMES, HYPER, DATA, MODELS, INFER, ALIASES, CONFINED = (
     "models",
     "inference",
     "aliases",
+    "sweeps",
     "local paths",
 )
 OUTSIDE = ("outside the folders the trainer may read; allowed:", "BERT_LOCAL_PATH_ROOTS")
@@ -940,6 +958,165 @@ CASES: list[Case] = [
         promotion(run_id=INCOMPLETE_RUN_ID),
         RNF,
         (INCOMPLETE_RUN_ID, "incomplete"),
+    ),
+    # sweeps
+    Case("sweep-empty-space", SWEEPS, S, sweep(space={}), IC, ("space", "at least 1 item")),
+    Case(
+        "sweep-unknown-field-in-space",
+        SWEEPS,
+        S,
+        sweep(space={"learning_rat": {"values": [0.01]}}),
+        IC,
+        ("space", "'learning_rat' is not a tunable field"),
+    ),
+    Case(
+        "sweep-non-tunable-field",
+        SWEEPS,
+        S,
+        sweep(space={"text_column": {"values": ["text"]}}),
+        IC,
+        ("space", "'text_column' is not a tunable field", "set other fields in base"),
+    ),
+    Case(
+        "sweep-spec-neither-values-nor-range",
+        SWEEPS,
+        S,
+        sweep(space={"learning_rate": {"log": True}}),
+        IC,
+        ("space.learning_rate", 'give either "values"'),
+    ),
+    Case(
+        "sweep-min-greater-than-max",
+        SWEEPS,
+        S,
+        sweep(strategy="random", space={"learning_rate": {"min": 0.01, "max": 0.001}}),
+        IC,
+        ("space.learning_rate", "min (0.01) is greater than max (0.001)"),
+    ),
+    Case(
+        "sweep-log-with-nonpositive-min",
+        SWEEPS,
+        S,
+        sweep(strategy="random", space={"weight_decay": {"min": 0, "max": 0.1, "log": True}}),
+        IC,
+        ("space.weight_decay", "needs min > 0"),
+    ),
+    Case(
+        "sweep-value-out-of-bounds",
+        SWEEPS,
+        S,
+        sweep(space={"learning_rate": {"values": [0.01, 0.5]}}),
+        IC,
+        ("space.learning_rate", "0.5 is not allowed", "less than or equal to 0.1"),
+    ),
+    Case(
+        "sweep-range-end-out-of-bounds",
+        SWEEPS,
+        S,
+        sweep(strategy="random", space={"batch_size": {"min": 8, "max": 1024}}),
+        IC,
+        ("space.batch_size", "1024 is not allowed", "less than or equal to 256"),
+    ),
+    Case(
+        "sweep-integer-field-fraction",
+        SWEEPS,
+        S,
+        sweep(strategy="random", space={"num_epochs": {"min": 1, "max": 2.5}}),
+        IC,
+        ("space.num_epochs", "2.5 is not an integer"),
+    ),
+    Case(
+        "sweep-grid-with-range",
+        SWEEPS,
+        S,
+        sweep(space={"learning_rate": {"min": 0.001, "max": 0.01}}),
+        IC,
+        ("space.learning_rate", "strategy grid takes only"),
+    ),
+    Case(
+        "sweep-grid-too-large",
+        SWEEPS,
+        S,
+        sweep(
+            space={
+                "seed": {"values": list(range(11))},
+                "batch_size": {"values": list(range(1, 11))},
+            }
+        ),
+        IC,
+        ("space", "110 combinations, more than 100"),
+    ),
+    Case(
+        "sweep-num-trials-zero",
+        SWEEPS,
+        S,
+        sweep(strategy="random", num_trials=0),
+        IC,
+        ("num_trials", "greater than or equal to 1"),
+    ),
+    Case(
+        "sweep-num-trials-too-many",
+        SWEEPS,
+        S,
+        sweep(strategy="random", num_trials=101),
+        IC,
+        ("num_trials", "less than or equal to 100"),
+    ),
+    Case(
+        "sweep-max-concurrent-zero",
+        SWEEPS,
+        S,
+        sweep(max_concurrent_trials=0),
+        IC,
+        ("max_concurrent_trials", "greater than or equal to 1"),
+    ),
+    Case(
+        "sweep-unknown-metric",
+        SWEEPS,
+        S,
+        sweep(metric="accuracy"),
+        IC,
+        ("metric", "Input should be 'eval_accuracy', 'eval_f1_macro' or 'eval_loss'"),
+    ),
+    Case(
+        "sweep-unknown-strategy",
+        SWEEPS,
+        S,
+        sweep(strategy="bayes"),
+        IC,
+        ("strategy", "Input should be 'grid', 'random' or 'tpe'"),
+    ),
+    Case(
+        "sweep-reduction-factor-too-large",
+        SWEEPS,
+        S,
+        sweep(early_stopping={"type": "successive_halving", "reduction_factor": 5}),
+        IC,
+        ("early_stopping.reduction_factor", "less than or equal to 4"),
+    ),
+    Case(
+        "sweep-reduction-factor-too-small",
+        SWEEPS,
+        S,
+        sweep(early_stopping={"type": "successive_halving", "reduction_factor": 1}),
+        IC,
+        ("early_stopping.reduction_factor", "greater than or equal to 2"),
+    ),
+    Case(
+        "sweep-bad-promote-alias",
+        SWEEPS,
+        S,
+        sweep(promote_alias="_aliases"),
+        IC,
+        ("promote_alias", PATTERN),
+    ),
+    Case(
+        "sweep-bad-name",
+        SWEEPS,
+        S,
+        sweep(sweep_name="../up"),
+        IC,
+        ("sweep_name", PATTERN),
     ),
 ]
 

@@ -17,7 +17,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from services.trainer.workflows import TRAINING_RETRY_POLICY, BertFineTuningWorkflow
+from services.trainer.registry import TRAINER_WORKFLOWS
+from services.trainer.run_lifecycle import TRAINING_RETRY_POLICY
+from services.trainer.run_workflow import run_workflow_id
 from shared.converter import data_converter
 from shared.errors import WORKER_SHUTDOWN
 from shared.types import (
@@ -62,25 +64,32 @@ async def test_more_preemptions_than_retry_attempts_still_finish() -> None:
         async with Worker(
             env.client,
             task_queue=queue,
-            workflows=[BertFineTuningWorkflow],
+            workflows=TRAINER_WORKFLOWS,
             activities=[preempted_then_done],
         ):
             handle = await env.client.start_workflow(
                 FINE_TUNING_WORKFLOW,
                 {"experiment_name": "spot", "runs": [{"train_file": "t.csv"}]},
-                id="replay-train-preempted",
+                id="replay-run-preempted",
                 task_queue=queue,
                 result_type=BertExperimentOutput,
             )
             output = await handle.result()
-        # The re-executions replay deterministically; the history joins the recorded ones.
-        history = await handle.fetch_history()
-        await Replayer(
-            workflows=[BertFineTuningWorkflow], data_converter=data_converter
-        ).replay_workflow(history)
-        if os.environ.get("RECORD_HISTORIES"):
-            histories = Path(__file__).parents[1] / "histories"
-            (histories / f"{handle.id}.json").write_text(history.to_json(), encoding="utf-8")
+        # The re-executions (in the run's child workflow) replay deterministically; both
+        # histories join the recorded ones.
+        run_id = output.runs[0].run_id
+        histories = {
+            "replay-run-preempted": await handle.fetch_history(),
+            "replay-run-preempted-child": await env.client.get_workflow_handle(
+                run_workflow_id(handle.id, run_id)
+            ).fetch_history(),
+        }
+        replayer = Replayer(workflows=TRAINER_WORKFLOWS, data_converter=data_converter)
+        for name, history in histories.items():
+            await replayer.replay_workflow(history)
+            if os.environ.get("RECORD_HISTORIES"):
+                folder = Path(__file__).parents[1] / "histories"
+                (folder / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
     assert output.runs[0].resumed_from_step == 10
     assert len(seen_attempts) == preemptions + 1
     # Attempt numbers keep increasing across re-executions (checkpoint folders stay ordered).
