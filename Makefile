@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install lock chart-readme system-deps tools demo dev test test-fast lint format bench clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-fast lint format bench bench-gpu clean k8s-up k8s-down
 
 # Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
 # constraints.txt (the CPU build; the images pick their own build and index).
@@ -79,8 +79,14 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every performance comparison side by side (training, inference, call-shape floors); writes
+# the table to docs/benchmarks.md. About 5 minutes on 2 idle cores: run it on a quiet machine.
 bench: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.inference_load
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.compare
+
+# BERT-base fine-tuning samples/s, MFU and inference texts/s on a CUDA GPU (exits 0 without one).
+bench-gpu: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.gpu --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

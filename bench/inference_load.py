@@ -105,14 +105,13 @@ async def run_sequential(
 
 def direct_baseline(run_dir: Path, requests: int, texts_per_request: int) -> list[float]:
     """The same classification in-process: the floor Temporal's overhead is measured against."""
-    from services.inferencer.activities import classify
     from services.inferencer.model_cache import load_model
 
-    loaded = load_model(run_dir, "cpu")
+    classifier = load_model(run_dir, "cpu").classifier
     latencies = []
     for index in range(requests):
         started = time.perf_counter()
-        classify(loaded, request_texts(index, texts_per_request), 128, 32)
+        classifier.classify(request_texts(index, texts_per_request), 128, 32, lambda d, s: None)
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -197,8 +196,7 @@ def report(args: argparse.Namespace, conc: dict, seq: dict, direct: dict) -> str
         f"{platform.python_version()}.",
         "",
         "```",
-        f"python -m bench.inference_load --requests {args.requests} "
-        f"--texts-per-request {texts}   # or: make bench",
+        f"python -m bench.inference_load --requests {args.requests} --texts-per-request {texts}",
         "```",
         "",
         "| mode | requests/s | texts/s | p50 ms | p95 ms | p99 ms |",

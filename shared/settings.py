@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared.types import INFERENCE_TASK_QUEUE, TRAINING_TASK_QUEUE
 
@@ -30,6 +30,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _processes(env: Mapping[str, str], name: str) -> int | Literal["auto"]:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "auto":
+        return "auto"
+    return _int(env, name, 1, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,8 @@ class Settings:
     inferencer_metrics_port: int = DEFAULT_INFERENCER_METRICS_PORT
     controller_metrics_port: int = DEFAULT_CONTROLLER_METRICS_PORT
     trainer_max_concurrent_activities: int = 1
+    # Processes (DDP ranks) that train one run together; "auto": one per visible GPU.
+    trainer_processes: int | Literal["auto"] = 1
     inference_max_concurrent_activities: int = 4
     model_cache_size: int = 4
     graceful_shutdown_seconds: int = 30
@@ -120,6 +129,7 @@ class Settings:
             trainer_max_concurrent_activities=_int(
                 env, "BERT_TRAINER_MAX_CONCURRENT_ACTIVITIES", 1, minimum=1
             ),
+            trainer_processes=_processes(env, "BERT_TRAINER_PROCESSES"),
             inference_max_concurrent_activities=_int(
                 env, "BERT_INFERENCE_MAX_CONCURRENT_ACTIVITIES", 4, minimum=1
             ),

@@ -9,45 +9,30 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from services.inferencer.model_cache import LoadedModel, ModelCache
+from services.inferencer.classifiers import BatchCallback
+from services.inferencer.model_cache import ModelCache
 from shared import metrics
 from shared.aliases import resolve_request_alias
 from shared.logging import get_logger
-from shared.runs import require_complete_run
+from shared.runs import resolve_served_run
 from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
 
 log = get_logger(__name__)
 
 
-def classify(
-    loaded: LoadedModel, texts: list[str], max_seq_length: int, batch_size: int
-) -> tuple[list[int], list[float]]:
-    """Labels and softmax confidences in input order; batches hold texts of similar length."""
-    import torch
+def _progress_callback() -> BatchCallback:
+    """Per batch: record its size and, in a regular activity, heartbeat the texts done.
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    labels = [0] * len(texts)
-    confidences = [0.0] * len(texts)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            encoded = loaded.tokenizer(
-                [texts[i] for i in indices],
-                truncation=True,
-                max_length=max_seq_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(loaded.device)
-            probabilities = torch.softmax(loaded.model(**encoded).logits.float(), dim=-1)
-            best = probabilities.max(dim=-1)
-            for position, index in enumerate(indices):
-                labels[index] = int(best.indices[position])
-                confidences[index] = float(best.values[position])
-            metrics.INFERENCE_BATCH_SIZE.observe(len(indices))
-            if activity.in_activity():
-                activity.heartbeat(start + len(indices))
-            log.debug("inference.batch", size=len(indices))
-    return labels, confidences
+    Local activities (the small-request path) cannot heartbeat; they are short by design.
+    """
+    heartbeat = activity.in_activity() and not activity.info().is_local
+
+    def on_batch(done: int, size: int) -> None:
+        metrics.INFERENCE_BATCH_SIZE.observe(size)
+        if heartbeat:
+            activity.heartbeat(done)
+
+    return on_batch
 
 
 class InferenceActivities:
@@ -63,21 +48,24 @@ class InferenceActivities:
         try:
             # An alias is resolved on every request, so a re-promotion is served at once.
             request = resolve_request_alias(self._runs_root, request)
-            run_dir = require_complete_run(self._runs_root, request.run_id)
+            assert request.run_id is not None  # an alias is resolved to its run id above
+            # A run that reused another run's model is served from that run's folder.
+            served = resolve_served_run(self._runs_root, request.run_id)
             device = "cpu"
             if request.use_gpu:
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            loaded = self._cache.get(run_dir, device)
-            labels, confidences = classify(
-                loaded, request.texts, request.max_seq_length, request.batch_size
+            loaded = self._cache.get(served.model_dir, device)
+            labels, confidences = loaded.classifier.classify(
+                request.texts, request.max_seq_length, request.batch_size, _progress_callback()
             )
             metrics.INFERENCE_TEXTS.inc(len(request.texts))
             log.info(
                 "inference.done",
                 run_id=request.run_id,
                 texts=len(request.texts),
+                backend=loaded.classifier.backend,
                 seconds=round(time.monotonic() - started, 4),
             )
             return BertInferenceResult(

@@ -9,26 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from services.inferencer.classifiers import LoadedModel, load_classifier
 from shared import metrics
 from shared.errors import RUN_NOT_FOUND, failure
 from shared.logging import get_logger
-from shared.model_loading import load_for_serving
 from shared.runs import RUN_MANIFEST
 
 log = get_logger(__name__)
-
-
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    label_names: list[str]
-    device: str
-    stamp: tuple[int, int]
 
 
 def _stamp(run_dir: Path) -> tuple[int, int]:
@@ -43,13 +32,9 @@ def _stamp(run_dir: Path) -> tuple[int, int]:
 
 
 def load_model(run_dir: Path, device: str) -> LoadedModel:
-    """Load a saved run with safetensors only; never executes code from the run folder."""
+    """Load a saved run (its ONNX export on CPU when it has one); never runs code from it."""
     stamp = _stamp(run_dir)
-    tokenizer, model = load_for_serving(str(run_dir), run_dir.name)
-    model.to(device).eval()
-    id2label = model.config.id2label or {}
-    label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
-    return LoadedModel(model, tokenizer, label_names, device, stamp)
+    return LoadedModel(load_classifier(run_dir, device), stamp)
 
 
 class ModelCache:
@@ -77,7 +62,13 @@ class ModelCache:
             elapsed = time.monotonic() - started
             metrics.MODEL_LOADS.inc()
             metrics.MODEL_LOAD_DURATION.observe(elapsed)
-            log.info("model.loaded", run_id=run_dir.name, device=device, seconds=round(elapsed, 3))
+            log.info(
+                "model.loaded",
+                run_id=run_dir.name,
+                device=device,
+                backend=loaded.classifier.backend,
+                seconds=round(elapsed, 3),
+            )
             with self._lock:
                 self._models[key] = loaded
                 self._models.move_to_end(key)

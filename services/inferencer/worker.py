@@ -31,8 +31,9 @@ def build_inferencer_worker(
         task_queue: queue polled for ``BertInferenceWorkflow`` and ``run_bert_inference``.
         runs_root: the shared runs volume (``BERT_RUNS_DIR``), read only.
         model_cache_size: models kept loaded (LRU); bounds memory when requests rotate runs.
-        max_concurrent_activities: requests classified at once; torch uses every core for
-            each, so a few is enough to overlap loading with compute.
+        max_concurrent_activities: requests classified at once; the backends use every core
+            for each, so a few is enough to overlap loading with compute. Small requests run
+            as local activities (``workflows.py``); they share the same thread pool.
         graceful_shutdown: time in-flight requests get to finish after SIGTERM.
     """
     activities = InferenceActivities(runs_root, ModelCache(model_cache_size))
@@ -45,6 +46,7 @@ def build_inferencer_worker(
             max_workers=max_concurrent_activities, thread_name_prefix="inference"
         ),
         max_concurrent_activities=max_concurrent_activities,
+        max_concurrent_local_activities=max_concurrent_activities,
         graceful_shutdown_timeout=graceful_shutdown,
     )
 

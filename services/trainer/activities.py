@@ -53,6 +53,20 @@ T = TypeVar("T")
 SIGNAL_TIMEOUT_SECONDS = 10.0
 
 
+class Trainer(Protocol):
+    """Trains one attempt: ``training.fine_tune`` in this process, or
+    ``launcher.DistributedTraining`` over several."""
+
+    def __call__(
+        self,
+        request: BertFineTuneRequest,
+        runs_root: Path,
+        reporter: ProgressReporter,
+        stop: StopControl,
+        attempt: Attempt | None = None,
+    ) -> BertFineTuneResult: ...
+
+
 class WorkflowGateway(Protocol):
     """What the training activity asks of Temporal besides heartbeats."""
 
@@ -141,6 +155,7 @@ class TrainingActivities:
         progress_history_check_every: int = HISTORY_CHECK_EVERY_SIGNALS,
         step_stall_timeout: float | None = None,
         checkpoint_interval_seconds: float = checkpoints.DEFAULT_INTERVAL_SECONDS,
+        train: Trainer = fine_tune,
     ) -> None:
         self._runs_root = runs_root
         self._gateway = gateway
@@ -149,6 +164,7 @@ class TrainingActivities:
         self._history_check_every = progress_history_check_every
         self._step_stall_timeout = step_stall_timeout
         self._checkpoint_interval = checkpoint_interval_seconds
+        self._train = train
 
     @activity.defn(name=FINE_TUNE_ACTIVITY, no_thread_cancel_exception=True)
     def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
@@ -178,7 +194,7 @@ class TrainingActivities:
             log.info("training.attempt_started", attempt=attempt.number)
             try:
                 with reporter:
-                    result = fine_tune(request, self._runs_root, reporter, stop, attempt)
+                    result = self._train(request, self._runs_root, reporter, stop, attempt)
                     reporter.update(phase="paused" if result.paused else "succeeded")
                 return result
             except TrainingCancelled:

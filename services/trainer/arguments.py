@@ -18,6 +18,7 @@ def training_arguments(
     use_cuda: bool,
     bf16: bool,
     checkpoint_steps: int | None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Keyword arguments for ``transformers.TrainingArguments``.
 
@@ -28,7 +29,8 @@ def training_arguments(
     return {
         "output_dir": output_dir,
         "num_train_epochs": config.num_epochs,
-        "per_device_train_batch_size": config.batch_size,
+        # batch_size is the batch of one optimizer step: the ranks share it evenly.
+        "per_device_train_batch_size": config.batch_size // world_size,
         "per_device_eval_batch_size": max(config.batch_size, MIN_EVAL_BATCH_SIZE),
         "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay,
@@ -51,4 +53,9 @@ def training_arguments(
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": use_cuda,
+        # The classification loss is a mean over the batch; with this on, transformers would
+        # multiply it (and the gradients) by the number of ranks.
+        "average_tokens_across_devices": False,
+        # Every parameter of a sequence classifier takes part in each step: skip DDP's search.
+        "ddp_find_unused_parameters": False,
     }

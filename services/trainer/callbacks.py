@@ -14,7 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from services.trainer import checkpoints
-from services.trainer.progress import ProgressReporter
+from services.trainer.progress import ProgressSink
 from services.trainer.stopping import StopControl
 from shared import metrics
 from shared.logging import get_logger
@@ -52,7 +52,7 @@ class MetricsCallback(TrainerCallback):
 class ProgressCallback(TrainerCallback):
     """Step, epoch, loss and evaluation into the progress reporter (heartbeats, query)."""
 
-    def __init__(self, reporter: ProgressReporter) -> None:
+    def __init__(self, reporter: ProgressSink) -> None:
         self._reporter = reporter
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -157,7 +157,7 @@ class CheckpointSealCallback(TrainerCallback):
     older ones, and publish it as the resume hint in the next heartbeat."""
 
     def __init__(
-        self, run_dir: Path, attempt: int, config_digest: str, reporter: ProgressReporter
+        self, run_dir: Path, attempt: int, config_digest: str, reporter: ProgressSink
     ) -> None:
         self._run_dir = run_dir
         self._attempt = attempt
@@ -204,3 +204,49 @@ class LoggingCallback(TrainerCallback):
     ) -> None:
         if metrics:
             log.info("training.evaluated", step=state.global_step, metrics=metrics)
+
+
+class StepAgreementCallback(TrainerCallback):
+    """At every step end, the ranks agree on stopping, saving, evaluating and logging.
+
+    Each flag becomes true on every rank when it is true on any: a timed checkpoint decided
+    by one rank's clock, or a shutdown seen first by one rank, happens on all of them at the
+    same step. ``shutdown`` is what the ranks' stop control reads; the stop callback, which
+    runs before this one, acts on it one step later on every rank alike.
+    """
+
+    def __init__(self, local_shutdown: Callable[[], bool]) -> None:
+        self._local_shutdown = local_shutdown
+        self.shutdown = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        flags = torch.tensor(
+            [
+                self._local_shutdown(),
+                control.should_training_stop,
+                control.should_save,
+                control.should_evaluate,
+                control.should_log,
+            ],
+            dtype=torch.int32,
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        shutdown, stop, save, evaluate, log = (bool(flag) for flag in flags.tolist())
+        self.shutdown = self.shutdown or shutdown
+        control.should_training_stop = stop
+        control.should_save = save
+        control.should_evaluate = evaluate
+        control.should_log = log
+
+
+class CheckpointBarrierCallback(TrainerCallback):
+    """Every rank writes its own RNG state into a checkpoint; the leader seals the folder
+    only once all of them have finished writing."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()

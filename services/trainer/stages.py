@@ -12,7 +12,8 @@ from services.trainer import checkpoints
 from services.trainer.arguments import training_arguments
 from services.trainer.data import PreparedData
 from services.trainer.evaluation import ClassificationMetrics, eval_metrics
-from services.trainer.progress import ProgressReporter
+from services.trainer.progress import ProgressSink
+from services.trainer.ranks import SINGLE_PROCESS, Ranks
 from services.trainer.run_directory import (
     Ownership,
     RunDirectory,
@@ -133,7 +134,7 @@ class TrainingSession:
         classification: ClassificationMetrics,
         steps_per_epoch: int,
         use_cuda: bool,
-        reporter: ProgressReporter,
+        reporter: ProgressSink,
     ) -> None:
         self.request = request
         self.trainer = trainer
@@ -154,8 +155,9 @@ class TrainingSession:
         tokenizer: Any,
         train_set: Any,
         eval_set: Any,
-        reporter: ProgressReporter,
+        reporter: ProgressSink,
         stop: StopControl,
+        ranks: Ranks = SINGLE_PROCESS,
     ) -> TrainingSession:
         import torch
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -177,6 +179,7 @@ class TrainingSession:
             use_cuda=use_cuda,
             bf16=use_cuda and torch.cuda.is_bf16_supported(),
             checkpoint_steps=config.checkpoint_steps,
+            world_size=ranks.world_size,
         )
         classification = ClassificationMetrics(len(model.config.id2label))
         hooks = [
@@ -184,7 +187,9 @@ class TrainingSession:
             callbacks.ProgressCallback(reporter),
             callbacks.LoggingCallback(),
             callbacks.StopCallback(stop),
-            callbacks.CheckpointSealCallback(run.path, attempt.number, identity[:16], reporter),
+            *ranks.sealing(
+                callbacks.CheckpointSealCallback(run.path, attempt.number, identity[:16], reporter)
+            ),
         ]
         if eval_set is not None:
             hooks.append(callbacks.EpochEvaluationCallback())
@@ -194,6 +199,7 @@ class TrainingSession:
             hooks.append(
                 callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
             )
+        hooks.extend(ranks.agreement())  # last: it sees every other callback's decision
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**args),

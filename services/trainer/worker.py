@@ -18,13 +18,15 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.trainer import checkpoints
-from services.trainer.activities import TemporalGateway, TrainingActivities
+from services.trainer.activities import TemporalGateway, Trainer, TrainingActivities
+from services.trainer.launcher import DistributedTraining, resolve_processes
 from services.trainer.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
     SIGNAL_INTERVAL_SECONDS,
 )
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
+from services.trainer.training import fine_tune
 from shared.service import run_worker_service
 from shared.settings import Settings
 
@@ -45,6 +47,9 @@ def build_trainer_worker(
     step_stall_timeout: timedelta | None = timedelta(minutes=30),
     checkpoint_interval: timedelta = timedelta(seconds=checkpoints.DEFAULT_INTERVAL_SECONDS),
     no_remote_activities: bool = False,
+    processes_per_run: int = 1,
+    log_level: str = "INFO",
+    log_format: str = "auto",
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
     controller.
@@ -72,7 +77,15 @@ def build_trainer_worker(
             cost more than 5% of training time (docs/durability.md).
         no_remote_activities: a controller: poll only workflow tasks and run local
             activities, never training (it imports no torch and needs no GPU).
+        processes_per_run: processes (PyTorch DDP ranks, one per GPU) that train each run
+            together, launched with torchrun; 1 trains in this process. The ranks log with
+            ``log_level`` and ``log_format`` (docs/distributed.md).
     """
+    train: Trainer = (
+        fine_tune
+        if processes_per_run == 1
+        else DistributedTraining(processes_per_run, log_level=log_level, log_format=log_format)
+    )
     activities = TrainingActivities(
         runs_root,
         TemporalGateway(client, asyncio.get_running_loop()),
@@ -81,6 +94,7 @@ def build_trainer_worker(
         progress_history_check_every=progress_history_check_every,
         step_stall_timeout=step_stall_timeout.total_seconds() if step_stall_timeout else None,
         checkpoint_interval_seconds=checkpoint_interval.total_seconds(),
+        train=train,
     )
     training = [] if no_remote_activities else [activities.fine_tune_bert]
     return Worker(
@@ -113,6 +127,9 @@ async def run_trainer(settings: Settings) -> None:
             progress_signal_interval=timedelta(seconds=settings.progress_signal_interval_seconds),
             step_stall_timeout=timedelta(seconds=settings.step_stall_timeout_seconds),
             checkpoint_interval=timedelta(seconds=settings.checkpoint_interval_seconds),
+            processes_per_run=resolve_processes(settings.trainer_processes),
+            log_level=settings.log_level,
+            log_format=settings.log_format,
         ),
     )
 

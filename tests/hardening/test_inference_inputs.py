@@ -20,6 +20,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from bert_finetune import client_ops
+from shared.onnx_export import EXPORT_DIR
 from shared.runs import RUN_MANIFEST
 from shared.types import INFERENCE_WORKFLOW, BertInferenceRequest, BertInferenceResult
 from tests.conftest import SentimentData, running_workers
@@ -76,6 +77,9 @@ async def infer_env(
     (copy_run(trained_run.run_dir, runs_root, INCOMPLETE_RUN_ID) / RUN_MANIFEST).unlink()
     corrupt = copy_run(trained_run.run_dir, runs_root, CORRUPT_RUN_ID)
     (corrupt / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 64)
+    # Damage what ONNX Runtime would serve too, so either backend meets a corrupt run.
+    for graph in (corrupt / EXPORT_DIR).glob("*.onnx"):
+        graph.write_bytes(b"\x00not an onnx graph" * 64)
     # A complete, loadable run outside the root: only the containment check stops it.
     stolen = copy_run(trained_run.run_dir, artefacts.outside.parent, "stolen-run")
     (runs_root / SYMLINK_RUN_ID).symlink_to(stolen, target_is_directory=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
-from services.inferencer.activities import classify
-from services.inferencer.model_cache import load_model
+from services.inferencer.classifiers import OnnxClassifier, TorchClassifier
 from services.trainer.activities import TrainingActivities
+from shared.onnx_export import export_onnx
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
@@ -25,7 +26,14 @@ def test_a_roberta_checkpoint_fine_tunes_and_serves_without_code_changes(
         BertFineTuneRequest(run_id="families-run-0-roberta", config=config),
     )
     assert result.eval_accuracy is not None and result.eval_accuracy > 0.8
-    loaded = load_model(Path(result.model_dir), "cpu")
-    assert type(loaded.model).__name__ == "RobertaForSequenceClassification"
-    labels, _ = classify(loaded, ["the movie was great fun", "it was awful"], 32, 8)
-    assert [loaded.label_names[label] for label in labels] == ["positive", "negative"]
+    texts = ["the movie was great fun", "it was awful"]
+    served = TorchClassifier(Path(result.model_dir), "cpu")
+    assert type(served.model).__name__ == "RobertaForSequenceClassification"
+    labels, _ = served.classify(texts, 32, 8, lambda done, size: None)
+    assert [served.label_names[label] for label in labels] == ["positive", "negative"]
+
+    # The ONNX export handles the family too (no token type ids, offset positions).
+    exported = tmp_path / "exported"
+    shutil.copytree(result.model_dir, exported)
+    export_onnx(exported, texts * 8)
+    assert OnnxClassifier(exported).classify(texts, 32, 8, lambda done, size: None)[0] == labels
