@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -22,6 +21,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.helpers.runs import make_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,22 +34,6 @@ WORDS = ["the movie was good fun", "an awful boring film", "so wonderful and nic
 
 def request_texts(index: int, count: int) -> list[str]:
     return [f"{WORDS[(index + i) % len(WORDS)]} {'really ' * (i % 5)}" for i in range(count)]
-
-
-def make_run(runs_root: Path, run_id: str, model_dir: Path, label_names: list[str]) -> Path:
-    """A complete run directory (model, tokenizer, run.json) as training leaves one."""
-    from transformers import AutoConfig
-
-    run_dir = runs_root / run_id
-    shutil.copytree(model_dir, run_dir)
-    config = AutoConfig.from_pretrained(run_dir)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: i for i, name in enumerate(label_names)}
-    config.save_pretrained(run_dir)
-    (run_dir / "run.json").write_text(
-        json.dumps({"run_id": run_id, "label_names": label_names}), encoding="utf-8"
-    )
-    return run_dir
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
 from shared import metrics
 from shared.aliases import resolve_request_alias
+from shared.instrumentation import InferenceRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import resolve_served_run
 from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
@@ -42,10 +41,9 @@ class InferenceActivities:
 
     @activity.defn(name=INFERENCE_ACTIVITY)
     def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
-        started = time.monotonic()
-        outcome = "success"
-        structlog.contextvars.bind_contextvars(run_id=request.run_id)
-        try:
+        named = request.run_id or f"@{request.alias}"
+        with activity_scope(InferenceRecorder(), "inference", run_id=named):
+            started = time.monotonic()
             # An alias is resolved on every request, so a re-promotion is served at once.
             request = resolve_request_alias(self._runs_root, request)
             assert request.run_id is not None  # an alias is resolved to its run id above
@@ -75,14 +73,3 @@ class InferenceActivities:
                 label_names=[loaded.label_names[label] for label in labels],
                 confidences=confidences,
             )
-        except ApplicationError as err:
-            outcome = err.type or "ApplicationError"
-            raise
-        except Exception as err:
-            outcome = type(err).__name__
-            log.exception("inference.crashed", run_id=request.run_id)
-            raise
-        finally:
-            metrics.INFERENCE_REQUESTS.labels(outcome=outcome).inc()
-            metrics.INFERENCE_LATENCY.observe(time.monotonic() - started)
-            structlog.contextvars.unbind_contextvars("run_id")

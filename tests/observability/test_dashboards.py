@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.plot_panel import (
+from tests.observability.conftest import NAMESPACE, ObservedStack, http_get
+from tools.plot_panel import (
     finite_points,
     iter_panels,
     load_dashboard,
@@ -19,7 +20,6 @@ from bench.plot_panel import (
     query_range,
     substitute,
 )
-from tests.observability.conftest import NAMESPACE, ObservedStack, http_get
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "charts" / "bert-finetune" / "dashboards"
 DASHBOARDS = {"bert-training.json": "trainer", "bert-inference.json": "inferencer"}

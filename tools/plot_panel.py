@@ -5,7 +5,7 @@ from the same PromQL the dashboard runs, with the dashboard variables substitute
 Grafana's Prometheus data source does. The observability test uses it to write
 ``docs/img/training-panel.png``; by hand::
 
-    python -m bench.plot_panel --prometheus http://127.0.0.1:9090 \\
+    python -m tools.plot_panel --prometheus http://127.0.0.1:9090 \\
         --dashboard charts/bert-finetune/dashboards/bert-training.json \\
         --panel "Loss and eval accuracy" --minutes 30 --out panel.png
 """
