@@ -28,6 +28,7 @@ def _progress_callback() -> BatchCallback:
 
     def on_batch(done: int, size: int) -> None:
         metrics.INFERENCE_BATCH_SIZE.observe(size)
+        log.debug("inference.batch", size=size, done=done)
         if heartbeat:
             activity.heartbeat(done)
 

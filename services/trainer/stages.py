@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -112,9 +113,19 @@ def tokenize(
         # Truncate only: the collator pads each batch to its own longest row.
         return tokenizer(batch["text"], truncation=True, max_length=max_seq_length)
 
-    train = data.train.map(encode, batched=True, remove_columns=["text"])
+    def fingerprint(split: str) -> str:
+        # Named explicitly: ``encode`` holds a stop callback that `datasets` cannot hash (it
+        # would warn on stderr and fingerprint at random).
+        key = f"{data.fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_seq_length}"
+        return hashlib.sha256(f"{key}|{split}".encode()).hexdigest()[:32]
+
+    train = data.train.map(
+        encode, batched=True, remove_columns=["text"], new_fingerprint=fingerprint("train")
+    )
     evaluation = (
-        data.eval.map(encode, batched=True, remove_columns=["text"])
+        data.eval.map(
+            encode, batched=True, remove_columns=["text"], new_fingerprint=fingerprint("eval")
+        )
         if data.eval is not None
         else None
     )

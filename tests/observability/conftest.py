@@ -333,18 +333,24 @@ async def run_scenario(
 
     started = time.time()
     texts = ["the movie was great fun", "it was awful and boring", "so wonderful", "very bad"]
+    # 4 to 144 texts: small requests run as local activities, larger ones (over 32 texts) as
+    # regular activities, so both call shapes' metrics have data.
     for round_ in range(6):
+        count = len(texts) * (round_ + 1) ** 2
         result = await client.execute_workflow(
             INFERENCE_WORKFLOW,
-            BertInferenceRequest(run_id=stack.run_id, texts=texts * (round_ + 1), batch_size=8),
+            BertInferenceRequest(
+                run_id=stack.run_id, texts=texts * (round_ + 1) ** 2, batch_size=8
+            ),
             id=f"obs-infer-{uuid.uuid4()}",
             task_queue=stack.inference_queue,
             result_type=BertInferenceResult,
         )
-        assert len(result.labels) == len(texts) * (round_ + 1)
-        if round_ == 0:
-            # The SDK creates its latency histograms at their first observation; let that
-            # first sample be scraped so the later requests show up as an increase (rate()).
+        assert len(result.labels) == count
+        if round_ in (0, 2):
+            # The SDK creates its latency histograms at their first observation (round 0 the
+            # local activity's, round 2 the activity's); let that first sample be scraped so
+            # the later requests show up as an increase (rate()).
             await asyncio.sleep(3 * SCRAPE_INTERVAL_SECONDS)
     with pytest.raises(WorkflowFailureError) as failed:
         await client.execute_workflow(
