@@ -92,6 +92,12 @@ def make_run(source: Path, runs_root: Path, run_id: str, upper_labels: bool = Fa
         config["id2label"] = {k: v.upper() for k, v in config["id2label"].items()}
         config["label2id"] = {k.upper(): v for k, v in config["label2id"].items()}
         config_path.write_text(json.dumps(config), encoding="utf-8")
+        # The ONNX export committed with the run names its labels too.
+        export_path = target / "onnx" / "export.json"
+        if export_path.is_file():
+            export = json.loads(export_path.read_text(encoding="utf-8"))
+            export["label_names"] = [name.upper() for name in export["label_names"]]
+            export_path.write_text(json.dumps(export), encoding="utf-8")
     manifest = json.loads((target / RUN_MANIFEST).read_text(encoding="utf-8"))
     manifest["run_id"] = run_id
     (target / RUN_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")

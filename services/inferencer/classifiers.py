@@ -84,9 +84,7 @@ class OnnxClassifier:
         except Exception as err:  # tokenizers and onnxruntime raise their own types
             raise _load_error(run_dir, err) from None
         self.graph = str(manifest["served_graph"])
-        self.label_names = _config_label_names(run_dir) or [
-            str(name) for name in manifest["label_names"]
-        ]
+        self.label_names = [str(name) for name in manifest["label_names"]]
         self._input_names = list(manifest["input_names"])
         self._pad_id = int(manifest.get("pad_token_id") or 0)
         # Longer inputs have no position embedding: truncate there, as `pipeline` does.
@@ -207,14 +205,3 @@ def load_classifier(run_dir: Path, device: str) -> Classifier:
     if device == "cpu" and has_export(run_dir):
         return OnnxClassifier(run_dir)
     return TorchClassifier(run_dir, device)
-
-
-def _config_label_names(run_dir: Path) -> list[str]:
-    """Label names from the model's own ``config.json``, the source PyTorch serving reads,
-    so both backends name labels alike; empty when the config has none."""
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        id2label = {int(key): str(name) for key, name in (config.get("id2label") or {}).items()}
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [id2label.get(i, str(i)) for i in range(len(id2label))]

@@ -11,7 +11,7 @@ from temporalio.client import Client
 from services.trainer.tracking import TrackingConfig
 from services.trainer.worker import build_trainer_worker
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepInput, BertSweepOutput
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.tracking.conftest import MlflowServer
 
 
@@ -39,6 +39,7 @@ async def test_a_sweep_is_one_parent_run_with_a_child_per_trial(
         max_concurrent_activities=2,
         graceful_shutdown=timedelta(seconds=5),
         tracking=TrackingConfig(mlflow_server.uri),
+        local_path_roots=TEST_LOCAL_PATH_ROOTS,
     )
     async with worker:
         output = await client.execute_workflow(

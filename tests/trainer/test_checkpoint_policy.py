@@ -11,9 +11,10 @@ from temporalio.testing import ActivityEnvironment
 
 from services.trainer import checkpoints
 from services.trainer.activities import TrainingActivities
+from services.trainer.paths import LocalPathRoots
 from shared import metrics
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
-from tests.conftest import SentimentData, tiny_config
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway
 
 
@@ -22,7 +23,9 @@ def test_short_runs_write_no_checkpoint_but_a_shutdown_seals_one_to_resume_from(
 ) -> None:
     config = BertFineTuneConfig.model_validate(tiny_config(tiny_model, sentiment_csv))
     assert config.checkpoint_steps is None  # the default, time-based policy
-    activities = TrainingActivities(runs_root, OfflineGateway())
+    activities = TrainingActivities(
+        runs_root, OfflineGateway(), local_path_roots=LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
+    )
     run_dir = runs_root / "policy-run-0-tiny"
 
     env = ActivityEnvironment()
