@@ -429,7 +429,13 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
             activity_executor=ThreadPoolExecutor(max_workers=4),
         )
         async with (
-            build_trainer_worker(client, task_queue=TRAIN_QUEUE, runs_root=runs_root),
+            build_trainer_worker(
+                client,
+                task_queue=TRAIN_QUEUE,
+                runs_root=runs_root,
+                # The bench's data and the packaged model are where the trainer may read.
+                local_path_roots=[work, model_dir],
+            ),
             build_inferencer_worker(client, task_queue=INFER_QUEUE, runs_root=runs_root),
             floor_worker,
         ):

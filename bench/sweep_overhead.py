@@ -83,6 +83,7 @@ async def _measure(args: argparse.Namespace, root: Path) -> dict:
             task_queue=queue,
             runs_root=runs_root,
             graceful_shutdown=timedelta(seconds=5),
+            local_path_roots=[root],  # the bench's tiny model and data
         )
         async with worker:
             # Warm-up: the first training in a process pays one-off imports.
