@@ -10,11 +10,15 @@
   differ: label agreement of 99.5% also bounds the accuracy change to 0.5 points);
 - ``tokenizer.json``: the fast tokenizer, so serving needs neither torch nor transformers;
 - ``export.json`` (written last inside the folder): which graph to serve, the label
-  names, the input names and what the checks measured.
+  names, the input names, what the checks measured and, for an export added after the run
+  committed, ``source_commit``: the digest of the ``run.json`` it was built from.
 
-Everything is built in a hidden sibling folder and renamed into place, so a reader sees a
-complete export or none. Call it before the run's ``run.json`` is written: a completed run
-is never modified afterwards.
+Everything is built in a staging folder and renamed into place, so a reader sees a complete
+export or none. Trainers export after the run commits (``BertExportWorkflow``, see
+``services/trainer/export.py``): the run's own files are never modified, the export is
+added next to them under the run's lock, and it is served only while ``source_commit``
+still names the run's ``run.json``. ``export_onnx`` exports a folder in place (a staged
+model before its commit, or a copy).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.logging import get_logger
-from shared.runs import fsync_dir
+from shared.runs import commit_digest, fsync_dir, is_complete
 
 log = get_logger(__name__)
 
@@ -39,6 +43,9 @@ EXPORT_MANIFEST = "export.json"
 FP32_GRAPH = "model.onnx"
 INT8_GRAPH = "model.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+# Written into a run folder at commit: the texts that decide, later, whether the int8 graph
+# is served (the export runs after the commit, when the training data may be gone).
+CHECK_TEXTS_FILE = "export_check_texts.json"
 EXPORT_FORMAT_VERSION = 1
 OPSET = 17
 # The int8 graph is served only when at most this share of labels differ from fp32's.
@@ -63,7 +70,7 @@ class OnnxExportError(RuntimeError):
 
 
 def export_onnx(model_dir: Path, check_texts: Sequence[str] | None = None) -> Path:
-    """Export the classifier saved in ``model_dir``; return the export folder.
+    """Export the classifier saved in ``model_dir`` into ``model_dir/onnx``; return that folder.
 
     ``check_texts`` (a few hundred texts from the run's evaluation or training data; the
     first 256 are used) decide whether the int8 graph is served; without them only the fp32
@@ -71,32 +78,92 @@ def export_onnx(model_dir: Path, check_texts: Sequence[str] | None = None) -> Pa
     Raises ``OnnxExportError`` when export or verification fails; nothing is left behind.
     """
     model_dir = Path(model_dir)
-    target = model_dir / EXPORT_DIR
     staging = Path(tempfile.mkdtemp(prefix=f".{EXPORT_DIR}-", dir=model_dir))
     try:
-        manifest = _build(model_dir, staging, list(check_texts or []))
-        _write_json(staging / EXPORT_MANIFEST, manifest)
-        _fsync_files(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-        fsync_dir(model_dir)
-        log.info(
-            "model.exported",
-            model_dir=str(model_dir),
-            served_graph=manifest["served_graph"],
-            seconds=manifest["export_seconds"],
-        )
-    except OnnxExportError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OnnxExportError(f"ONNX export of {model_dir.name!r} failed: {err}") from err
+        build_export(model_dir, staging, check_texts)
+        return publish_export(staging, model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def build_export(
+    model_dir: Path,
+    staging: Path,
+    check_texts: Sequence[str] | None = None,
+    source_commit: str | None = None,
+) -> dict[str, Any]:
+    """Write a complete export of ``model_dir`` into the empty folder ``staging``, every file
+    flushed; return its manifest. ``source_commit``: the run's commit it was built from.
+    Raises ``OnnxExportError`` (the folder's contents are then undefined)."""
+    try:
+        manifest = _build(Path(model_dir), staging, list(check_texts or []))
+        if source_commit is not None:
+            manifest["source_commit"] = source_commit
+        _write_json(staging / EXPORT_MANIFEST, manifest)
+        _fsync_files(staging)
+    except OnnxExportError:
+        raise
+    except Exception as err:
+        raise OnnxExportError(f"ONNX export of {Path(model_dir).name!r} failed: {err}") from err
+    log.info(
+        "model.exported",
+        model_dir=str(model_dir),
+        served_graph=manifest["served_graph"],
+        seconds=manifest["export_seconds"],
+    )
+    return manifest
+
+
+def publish_export(staging: Path, model_dir: Path) -> Path:
+    """Move a built export into ``model_dir/onnx`` in one rename (replacing an older one)."""
+    target = model_dir / EXPORT_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    fsync_dir(model_dir)
     return target
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any] | None:
+    """The export's manifest, or None when the folder has no (readable) export."""
+    try:
+        manifest = json.loads((model_dir / EXPORT_DIR / EXPORT_MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def is_current_export(model_dir: Path) -> bool:
+    """Whether the folder has an export built from the commit it holds now. Exports made
+    inside the commit itself name no commit: they are part of it."""
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        return False
+    source = manifest.get("source_commit")
+    return source is None or source == commit_of(model_dir)
+
+
+def commit_of(model_dir: Path) -> str | None:
+    """The folder's commit digest; None while it is incomplete (being overwritten)."""
+    try:
+        return commit_digest(model_dir) if is_complete(model_dir) else None
+    except FileNotFoundError:
+        return None
+
+
+def write_check_texts(folder: Path, texts: Sequence[str]) -> None:
+    """Keep the texts that gate the int8 graph with the model (see ``CHECK_TEXTS_FILE``)."""
+    _write_json(folder / CHECK_TEXTS_FILE, {"texts": list(texts)[:MAX_CHECK_TEXTS]})
+
+
+def read_check_texts(folder: Path) -> list[str]:
+    """The texts saved at commit; none for runs committed without them (fp32 only then)."""
+    try:
+        texts = json.loads((folder / CHECK_TEXTS_FILE).read_text("utf-8"))["texts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [text for text in texts if isinstance(text, str)] if isinstance(texts, list) else []
 
 
 def commit_exporter(check_texts: Sequence[str] | None) -> Callable[[Path], None]:

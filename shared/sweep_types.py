@@ -247,6 +247,9 @@ class BertRunInput(_Strict):
     rungs: list[int] = Field(default_factory=list)
     # Sweeps need evaluation data: a run without this metric fails with DatasetError.
     required_metric: SweepMetric | None = None
+    # Start (and abandon) the run's ``BertExportWorkflow`` once it has committed. Sweeps
+    # leave it False: they export only their best trial.
+    export_after_commit: bool = False
 
 
 class TrialObservation(_Strict):

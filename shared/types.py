@@ -183,6 +183,10 @@ class BertFineTuneRequest(_Strict):
     # None: the workflow that runs the activity.
     progress_workflow_id: str | None = None
     context: RunContext | None = None
+    # True: the commit includes the ONNX export (what workflows started before the export
+    # workflow existed expect). The run workflow sets False and exports after the commit
+    # (``BertExportWorkflow``), so the export is not on the training's critical path.
+    export_at_commit: bool = True
 
     @field_validator("run_id")
     @classmethod
@@ -289,6 +293,9 @@ class BertPromoteOutput(_Strict):
     run_id: str
     # The run the alias pointed at before; None for a new alias.
     previous_run_id: str | None = None
+    # Whether the promoted run has a current ONNX export (None: not reported). Without one,
+    # the promotion starts the run's export so the alias is soon served by ONNX Runtime.
+    exported: bool | None = None
 
 
 class BertInferenceResult(_Strict):

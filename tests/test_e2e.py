@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
+from shared.onnx_export import CHECK_TEXTS_FILE
+from shared.runs import commit_digest
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -17,6 +20,7 @@ from shared.types import (
     BertInferenceResult,
 )
 from tests.conftest import SentimentData, running_workers, tiny_config
+from tests.helpers.exports import wait_for_export
 
 
 async def test_experiment_trains_two_configs_and_serves_predictions(
@@ -52,8 +56,14 @@ async def test_experiment_trains_two_configs_and_serves_predictions(
             assert run_dir.parent == runs_root.resolve()
             assert (run_dir / "run.json").is_file()
             assert not (run_dir / "checkpoints").exists()
-            # The ONNX export is committed with the model (the inferencer serves it).
-            assert (run_dir / "onnx" / "export.json").is_file()
+            # The commit keeps the texts that gate the int8 graph of the export that follows.
+            assert (run_dir / CHECK_TEXTS_FILE).is_file()
+            # The ONNX export follows the commit (its own workflow); the inferencer serves it.
+            export = await wait_for_export(client, run.run_id)
+            assert (export.outcome, export.exported_run_id) == ("exported", run.run_id)
+            manifest = json.loads((run_dir / "onnx" / "export.json").read_text())
+            assert manifest["source_commit"] == commit_digest(run_dir)
+            assert manifest["served_graph"] == export.served_graph
             assert run.eval_accuracy is not None and run.eval_accuracy > 0.8
             assert run.label_names == ["negative", "positive"]
             assert run.num_train_samples == 160

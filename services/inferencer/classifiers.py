@@ -2,7 +2,8 @@
 
 Both classify in batches of texts of similar token length and return labels and softmax
 confidences in input order. ``load_classifier`` picks ONNX Runtime on CPU whenever the run
-has an export (runs trained before exports existed have none) and PyTorch otherwise.
+has an export of its current commit and PyTorch otherwise (runs trained before exports
+existed, or whose export is still being built after the commit).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from typing import Any, Protocol
 
 from shared.errors import MODEL_LOAD_ERROR, failure
 from shared.model_loading import load_for_serving
-from shared.onnx_export import EXPORT_DIR, EXPORT_FORMAT_VERSION, EXPORT_MANIFEST
+from shared.onnx_export import (
+    EXPORT_DIR,
+    EXPORT_FORMAT_VERSION,
+    EXPORT_MANIFEST,
+    is_current_export,
+)
 
 # Called after each batch with the number of texts classified so far (heartbeats, metrics).
 BatchCallback = Callable[[int, int], None]
@@ -41,7 +47,10 @@ def _usable_cores() -> int:
 
 
 def has_export(run_dir: Path) -> bool:
-    return (run_dir / EXPORT_DIR / EXPORT_MANIFEST).is_file()
+    """An export of the commit the folder holds now; one left from an earlier commit of the
+    run (it cannot happen through the trainer, which publishes under the run's lock) is
+    ignored."""
+    return is_current_export(run_dir)
 
 
 def _load_error(run_dir: Path, err: Exception) -> Exception:
@@ -193,7 +202,7 @@ class LoadedModel:
     """A classifier and the ``run.json`` identity it was loaded from (see ``ModelCache``)."""
 
     classifier: Classifier
-    stamp: tuple[int, int]
+    stamp: tuple[int, ...]
 
     @property
     def label_names(self) -> list[str]:

@@ -1,7 +1,9 @@
 """A small LRU cache of loaded models, keyed by run id and the run's on-disk identity.
 
 A run directory that is replaced (retrained with overwrite) gets a new ``run.json``, so
-its (inode, mtime) stamp changes and the stale model is reloaded rather than served.
+its (inode, mtime) stamp changes and the stale model is reloaded rather than served. The
+stamp includes the ONNX export's manifest too: a run first served by PyTorch switches to
+ONNX Runtime as soon as its export (added after the commit) lands.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from services.inferencer.classifiers import LoadedModel, load_classifier
 from shared import metrics
 from shared.errors import RUN_NOT_FOUND, failure
 from shared.logging import get_logger
+from shared.onnx_export import EXPORT_DIR, EXPORT_MANIFEST
 from shared.runs import RUN_MANIFEST
 
 log = get_logger(__name__)
 
 
-def _stamp(run_dir: Path) -> tuple[int, int]:
+def _stamp(run_dir: Path) -> tuple[int, ...]:
     try:
         stat = (run_dir / RUN_MANIFEST).stat()
     except FileNotFoundError:  # replaced or removed since it was found complete
@@ -28,7 +31,12 @@ def _stamp(run_dir: Path) -> tuple[int, int]:
             RUN_NOT_FOUND,
             f"run {run_dir.name!r} was removed or is being retrained; try again when it finishes",
         ) from None
-    return stat.st_ino, stat.st_mtime_ns
+    try:
+        export = (run_dir / EXPORT_DIR / EXPORT_MANIFEST).stat()
+        exported: tuple[int, ...] = (export.st_ino, export.st_mtime_ns)
+    except FileNotFoundError:
+        exported = ()
+    return stat.st_ino, stat.st_mtime_ns, *exported
 
 
 def load_model(run_dir: Path, device: str) -> LoadedModel:
@@ -82,7 +90,7 @@ class ModelCache:
                 metrics.MODELS_CACHED.set(len(self._models))
             return loaded
 
-    def _fresh(self, key: tuple[str, str], stamp: tuple[int, int]) -> LoadedModel | None:
+    def _fresh(self, key: tuple[str, str], stamp: tuple[int, ...]) -> LoadedModel | None:
         """The cached model for ``key`` if it was loaded from this very ``run.json``."""
         cached = self._models.get(key)
         if cached is None or cached.stamp != stamp:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from temporalio import activity
 
+from services.trainer.export import is_current_export
 from services.trainer.tracking import TrackingConfig
 from shared import aliases
 from shared.logging import get_logger
@@ -37,11 +38,16 @@ class PromotionActivities:
         result = await asyncio.to_thread(
             aliases.promote, self._runs_root, request.run_id, request.alias, promoted_by
         )
+        served = await asyncio.to_thread(resolve_served_run, self._runs_root, result.run_id)
+        result = result.model_copy(
+            update={"exported": await asyncio.to_thread(is_current_export, served.model_dir)}
+        )
         log.info(
             "alias.promoted",
             alias=result.alias,
             run_id=result.run_id,
             previous_run_id=result.previous_run_id,
+            exported=result.exported,
         )
         self._mirror_soon(result)
         return result

@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from services.trainer.export_workflow import start_export
     from shared.errors import NON_RETRYABLE_TYPES
     from shared.types import (
         PROMOTE_ACTIVITY,
@@ -45,4 +46,8 @@ class BertPromoteWorkflow:
             "alias.promoted",
             extra={"alias": result.alias, "run_id": result.run_id},
         )
+        # A promoted run is about to be served: one without an export gets it now.
+        # (Behind a patch: promotions recorded before it replay without this step.)
+        if result.exported is False and workflow.patched("promotion-exports-run"):
+            await start_export(result.run_id)
         return result

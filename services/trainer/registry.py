@@ -2,7 +2,8 @@
 
 Workflow tasks of the trainer queue may run on any worker that polls it: a GPU trainer or a
 controller that trains nothing. Each such worker registers every workflow below and every
-local activity those workflows call; only trainers add ``fine_tune_bert``.
+local activity those workflows call; only trainers add ``fine_tune_bert`` and
+``export_run`` (the ONNX export).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.activities import PartialRunActivities
+from services.trainer.export_workflow import BertExportWorkflow
 from services.trainer.promotion import PromotionActivities
 from services.trainer.promotion_workflow import BertPromoteWorkflow
 from services.trainer.run_workflow import BertRunWorkflow
@@ -26,6 +28,7 @@ TRAINER_WORKFLOWS: list[type] = [
     BertRunWorkflow,
     BertSweepWorkflow,
     BertPromoteWorkflow,
+    BertExportWorkflow,
 ]
 
 

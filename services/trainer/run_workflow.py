@@ -1,8 +1,10 @@
 """``BertRunWorkflow`` (internal): one run, a child of an experiment or a sweep.
 
 It owns the run's lifecycle (``RunLifecycle``: re-execution after preemption, discard on
-cancel) and, for successive halving, the conversation with its parent at each rung: it
-signals ``rung_reached`` with the evaluation and waits for ``rung_decision``. Its id is
+cancel), starts the run's ONNX export once it has committed (``export_after_commit``; the
+export goes on after this workflow returns) and, for successive halving, the conversation
+with its parent at each rung: it signals ``rung_reached`` with the evaluation and waits for
+``rung_decision``. Its id is
 ``{parent workflow id}/{run_id}``; progress signals go to the parent directly.
 """
 
@@ -14,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from services.trainer.export_workflow import start_export
     from services.trainer.run_lifecycle import RunLifecycle
     from shared.errors import DATASET_ERROR, truncate
     from shared.sweep_types import (
@@ -49,6 +52,9 @@ class BertRunWorkflow:
         except ActivityError as err:
             raise _as_run_failure(err) from None
         self._require_metric(result)
+        if input.export_after_commit:
+            # A run that reused another's model is served from that run's folder.
+            await start_export(result.reused_from or result.run_id)
         return result
 
     @workflow.signal(name=RUNG_DECISION_SIGNAL)

@@ -20,7 +20,7 @@ from services.trainer.stages import Attempt
 from services.trainer.stopping import StopControl
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
-from shared.onnx_export import commit_exporter
+from shared.onnx_export import MAX_CHECK_TEXTS, commit_exporter, write_check_texts
 from shared.run_record import run_identity
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
@@ -121,15 +121,25 @@ def fine_tune(
         record = stages.run_record(request, run, data, identity, trained, evaluation, attempt)
         if not ranks.is_leader:
             return record.result  # the leader commits the run; its result is the attempt's
-        # The ONNX export is part of the commit: a completed run is never modified afterwards.
-        run.commit(session.save_model, record, attempt.number, export=_exporter(data))
+        run.commit(
+            session.save_model,
+            record,
+            attempt.number,
+            export=_exporter(data, at_commit=request.export_at_commit),
+        )
         log.info("model.saved", run_dir=str(run.path), eval_metrics=evaluation.metrics)
         return record.result
     finally:
         session.release()
 
 
-def _exporter(data: PreparedData) -> Callable[[Path], None]:
-    """Exports the committed model; texts from the run's own data gate the int8 graph."""
+def _exporter(data: PreparedData, at_commit: bool) -> Callable[[Path], None]:
+    """What the commit adds to the model files for its ONNX export: the export itself
+    (``at_commit``: requests from workflows that predate the export workflow), or the texts
+    from the run's own data that gate its int8 graph when ``BertExportWorkflow`` exports the
+    run after the commit, off the training's critical path."""
     sample = data.eval if data.eval is not None else data.train
-    return commit_exporter(sample[: min(256, len(sample))]["text"])
+    texts = sample[: min(MAX_CHECK_TEXTS, len(sample))]["text"]
+    if at_commit:
+        return commit_exporter(texts)
+    return lambda staging: write_check_texts(staging, texts)

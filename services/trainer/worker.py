@@ -10,16 +10,18 @@ factory and register the same workflows and local activities (listed once, in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.trainer import checkpoints
 from services.trainer.activities import TemporalGateway, Trainer, TrainingActivities
+from services.trainer.export import ExportActivities
 from services.trainer.launcher import DistributedTraining, resolve_processes
 from services.trainer.paths import LocalPathRoots
 from services.trainer.progress import (
@@ -64,7 +66,7 @@ def build_trainer_worker(
 
     Args:
         task_queue: queue polled for the workflows in ``registry.TRAINER_WORKFLOWS`` and, unless
-            ``no_remote_activities``, ``fine_tune_bert``.
+            ``no_remote_activities``, ``fine_tune_bert`` and ``export_run``.
         runs_root: the shared runs volume (``BERT_RUNS_DIR``).
         max_concurrent_activities: runs trained at once; 1 per GPU is the safe default.
         graceful_shutdown: how long a SIGTERM'd worker lets training seal a checkpoint
@@ -119,7 +121,9 @@ def build_trainer_worker(
         train=train,
         tracking=tracking,
     )
-    training = [] if no_remote_activities else [activities.fine_tune_bert]
+    training: list[Callable[..., Any]] = []
+    if not no_remote_activities:
+        training = [activities.fine_tune_bert, ExportActivities(runs_root).export_run]
     return Worker(
         client,
         task_queue=task_queue,

@@ -85,12 +85,18 @@ class BertFineTuningWorkflow(RunBoard):
             update={
                 "progress_workflow_id": parent_id,
                 "context": RunContext(kind="experiment", name=self._experiment_name),
+                # The run workflow exports after the commit, off the critical path.
+                "export_at_commit": False,
             }
         )
         try:
             result = await workflow.execute_child_workflow(
                 BertRunWorkflow.run,
-                BertRunInput(request=child_request, heartbeat_timeout_seconds=heartbeat_seconds),
+                BertRunInput(
+                    request=child_request,
+                    heartbeat_timeout_seconds=heartbeat_seconds,
+                    export_after_commit=True,
+                ),
                 id=run_workflow_id(parent_id, request.run_id),
                 task_queue=workflow.info().task_queue,
             )
