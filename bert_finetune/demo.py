@@ -17,6 +17,7 @@ from rich.console import Console
 from bert_finetune import client_ops
 from bert_finetune.demo_data import short_path, stage_minilm, write_tweet_splits
 from bert_finetune.stack import LocalStack
+from shared.export_types import BertExportOutput, export_workflow_id
 from shared.settings import Settings
 from shared.temporal import connect
 from shared.types import BertExperimentInput, BertFineTuneConfig
@@ -87,6 +88,15 @@ async def _run(stack: LocalStack, console: Console, state_dir: Path) -> None:
         client, f"@{DEMO_ALIAS}", DEMO_SENTENCES, settings.inference_task_queue
     )
     console.print(client_ops.predictions_table(prediction, alias=DEMO_ALIAS))
+    # The run's ONNX export follows its commit in its own workflow: wait for it before the
+    # stack stops (it was served by PyTorch until then).
+    export = await client.get_workflow_handle(
+        export_workflow_id(run.run_id), result_type=BertExportOutput
+    ).result()
+    console.print(
+        f"ONNX export of the run: [bold]{export.served_graph}[/] ({export.outcome}, built after "
+        "the commit by BertExportWorkflow); the inferencer serves it with ONNX Runtime"
+    )
     beat = (
         run.eval_accuracy is not None
         and run.majority_baseline_accuracy is not None

@@ -16,8 +16,9 @@
 Everything is built in a staging folder and renamed into place, so a reader sees a complete
 export or none. Trainers export after the run commits (``BertExportWorkflow``, see
 ``services/trainer/export.py``): the run's own files are never modified, the export is
-added next to them under the run's lock, and it is served only while ``source_commit``
-still names the run's ``run.json``. ``export_onnx`` exports a folder in place (a staged
+added next to them under the run's lock, and only while the folder still holds the commit
+named by its ``source_commit`` (an overwrite removes the export, under the same lock,
+before it commits a new model). ``export_onnx`` exports a folder in place (a staged
 model before its commit, or a copy).
 """
 
@@ -132,6 +133,11 @@ def read_manifest(model_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def has_export(model_dir: Path) -> bool:
+    """Whether the folder holds an export (complete: its manifest is written last)."""
+    return (model_dir / EXPORT_DIR / EXPORT_MANIFEST).is_file()
 
 
 def is_current_export(model_dir: Path) -> bool:

@@ -23,6 +23,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -32,6 +33,8 @@ from services.trainer.registry import TRAINER_WORKFLOWS
 from services.trainer.worker import build_trainer_worker
 from shared import aliases
 from shared.converter import data_converter
+from shared.export_types import export_workflow_id
+from shared.onnx_export import EXPORT_DIR, has_export
 from shared.runs import RUN_MANIFEST, list_runs
 from shared.types import (
     FINE_TUNING_WORKFLOW,
@@ -51,6 +54,7 @@ from tests.durability.harness import (
     query_progress,
     wait_for,
 )
+from tests.helpers.exports import wait_for_export
 from tests.helpers.processes import WorkerProcess
 from tests.test_cli import cli
 
@@ -79,6 +83,7 @@ async def trained_dir(
             task_queue=queues.training,
             result_type=BertExperimentOutput,
         )
+        await wait_for_export(temporal_env.client, output.runs[0].run_id)
     yield Path(output.runs[0].model_dir)
 
 
@@ -238,6 +243,7 @@ async def test_promotion_and_inference_by_alias_through_the_temporal_cli(
                 "alias": "prod",
                 "run_id": run_id,
                 "previous_run_id": previous,
+                "exported": True,
             }
             served = await run_temporal_cli(
                 address,
@@ -253,6 +259,24 @@ async def test_promotion_and_inference_by_alias_through_the_temporal_cli(
                 json.dumps({"alias": "prod", "texts": TEXTS}),
             )
             assert served["result"]["run_id"] == run_id
+
+
+async def test_promoting_a_run_without_an_export_exports_it(
+    client: Client, runs_root: Path, two_runs: tuple[str, str]
+) -> None:
+    run_a, run_b = two_runs
+    shutil.rmtree(runs_root / run_a / EXPORT_DIR)  # e.g. trained before exports existed
+    async with running_workers(client, runs_root) as queues:
+        promoted = await promote(client, queues.training, run_a, "prod")
+        # Served at once (by PyTorch); the export follows, in its own workflow.
+        assert promoted.exported is False
+        export = await wait_for_export(client, run_a)
+        assert (export.outcome, export.exported_run_id) == ("exported", run_a)
+        assert has_export(runs_root / run_a)
+        # A run that has one is promoted without starting an export.
+        assert (await promote(client, queues.training, run_b, "prod")).exported is True
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(export_workflow_id(run_b)).describe()
 
 
 async def test_promotion_completes_while_the_only_trainer_is_busy_training(

@@ -22,9 +22,11 @@ from services.trainer.registry import TRAINER_WORKFLOWS
 from services.trainer.run_workflow import run_workflow_id
 from shared.aliases import resolve_alias
 from shared.converter import data_converter
+from shared.onnx_export import has_export
 from shared.runs import is_complete, read_record
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepOutput
 from tests.conftest import SentimentData, run_temporal_cli, running_workers, tiny_config
+from tests.helpers.exports import wait_for_export
 from tests.test_cli import cli
 from tests.tiny import sentiment_rows, write_csv
 
@@ -160,6 +162,8 @@ async def test_successive_halving_prunes_the_weak_trials_and_picks_the_argmax(
             result_type=BertSweepOutput,
         )
         output = await handle.result()
+        # Only the best trial is exported (after the sweep, in its own workflow).
+        assert (await wait_for_export(client, output.best_run_id)).outcome == "exported"
     assert [t.state for t in output.trials] == ["succeeded", "pruned", "pruned", "succeeded"]
     assert [t.epochs_completed for t in output.trials] == [2, 1, 1, 2]
     # The best is the argmax of the metric over succeeded trials (ties: lowest index).
@@ -173,6 +177,7 @@ async def test_successive_halving_prunes_the_weak_trials_and_picks_the_argmax(
         assert record.stopped_early == (trial.state == "pruned")
         assert record.epochs_completed == trial.epochs_completed
         assert not (runs_root / trial.run_id / "checkpoints").exists()
+        assert has_export(runs_root / trial.run_id) == (trial.run_id == output.best_run_id)
     # Promoted on success: the alias points at the best trial.
     assert resolve_alias(runs_root, "halving-best") == output.best_run_id
     assert output.alias == "halving-best"

@@ -2,8 +2,8 @@
 
 Both classify in batches of texts of similar token length and return labels and softmax
 confidences in input order. ``load_classifier`` picks ONNX Runtime on CPU whenever the run
-has an export of its current commit and PyTorch otherwise (runs trained before exports
-existed, or whose export is still being built after the commit).
+has an export and PyTorch otherwise (runs trained before exports existed, or whose export
+is still being built after the commit).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from shared.onnx_export import (
     EXPORT_DIR,
     EXPORT_FORMAT_VERSION,
     EXPORT_MANIFEST,
-    is_current_export,
+    has_export,
 )
 
 # Called after each batch with the number of texts classified so far (heartbeats, metrics).
@@ -44,13 +44,6 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def has_export(run_dir: Path) -> bool:
-    """An export of the commit the folder holds now; one left from an earlier commit of the
-    run (it cannot happen through the trainer, which publishes under the run's lock) is
-    ignored."""
-    return is_current_export(run_dir)
 
 
 def _load_error(run_dir: Path, err: Exception) -> Exception:
@@ -211,6 +204,9 @@ class LoadedModel:
 
 def load_classifier(run_dir: Path, device: str) -> Classifier:
     """ONNX Runtime when the run has an export and the request runs on CPU, else PyTorch."""
+    # The trainer publishes an export only while the folder holds the commit it was built
+    # from, and an overwrite removes it before committing anew (both under the run's lock):
+    # an export found here belongs to the model next to it.
     if device == "cpu" and has_export(run_dir):
         return OnnxClassifier(run_dir)
     return TorchClassifier(run_dir, device)

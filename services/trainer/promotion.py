@@ -13,10 +13,10 @@ from pathlib import Path
 
 from temporalio import activity
 
-from services.trainer.export import is_current_export
 from services.trainer.tracking import TrackingConfig
 from shared import aliases
 from shared.logging import get_logger
+from shared.onnx_export import has_export
 from shared.runs import resolve_served_run
 from shared.types import PROMOTE_ACTIVITY, BertPromoteInput, BertPromoteOutput
 
@@ -40,7 +40,7 @@ class PromotionActivities:
         )
         served = await asyncio.to_thread(resolve_served_run, self._runs_root, result.run_id)
         result = result.model_copy(
-            update={"exported": await asyncio.to_thread(is_current_export, served.model_dir)}
+            update={"exported": await asyncio.to_thread(has_export, served.model_dir)}
         )
         log.info(
             "alias.promoted",

@@ -16,6 +16,7 @@ from shared.runs import RUN_MANIFEST
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.conftest import SentimentData, running_workers, tiny_config
 from tests.hardening.artefacts import Artefacts, build_artefacts
+from tests.helpers.exports import wait_for_export
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ async def trained_run(
             task_queue=queues.training,
             result_type=BertExperimentOutput,
         )
+        # The run's ONNX export follows its commit: wait for it, so every user of the
+        # fixture sees the same folder.
+        await wait_for_export(temporal_env.client, output.runs[0].run_id)
     run = output.runs[0]
     yield TrainedRun(Path(run.model_dir), run.run_id)
 
