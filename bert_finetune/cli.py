@@ -197,6 +197,25 @@ async def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _export(args: argparse.Namespace) -> int:
+    from bert_finetune import client_ops
+
+    settings = _settings()
+    client_ops.export_input(args.run_id)  # a bad run id never reaches the server
+    client = await _client(settings)
+    handle = await client_ops.start_export(client, args.run_id, settings.training_task_queue)
+    if not args.wait:
+        console.print(handle.id)
+        return 0
+    output = await handle.result()
+    if args.json:
+        console.print_json(output.model_dump_json())
+    summary = client_ops.export_summary(output)  # UserError when nothing was published
+    if not args.json:
+        console.print(summary, soft_wrap=True, highlight=False)
+    return 0
+
+
 async def _cancel(args: argparse.Namespace) -> int:
     client = await _client(_settings())
     await client.get_workflow_handle(args.workflow_id).cancel()
@@ -347,6 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS", help="e.g. production; predict with @ALIAS")
     p.set_defaults(func=_async(_promote))
 
+    p = sub.add_parser(
+        "export",
+        help="add a saved run's ONNX export (runs trained before exports existed, or whose "
+        "export failed); attaches to an export already running for the run",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the export and print its outcome (default); --no-wait prints the "
+        "workflow id and exits",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_async(_export))
+
     p = sub.add_parser("cancel", help="cancel an experiment or a sweep")
     p.add_argument("workflow_id")
     p.set_defaults(func=_async(_cancel))
@@ -382,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
             errors.print(
                 f"interrupted: the {what} keeps running on Temporal; follow it with "
                 "`bert-finetune progress WORKFLOW_ID` or stop it with `bert-finetune cancel`",
+                highlight=False,
+            )
+        elif args.command == "export":
+            errors.print(
+                "interrupted: the export keeps running on Temporal; run `bert-finetune export "
+                f"{args.run_id}` again to wait for it",
                 highlight=False,
             )
         elif args.command == "predict":

@@ -1,4 +1,5 @@
-"""What the CLI does through Temporal: start and watch experiments, predict, promote, cancel."""
+"""What the CLI does through Temporal: start and watch experiments, predict, promote, export,
+cancel."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from shared.errors import INVALID_CONFIG, describe_validation_error, one_line
+from shared.export_types import (
+    EXPORT_WORKFLOW,
+    BertExportInput,
+    BertExportOutput,
+    export_workflow_id,
+)
+from shared.onnx_export import FP32_GRAPH, INT8_GRAPH
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepInput, BertSweepOutput, SweepProgress
 from shared.types import (
     FINE_TUNING_WORKFLOW,
@@ -360,6 +368,77 @@ async def promote(client: Client, run_id: str, alias: str, task_queue: str) -> B
         id=f"bert-promote-{alias}-{uuid.uuid4().hex[:12]}",
         task_queue=task_queue,
         result_type=BertPromoteOutput,
+    )
+
+
+def export_input(run_id: str) -> BertExportInput:
+    try:
+        return BertExportInput(run_id=run_id)
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
+
+
+async def start_export(
+    client: Client, run_id: str, task_queue: str
+) -> WorkflowHandle[Any, BertExportOutput]:
+    """Start ``BertExportWorkflow`` for the saved run ``run_id`` (``bert-export/{run_id}``),
+    or attach to the one already running for it (started by its run, sweep or promotion,
+    or by another ``bert-finetune export``). The export runs on a trainer: the workflow
+    waits on the training queue until one polls it."""
+    request = export_input(run_id)
+    workflow_id = export_workflow_id(run_id)
+    try:
+        return await client.start_workflow(
+            EXPORT_WORKFLOW,
+            request,
+            id=workflow_id,
+            task_queue=task_queue,
+            result_type=BertExportOutput,
+        )
+    except WorkflowAlreadyStartedError:
+        # No run id: the handle follows whichever execution of the id is the latest.
+        return client.get_workflow_handle(workflow_id, result_type=BertExportOutput)
+
+
+async def export_run(client: Client, run_id: str, task_queue: str) -> BertExportOutput:
+    """Export ``run_id`` (or wait for the export already running) and return the outcome."""
+    handle = await start_export(client, run_id, task_queue)
+    return await handle.result()
+
+
+# The graph ``export.json`` serves, as ``runs`` and ``export`` name it.
+GRAPH_PRECISION = {INT8_GRAPH: "int8", FP32_GRAPH: "fp32"}
+
+
+def graph_precision(served_graph: str | None) -> str:
+    if served_graph is None:
+        return "none"
+    return GRAPH_PRECISION.get(served_graph, served_graph)
+
+
+def export_summary(output: BertExportOutput) -> str:
+    """One line for a published export; ``UserError`` when nothing was published."""
+    run = output.run_id
+    if output.exported_run_id != output.run_id:
+        run += f" (it reuses the model of run {output.exported_run_id}: exported there)"
+    again = f"`bert-finetune export {output.run_id}`"
+    if output.outcome == "superseded":
+        raise UserError(
+            f"run {run} was overwritten or removed while its export was being built; nothing "
+            f"was published: check it with `bert-finetune runs` and run {again} again"
+        )
+    if output.outcome == "abandoned":
+        raise UserError(
+            f"the export of run {run} was cancelled; nothing was published: run {again} again"
+        )
+    graph = f"{graph_precision(output.served_graph)} graph (onnx/{output.served_graph})"
+    if output.outcome == "already_exported":
+        return (
+            f"Run {run} already has an export of its current commit: ONNX Runtime serves "
+            f"the {graph}"
+        )
+    return (
+        f"Exported run {run} in {output.export_seconds:.1f} s: ONNX Runtime now serves the {graph}"
     )
 
 

@@ -9,10 +9,11 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.exceptions import ApplicationError
 
-from bert_finetune.client_ops import UserError
+from bert_finetune.client_ops import UserError, graph_precision
 from shared.aliases import list_aliases
+from shared.onnx_export import CHECK_TEXTS_FILE, has_export, read_manifest
 from shared.run_record import RunRecord
-from shared.runs import list_runs, read_record, require_complete_run
+from shared.runs import RunEntry, list_runs, read_record, require_complete_run, resolve_served_run
 
 METRIC_COLUMNS = (
     ("acc", "eval_accuracy"),
@@ -28,8 +29,34 @@ def _metric(record: RunRecord | None, name: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def export_state(runs_root: Path, run: RunEntry) -> str:
+    """The run's ONNX export: the graph served ("int8"/"fp32") when the folder holding its
+    model has an export; "pending" when the commit saved the texts for an export that has
+    not landed (being built, or it failed: ``bert-finetune export``); "none" otherwise
+    (served by PyTorch); "-" for an incomplete run."""
+    if run.record is None:
+        return "-"
+    try:
+        model_dir = resolve_served_run(runs_root, run.run_id).model_dir
+        if has_export(model_dir):
+            return graph_precision((read_manifest(model_dir) or {}).get("served_graph"))
+        return "pending" if (model_dir / CHECK_TEXTS_FILE).is_file() else "none"
+    except (ApplicationError, OSError):  # a reused source that is gone, an unreadable file
+        return "none"
+
+
+EXPORT_NOTES = {
+    "int8": "int8 (ONNX Runtime serves onnx/model.int8.onnx)",
+    "fp32": "fp32 (ONNX Runtime serves onnx/model.onnx)",
+    "pending": "pending (served by PyTorch until the export lands; if it failed, "
+    "`bert-finetune export {run_id}` says why)",
+    "none": "none (served by PyTorch; add one with `bert-finetune export {run_id}`)",
+}
+
+
 def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
-    """Every run with its state, epochs, metrics, labels and the aliases pointing at it."""
+    """Every run with its state, epochs, metrics, labels, the aliases pointing at it and its
+    ONNX export (``export_state``)."""
     runs = list_runs(runs_root)
     aliases = list_aliases(runs_root)
     aliases_of = {
@@ -37,6 +64,7 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
         for run in runs
     }
     listed = set(aliases_of)
+    exports = {run.run_id: export_state(runs_root, run) for run in runs}
     dangling = {alias: target for alias, target in aliases.items() if target not in listed}
     if as_json:
         console.print_json(
@@ -47,6 +75,7 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
                         "complete": run.complete,
                         "problem": run.problem,
                         "aliases": aliases_of[run.run_id],
+                        "export": exports[run.run_id],
                         "record": json.loads(run.record.model_dump_json()) if run.record else None,
                     }
                     for run in runs
@@ -63,7 +92,15 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
         or None,
         caption_justify="left",
     )
-    columns = ("run_id", "state", "epochs", *(c for c, _ in METRIC_COLUMNS), "labels", "aliases")
+    columns = (
+        "run_id",
+        "state",
+        "epochs",
+        *(c for c, _ in METRIC_COLUMNS),
+        "labels",
+        "aliases",
+        "export",
+    )
     for column in columns:
         table.add_column(column)
     for run in runs:
@@ -80,12 +117,14 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
             *(_metric(record, name) for _, name in METRIC_COLUMNS),
             ", ".join(record.label_names) if record else "",
             ", ".join(f"@{alias}" for alias in aliases_of[run.run_id]),
+            exports[run.run_id],
         )
     console.print(table)
 
 
 def show_run(runs_root: Path, run_id: str, as_json: bool, console: Console) -> None:
-    """One finished run: its config, final metrics, per-epoch evaluations, confusion matrix."""
+    """One finished run: its config, export, final metrics, per-epoch evaluations, confusion
+    matrix."""
     try:
         record = read_record(require_complete_run(runs_root, run_id))
     except ApplicationError as err:
@@ -93,6 +132,7 @@ def show_run(runs_root: Path, run_id: str, as_json: bool, console: Console) -> N
     if as_json:
         console.print_json(record.model_dump_json())
         return
+    export = export_state(runs_root, RunEntry(run_id, record))
     result = record.result
     summary = Table(title=f"Run {run_id}", show_header=False)
     summary.add_column("field")
@@ -102,6 +142,9 @@ def show_run(runs_root: Path, run_id: str, as_json: bool, console: Console) -> N
         "epochs trained": f"{record.trained_epochs()} of {record.config.num_epochs}"
         + (" (stopped early)" if record.stopped_early else ""),
         "reuses the model of": record.reused_from or "-",
+        "ONNX export": EXPORT_NOTES[export].format(run_id=run_id)
+        if export in EXPORT_NOTES
+        else export,
         "train loss": f"{result.train_loss:.4f}",
         "train samples/s": f"{result.train_samples_per_second:.1f}",
         "majority baseline": "-"

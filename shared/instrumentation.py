@@ -85,6 +85,19 @@ class TrainingRecorder:
         metrics.HEARTBEAT_CLOCK.run_finished()
 
 
+class ExportRecorder:
+    """``bert_training_export*``: exports in flight, by outcome, their durations."""
+
+    def started(self) -> None:
+        metrics.EXPORTS_IN_FLIGHT.inc()
+
+    def finished(self, outcome: Outcome, seconds: float) -> None:
+        label = outcome.error_type or outcome.label or "exported"
+        metrics.EXPORTS.labels(outcome=label).inc()
+        metrics.EXPORT_DURATION.labels(outcome=label).observe(seconds)
+        metrics.EXPORTS_IN_FLIGHT.dec()
+
+
 class InferenceRecorder:
     """``bert_inference_*``: requests by outcome (``success`` or the error type), latency."""
 

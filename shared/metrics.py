@@ -66,6 +66,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
 RUN_OUTCOMES = ("succeeded", "failed", "interrupted", "cancelled", "superseded")
 # A SIGTERM'd worker seals a checkpoint and fails the attempt with this retryable type.
 TRAINING_ERROR_TYPES = (INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, WORKER_SHUTDOWN)
+# How an ONNX export attempt ends, besides an error type (``BertExportOutput.outcome``).
+EXPORT_OUTCOMES = ("exported", "already_exported", "superseded", "abandoned", "cancelled")
 INFERENCE_SUCCESS = "success"
 INFERENCE_OUTCOMES = (INFERENCE_SUCCESS, *NON_RETRYABLE_TYPES)
 
@@ -84,6 +86,20 @@ RUNS_RESUMED = Counter(
     "bert_training_runs_resumed", "Training attempts that resumed from a checkpoint"
 )
 RUNS_IN_FLIGHT = Gauge("bert_training_runs_in_flight", "Training runs executing on this worker")
+EXPORTS_IN_FLIGHT = Gauge(
+    "bert_training_exports_in_flight", "ONNX exports (BertExportWorkflow) executing on this worker"
+)
+EXPORTS = Counter(
+    "bert_training_exports",
+    "ONNX exports by outcome (exported, already_exported, superseded, abandoned, or the error)",
+    ["outcome"],
+)
+EXPORT_DURATION = Histogram(
+    "bert_training_export_duration_seconds",
+    "Wall time of one ONNX export attempt, by outcome",
+    ["outcome"],
+    buckets=_DURATION_BUCKETS,
+)
 RUN_DURATION = Histogram(
     "bert_training_run_duration_seconds",
     "Wall time of one training attempt, by outcome",
@@ -161,6 +177,8 @@ for _error_type in TRAINING_ERROR_TYPES:
     RUNS_FAILED.labels(error_type=_error_type)
 for _outcome in RUN_OUTCOMES:
     RUN_DURATION.labels(outcome=_outcome)
+for _outcome in EXPORT_OUTCOMES:
+    EXPORTS.labels(outcome=_outcome)
 for _outcome in INFERENCE_OUTCOMES:
     INFERENCE_REQUESTS.labels(outcome=_outcome)
 for _tracker in TRACKERS:

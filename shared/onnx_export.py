@@ -237,7 +237,7 @@ def _build(model_dir: Path, out: Path, check_texts: list[str]) -> dict[str, Any]
     if difference > MAX_FP32_LOGIT_DIFFERENCE:
         raise OnnxExportError(
             f"the ONNX graph of {model_dir.name!r} differs from PyTorch by {difference:.2e} "
-            "in its logits; serving stays on PyTorch"
+            "in its logits"
         )
     # The fp32 graph now stands in for PyTorch (its logits agree to float precision).
     served, disagreements = FP32_GRAPH, None

@@ -1,4 +1,5 @@
-"""`bert-finetune runs` and `runs show RUN_ID` read run records: metrics, history, matrix."""
+"""`bert-finetune runs` and `runs show RUN_ID` read run records: metrics, history, matrix,
+and each run's ONNX export."""
 
 from __future__ import annotations
 
@@ -6,10 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from bert_finetune.cli import main as cli_main
+from shared.onnx_export import (
+    CHECK_TEXTS_FILE,
+    EXPORT_DIR,
+    EXPORT_MANIFEST,
+    FP32_GRAPH,
+    INT8_GRAPH,
+    write_check_texts,
+)
 from shared.run_record import EpochEvaluation
-from shared.runs import write_record
+from shared.runs import commit_digest, write_record
 from tests.helpers.runs import sample_record
 
 
@@ -62,3 +72,71 @@ def test_runs_lists_runs_only_and_show_refuses_unknown_or_partial_runs(
         assert cli_main(["runs", "show", missing]) == 1
         error = capsys.readouterr().err
         assert reason in error and "Traceback" not in error
+
+
+def committed(root: Path, run_id: str, **update: object) -> Path:
+    """A run folder holding only its record (enough for `runs`: no model is loaded)."""
+    record = sample_record(run_id, ["negative", "positive"]).model_copy(update=update)
+    (root / run_id).mkdir()
+    write_record(root / run_id, record)
+    return root / run_id
+
+
+def add_export(run_dir: Path, served_graph: str, source_commit: str | None) -> None:
+    """An export's manifest as ``export_run`` (``source_commit``) or an old commit wrote it."""
+    manifest: dict[str, object] = {"served_graph": served_graph}
+    if source_commit is not None:
+        manifest["source_commit"] = source_commit
+    (run_dir / EXPORT_DIR).mkdir()
+    (run_dir / EXPORT_DIR / EXPORT_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_runs_show_the_export_state_of_each_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The graph served when the run has an export; "pending" when the commit kept the texts
+    for an export that has not landed; "none" otherwise."""
+    monkeypatch.setenv("BERT_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr("bert_finetune.cli.console", Console(width=200))  # no squeezed cells
+    exported = committed(tmp_path, "exported-run")
+    add_export(exported, INT8_GRAPH, commit_digest(exported))
+    # Exported inside the commit by workflows that predate BertExportWorkflow: no source_commit.
+    add_export(committed(tmp_path, "old-run"), FP32_GRAPH, None)
+    write_check_texts(committed(tmp_path, "pending-run"), ["a text"])
+    # Copied under a new id (its run.json rewritten): the export still serves the same model.
+    copied = committed(tmp_path, "copied-run")
+    add_export(copied, INT8_GRAPH, "0" * 64)
+    (copied / CHECK_TEXTS_FILE).write_text('{"texts": []}', encoding="utf-8")
+    committed(tmp_path, "plain-run")
+    # A run that reused another's model is served, and exported, from that run's folder.
+    committed(
+        tmp_path, "reusing-run", reused_from="exported-run", source_commit=commit_digest(exported)
+    )
+    (tmp_path / "partial-run").mkdir()
+
+    assert cli_main(["runs", "--json"]) == 0
+    states = {run["run_id"]: run["export"] for run in json.loads(capsys.readouterr().out)}
+    assert states == {
+        "exported-run": "int8",
+        "old-run": "fp32",
+        "partial-run": "-",
+        "pending-run": "pending",
+        "plain-run": "none",
+        "reusing-run": "int8",
+        "copied-run": "int8",
+    }
+
+    assert cli_main(["runs"]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if "run_id" in line)
+    assert header.split("┃")[-2].strip() == "export"  # the last column; the others as before
+    row = next(line for line in table.splitlines() if "pending-run" in line)
+    assert row.split("│")[-2].strip() == "pending"
+
+    for run_id, expected in (
+        ("exported-run", "int8 (ONNX Runtime serves onnx/model.int8.onnx)"),
+        ("pending-run", "pending (served by PyTorch until the export lands"),
+        ("plain-run", "none (served by PyTorch; add one with `bert-finetune export plain-run`)"),
+    ):
+        assert cli_main(["runs", "show", run_id]) == 0
+        assert expected in capsys.readouterr().out

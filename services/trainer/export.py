@@ -14,6 +14,7 @@ matches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 import time
@@ -26,6 +27,7 @@ from services.trainer.fencing import run_lock
 from services.trainer.run_directory import STAGING_DIR
 from shared.errors import failure
 from shared.export_types import EXPORT_ACTIVITY, EXPORT_FAILED, BertExportInput, BertExportOutput
+from shared.instrumentation import ExportRecorder, activity_scope
 from shared.logging import get_logger
 from shared.onnx_export import (
     OnnxExportError,
@@ -36,7 +38,7 @@ from shared.onnx_export import (
     read_check_texts,
     read_manifest,
 )
-from shared.runs import commit_digest, resolve_served_run
+from shared.runs import resolve_served_run
 
 log = get_logger(__name__)
 
@@ -48,7 +50,10 @@ STALE_STAGING_SECONDS = 3600.0
 def export_run(
     runs_root: Path, run_id: str, abandoned: threading.Event | None = None
 ) -> BertExportOutput:
-    """Export ``run_id``'s model (the reused run's, for a run that reused one).
+    """Export ``run_id``'s model (the reused run's, for a run that reused one) as committed
+    now; when the run is committed anew while the graph is built, build again for the new
+    commit (``MAX_COMMITS_FOLLOWED`` times): the new commit's own export request may have
+    found this one running and left the work to it.
 
     ``abandoned`` set (the activity was cancelled or timed out): publish nothing.
     Raises ``RunNotFound`` for a missing or incomplete run and ``ExportFailed`` when the
@@ -56,21 +61,34 @@ def export_run(
     """
     served = resolve_served_run(runs_root, run_id)
     model_dir = served.model_dir
-    exported_run_id = model_dir.name
-    output = BertExportOutput(run_id=run_id, exported_run_id=exported_run_id)
-    if is_current_export(model_dir):
-        manifest = read_manifest(model_dir) or {}
-        log.info("export.already_exported", run_id=exported_run_id)
-        return output.model_copy(
-            update={"outcome": "already_exported", "served_graph": manifest.get("served_graph")}
-        )
-    source_commit = commit_digest(model_dir)
+    output = BertExportOutput(run_id=run_id, exported_run_id=model_dir.name)
+    started = time.monotonic()
+    for _ in range(MAX_COMMITS_FOLLOWED):
+        source_commit = commit_of(model_dir)
+        if source_commit is None:  # being overwritten: that run's commit exports it
+            return _finished(output, "superseded")
+        if is_current_export(model_dir):
+            manifest = read_manifest(model_dir) or {}
+            return _finished(output, "already_exported", manifest.get("served_graph"))
+        outcome, graph = _export_commit(runs_root, model_dir, source_commit, abandoned)
+        if outcome != "superseded":
+            return _finished(output, outcome, graph, round(time.monotonic() - started, 3))
+    return _finished(output, "superseded")
+
+
+MAX_COMMITS_FOLLOWED = 3
+
+
+def _export_commit(
+    runs_root: Path, model_dir: Path, source_commit: str, abandoned: threading.Event | None
+) -> tuple[str, str | None]:
+    """Build the export of ``source_commit`` and publish it if the folder still holds it:
+    (outcome, served graph)."""
     staging_root = runs_root / STAGING_DIR
     staging_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(staging_root, exported_run_id)
-    staging = staging_root / f"{exported_run_id}.export-{uuid.uuid4().hex[:12]}"
+    _remove_stale_staging(staging_root, model_dir.name)
+    staging = staging_root / f"{model_dir.name}.export-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
-    started = time.monotonic()
     try:
         try:
             manifest = build_export(
@@ -78,30 +96,31 @@ def export_run(
             )
         except OnnxExportError as err:
             if commit_of(model_dir) != source_commit:
-                return _superseded(output, exported_run_id)  # the files changed under us
-            log.warning("export.failed", run_id=exported_run_id, error=str(err)[:500])
-            raise failure(
-                EXPORT_FAILED, f"{err}; run {exported_run_id!r} stays served by PyTorch"
-            ) from None
+                return "superseded", None  # the files changed under the build
+            log.warning("export.failed", run_id=model_dir.name, error=str(err)[:500])
+            raise failure(EXPORT_FAILED, f"{err}; the run stays served by PyTorch") from None
         with run_lock(model_dir):
             if abandoned is not None and abandoned.is_set():
-                log.info("export.abandoned", run_id=exported_run_id)
-                return output.model_copy(update={"outcome": "abandoned"})
+                return "abandoned", None
             if commit_of(model_dir) != source_commit:
-                return _superseded(output, exported_run_id)
+                return "superseded", None
+            if is_current_export(model_dir):  # a concurrent export of this commit landed
+                return "already_exported", (read_manifest(model_dir) or {}).get("served_graph")
             publish_export(staging, model_dir)
+        return "exported", str(manifest["served_graph"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    seconds = round(time.monotonic() - started, 3)
-    log.info("export.published", run_id=exported_run_id, graph=manifest["served_graph"])
+        with contextlib.suppress(OSError):  # a run may be staging there too
+            staging_root.rmdir()
+
+
+def _finished(
+    output: BertExportOutput, outcome: str, graph: str | None = None, seconds: float = 0.0
+) -> BertExportOutput:
+    log.info(f"export.{outcome}", run_id=output.exported_run_id, graph=graph, seconds=seconds)
     return output.model_copy(
-        update={"served_graph": manifest["served_graph"], "export_seconds": seconds}
+        update={"outcome": outcome, "served_graph": graph, "export_seconds": seconds}
     )
-
-
-def _superseded(output: BertExportOutput, run_id: str) -> BertExportOutput:
-    log.warning("export.superseded", run_id=run_id)
-    return output.model_copy(update={"outcome": "superseded"})
 
 
 def _remove_stale_staging(staging_root: Path, run_id: str) -> None:
@@ -126,15 +145,19 @@ class ExportActivities:
         (or a lost heartbeat) cannot stop ``torch.onnx.export`` midway, but it stops the
         result from being published."""
         abandoned = threading.Event()
-        work = asyncio.ensure_future(
-            asyncio.to_thread(export_run, self._runs_root, request.run_id, abandoned)
-        )
-        try:
-            while True:
-                done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS)
-                if done:
-                    return work.result()
-                activity.heartbeat()
-        except asyncio.CancelledError:
-            abandoned.set()
-            raise
+        with activity_scope(ExportRecorder(), "export", run_id=request.run_id) as outcome:
+            # The thread gets a copy of this context: its log lines carry the run id too.
+            work = asyncio.ensure_future(
+                asyncio.to_thread(export_run, self._runs_root, request.run_id, abandoned)
+            )
+            try:
+                while True:
+                    done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS)
+                    if done:
+                        result = work.result()
+                        outcome.label = result.outcome
+                        return result
+                    activity.heartbeat()
+            except asyncio.CancelledError:
+                abandoned.set()
+                raise

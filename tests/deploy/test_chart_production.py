@@ -58,7 +58,8 @@ def test_keda_scales_each_worker_on_its_own_task_queue_backlog(render: Render) -
     assert trainer["spec"]["minReplicaCount"] == 0
     in_flight = next(t for t in trainer["spec"]["triggers"] if t["type"] == "prometheus")
     assert in_flight["metadata"]["query"] == (
-        f'sum(bert_training_runs_in_flight{{namespace="{NAMESPACE}"}})'
+        f'sum(bert_training_runs_in_flight{{namespace="{NAMESPACE}"}}) + '
+        f'(sum(bert_training_exports_in_flight{{namespace="{NAMESPACE}"}}) or vector(0))'
     )
     assert in_flight["metadata"]["threshold"] == "1"  # trainer.maxConcurrentActivities
     assert not find(objects, "HorizontalPodAutoscaler")

@@ -34,6 +34,7 @@ from tests.hardening.support import (
     run_cli_in_process,
     snapshot,
 )
+from tests.helpers.exports import wait_for_export
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ async def test_rerunning_an_experiment_never_corrupts_a_finished_run(
 
     replaced = (await run(changed, overwrite=True)).runs[0]
     assert not replaced.reused
+    # The new commit's export (after the commit, in its own workflow) stages there too.
+    assert (await wait_for_export(train_env.client, replaced.run_id)).outcome == "exported"
     assert json.loads(manifest.read_text())["config"]["learning_rate"] == 0.001
     assert not (run_dir / "checkpoints").exists()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "staging left behind"

@@ -78,21 +78,46 @@ def test_the_export_is_bound_to_the_commit_and_made_once(run_dir: Path, runs_roo
     assert (again.outcome, again.served_graph) == ("already_exported", output.served_graph)
 
 
-def test_an_export_of_a_run_recommitted_meanwhile_is_dropped(
+def test_an_export_built_while_the_run_was_overwritten_is_dropped(
     run_dir: Path, runs_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_build = export.build_export
 
-    def build_then_overwrite(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def build_while_overwriting(*args: Any, **kwargs: Any) -> dict[str, Any]:
         manifest = real_build(*args, **kwargs)
-        recommit(run_dir)  # an overwrite committed a new model while the export was built
+        # An overwrite claimed the folder meanwhile: its record is gone while it trains.
+        (run_dir / RUN_MANIFEST).unlink()
         return manifest
 
-    monkeypatch.setattr(export, "build_export", build_then_overwrite)
+    monkeypatch.setattr(export, "build_export", build_while_overwriting)
     output = export.export_run(runs_root, "committed")
 
     assert output.outcome == "superseded" and output.served_graph is None
     assert not (run_dir / EXPORT_DIR).exists()
+    assert staging_leftovers(runs_root) == []
+
+
+def test_a_run_committed_anew_during_the_build_gets_the_new_commits_export(
+    run_dir: Path, runs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new commit's own export request found this one running: this one follows it."""
+    real_build = export.build_export
+    builds: list[str] = []
+
+    def build_then_recommit(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        builds.append(kwargs["source_commit"])
+        manifest = real_build(*args, **kwargs)
+        if len(builds) == 1:
+            recommit(run_dir)
+        return manifest
+
+    monkeypatch.setattr(export, "build_export", build_then_recommit)
+    output = export.export_run(runs_root, "committed")
+
+    assert output.outcome == "exported"
+    assert len(builds) == 2 and builds[1] == commit_digest(run_dir) != builds[0]
+    manifest = read_manifest(run_dir)
+    assert manifest is not None and manifest["source_commit"] == commit_digest(run_dir)
     assert staging_leftovers(runs_root) == []
 
 

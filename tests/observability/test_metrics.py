@@ -64,6 +64,7 @@ def test_our_metrics_follow_the_naming_rules(observed: ObservedStack, role: str)
                 if key == "outcome":
                     assert value in (
                         *metrics.RUN_OUTCOMES,
+                        *metrics.EXPORT_OUTCOMES,
                         *metrics.INFERENCE_OUTCOMES,
                     ) or _EXCEPTION_CLASS.match(value), f"{family.name}: outcome {value!r}"
                 if key == "worker":
