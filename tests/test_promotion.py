@@ -377,13 +377,22 @@ async def test_the_controller_process_serves_health_and_loads_no_torch(
 
 
 async def test_promote_histories_replay(
-    client: Client, runs_root: Path, two_runs: tuple[str, str]
+    client: Client, runs_root: Path, two_runs: tuple[str, str], trained_dir: Path
 ) -> None:
-    """Fresh promote histories (success, re-promotion, a missing run) replay; recorded ones
-    are replayed by tests/test_replay.py. Re-record with RECORD_HISTORIES=1."""
-    ids = ["replay-promote", "replay-promote-again", "replay-promote-missing"]
+    """Fresh promote histories (success, re-promotion, a missing run, a run without an
+    export) replay; recorded ones are replayed by tests/test_replay.py. Record new ones with
+    RECORD_HISTORIES=1 (a recorded file is never overwritten)."""
+    ids = [
+        "replay-promote",
+        "replay-promote-again",
+        "replay-promote-missing",
+        "replay-promote-exports",
+    ]
+    unexported = make_run(trained_dir, runs_root, "run-c")
+    shutil.rmtree(runs_root / unexported / EXPORT_DIR)
+    run_ids = [*two_runs, "never-trained", unexported]
     async with running_workers(client, runs_root, inferencer=False) as queues:
-        for workflow_id, run_id in zip(ids, [*two_runs, "never-trained"], strict=True):
+        for workflow_id, run_id in zip(ids, run_ids, strict=True):
             handle = await client.start_workflow(
                 PROMOTE_WORKFLOW,
                 {"run_id": run_id, "alias": "prod"},
@@ -400,5 +409,7 @@ async def test_promote_histories_replay(
                 data_converter=data_converter,
             )
             await replayer.replay_workflow(history)
-            if os.environ.get("RECORD_HISTORIES"):
-                (HISTORIES / f"{workflow_id}.json").write_text(history.to_json(), encoding="utf-8")
+            path = HISTORIES / f"{workflow_id}.json"
+            if os.environ.get("RECORD_HISTORIES") and not path.exists():
+                path.write_text(history.to_json(), encoding="utf-8")
+        await wait_for_export(client, unexported)

@@ -6,10 +6,11 @@ activity, and a run re-executed after repeated preemptions); replaying them catc
 change to workflow code that would break workflows already running in production.
 `replay-train*.json` predate runs as child workflows (they replay the inline path);
 `replay-children-*` are experiments whose runs are ``BertRunWorkflow`` children (the
-parent's and the child's history each), `replay-sweep-*` sweeps with pruning. Fresh
-histories are replayed too. To record new ones after an intentional, versioned change:
-`RECORD_HISTORIES=1 pytest tests/test_replay.py` (never overwrite a recorded file: old
-histories are what running workflows look like).
+parent's and the child's history each; in `replay-children-export*` the run starts its
+ONNX export, whose ``BertExportWorkflow`` history is `-onnx`), `replay-sweep-*` sweeps
+with pruning. Fresh histories are replayed too. To record new ones after an intentional,
+versioned change: `RECORD_HISTORIES=1 pytest tests/test_replay.py` (never overwrite a
+recorded file: old histories are what running workflows look like).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from temporalio.worker import Replayer
 from services.inferencer.workflows import BertInferenceWorkflow
 from services.trainer.registry import TRAINER_WORKFLOWS
 from shared.converter import data_converter
+from shared.export_types import export_workflow_id
 from shared.types import FINE_TUNING_WORKFLOW, INFERENCE_WORKFLOW
 from tests.conftest import SentimentData, running_workers, tiny_config
 from tests.durability.harness import long_config, long_run_csv, query_progress
+from tests.helpers.exports import wait_for_export
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -53,7 +56,9 @@ async def test_fresh_histories_replay(
     tmp_path: Path,
 ) -> None:
     ids = [
-        "replay-children-train",
+        # (Recorded before the export workflow: replay-children-train; its run's child
+        # started no export.)
+        "replay-children-export",
         "replay-infer",
         "replay-infer-missing",
         "replay-children-bad-column",
@@ -66,6 +71,11 @@ async def test_fresh_histories_replay(
             id=ids[0],
             task_queue=queues.training,
         )
+        # The run started its ONNX export as it committed: that workflow replays too.
+        await wait_for_export(client, output["runs"][0]["run_id"])
+        export_history = await client.get_workflow_handle(
+            export_workflow_id(output["runs"][0]["run_id"])
+        ).fetch_history()
         await client.execute_workflow(
             INFERENCE_WORKFLOW,
             {"run_id": output["runs"][0]["run_id"], "texts": ["great fun", "so sad"]},
@@ -109,7 +119,7 @@ async def test_fresh_histories_replay(
         await cancelled.cancel()
         with pytest.raises(WorkflowFailureError):
             await cancelled.result()
-    histories = {}
+    histories = {f"{ids[0]}-onnx": export_history}
     for workflow_id in ids:
         handle = client.get_workflow_handle(workflow_id)
         histories[workflow_id] = await handle.fetch_history()
