@@ -45,6 +45,8 @@ log = get_logger(__name__)
 HEARTBEAT_SECONDS = 5.0
 # Staging folders older than this were left by a crashed export: removed by the next one.
 STALE_STAGING_SECONDS = 3600.0
+# Commits of one run followed by one export (a run overwritten again and again meanwhile).
+MAX_COMMITS_FOLLOWED = 3
 
 
 def export_run(
@@ -74,9 +76,6 @@ def export_run(
         if outcome != "superseded":
             return _finished(output, outcome, graph, round(time.monotonic() - started, 3))
     return _finished(output, "superseded")
-
-
-MAX_COMMITS_FOLLOWED = 3
 
 
 def _export_commit(
