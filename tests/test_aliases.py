@@ -90,6 +90,25 @@ def test_an_inference_request_by_alias_names_the_current_run(runs_root: Path) ->
     assert aliases.resolve_request_alias(runs_root, by_run) is by_run
 
 
+def test_an_alias_whose_run_was_removed_is_named_in_the_error(runs_root: Path) -> None:
+    from services.inferencer.activities import InferenceActivities
+    from services.inferencer.model_cache import ModelCache
+
+    aliases.promote(runs_root, complete_run(runs_root, "gone-run"), "production")
+    (runs_root / "gone-run" / RUN_MANIFEST).unlink()  # removed (or being retrained)
+    serve = InferenceActivities(runs_root, ModelCache(1)).run_bert_inference
+
+    error = error_of(serve, BertInferenceRequest(alias="production", texts=["x"]))
+    assert error.type == RUN_NOT_FOUND
+    assert "@production" in error.message and "'gone-run'" in error.message
+    assert "bert-finetune promote RUN_ID production" in error.message
+    # By run id the error is the run's own, as before.
+    assert (
+        "@production"
+        not in error_of(serve, BertInferenceRequest(run_id="gone-run", texts=["x"])).message
+    )
+
+
 @pytest.mark.parametrize("name", ["_aliases", "_models", "_x"])
 def test_underscore_names_are_never_runs(runs_root: Path, name: str) -> None:
     run_id = complete_run(runs_root, "exp-run-0-m")

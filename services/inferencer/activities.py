@@ -6,14 +6,16 @@ import time
 from pathlib import Path
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
 from shared import metrics
 from shared.aliases import resolve_request_alias
+from shared.errors import RUN_NOT_FOUND, failure
 from shared.instrumentation import InferenceRecorder, activity_scope
 from shared.logging import get_logger
-from shared.runs import resolve_served_run
+from shared.runs import ServedRun, resolve_served_run
 from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
 
 log = get_logger(__name__)
@@ -35,6 +37,20 @@ def _progress_callback() -> BatchCallback:
     return on_batch
 
 
+def _served_run(runs_root: Path, run_id: str, alias: str | None) -> ServedRun:
+    """The run to serve; for a request by alias, an error names the alias and its fix."""
+    try:
+        return resolve_served_run(runs_root, run_id)
+    except ApplicationError as err:
+        if alias is None or err.type != RUN_NOT_FOUND:
+            raise
+        raise failure(
+            RUN_NOT_FOUND,
+            f"alias @{alias} points at run {run_id!r}, which cannot be served: {err.message}; "
+            f"or point the alias at another run: `bert-finetune promote RUN_ID {alias}`",
+        ) from None
+
+
 class InferenceActivities:
     def __init__(self, runs_root: Path, cache: ModelCache) -> None:
         self._runs_root = runs_root
@@ -46,10 +62,11 @@ class InferenceActivities:
         with activity_scope(InferenceRecorder(), "inference", run_id=named):
             started = time.monotonic()
             # An alias is resolved on every request, so a re-promotion is served at once.
+            alias = request.alias
             request = resolve_request_alias(self._runs_root, request)
             assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.
-            served = resolve_served_run(self._runs_root, request.run_id)
+            served = _served_run(self._runs_root, request.run_id, alias)
             device = "cpu"
             if request.use_gpu:
                 import torch
