@@ -46,7 +46,6 @@ SECTION = "## Side by side (`make bench`)"
 LABELS = ["negative", "positive"]  # the workflow maps string labels to ids in sorted order
 SEED = 42
 SPLIT_SEED = 13
-WARM_UP_ROWS = 32
 TRAIN_QUEUE, INFER_QUEUE, FLOOR_QUEUE = "bench-train", "bench-infer", "bench-floor"
 
 
@@ -102,13 +101,12 @@ class TrainingFigures:
 
 
 def train_with_script(
-    model_dir: Path, data: BenchData, out: Path, dynamic: bool, max_rows: int | None = None
+    model_dir: Path, data: BenchData, out: Path, dynamic: bool
 ) -> TrainingFigures:
     """What a user writes without this project: plain ``Trainer``, one epoch, then save.
 
     ``dynamic``: pad each batch to its longest row (``DataCollatorWithPadding``); otherwise
-    pad every row to 128 tokens, as run_glue.py does by default. ``max_rows``: use only the
-    first rows of each split (the untimed warm-up).
+    pad every row to 128 tokens, as run_glue.py does by default.
     """
     import datasets
     import numpy as np
@@ -132,10 +130,6 @@ def train_with_script(
         "csv", data_files={"train": str(data.train_csv), "eval": str(data.eval_csv)}
     )
     raw = raw.map(lambda row: {"labels": LABELS.index(row["label"])}, remove_columns=["label"])
-    if max_rows is not None:
-        raw = datasets.DatasetDict(
-            {name: part.select(range(min(max_rows, len(part)))) for name, part in raw.items()}
-        )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     padding = False if dynamic else "max_length"
     encoded = raw.map(
@@ -434,11 +428,11 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
     runs_root.mkdir()
 
     # Untimed: one-time process costs (imports, first kernels, dataset caching code paths)
-    # would otherwise all land on whichever side runs first.
-    step("warm-up: a few steps of the plain script on a few rows")
-    await asyncio.to_thread(
-        train_with_script, model_dir, data, work / "warm-up", True, WARM_UP_ROWS
-    )
+    # would otherwise all land on whichever side runs first. A whole training run, because
+    # on these machines the first half minute of heavy compute runs faster than the rest
+    # (measured: whichever side trained first was 10-20% faster than both sides later).
+    step("warm-up: the plain script, one whole untimed run")
+    await asyncio.to_thread(train_with_script, model_dir, data, work / "warm-up", True)
     env = await WorkflowEnvironment.start_local(
         data_converter=data_converter,
         dev_server_existing_path=shutil.which("temporal")
@@ -693,9 +687,9 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         f"include the Temporal round trip. Latency: {args.latency_requests} warm requests per "
         f"call shape, round-robin.",
         "",
-        f"Training ran {len(r.repeats)} times per side, interleaved (script, workflow, "
-        f"workflow, script), each workflow run trained anew (`overwrite`); the table shows "
-        f"the means. Each run: "
+        f"Training ran {len(r.repeats)} times per side after one untimed warm-up run of the "
+        f"script, interleaved (script, workflow, workflow, script), each workflow run trained "
+        f"anew (`overwrite`); the table shows the means. Each run: "
         + "; ".join(
             f"script {s.samples_per_second:.1f} samples/s in {s.wall_seconds:.1f} s, workflow "
             f"{w.samples_per_second:.1f} samples/s in {w.wall_seconds:.1f} s"
