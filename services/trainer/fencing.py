@@ -8,8 +8,10 @@ every write that other attempts can see (sealing or pruning checkpoints, the fin
 ``run.json``) inside ``exclusive()``, which holds the run's lock and refuses unless the
 folder is still its own and not yet complete. The fence lives beside the run folders (a
 name no run id can take), so run folders hold only what was trained. An older attempt can
-thus never overwrite or delete a newer one's work, and a finished run is never modified
-except through an explicit overwrite, which claims the folder like any attempt.
+thus never overwrite or delete a newer one's work, and a finished run's files are never
+modified except through an explicit overwrite, which claims the folder like any attempt.
+(The ONNX export adds ``onnx/`` to a finished run under the same lock, only while the run
+still holds the commit it was built from: ``export.py``.)
 
 The lock is a POSIX record lock (``fcntl.lockf``) on ``.fences/{run_id}.lock``: it works
 across machines on network file systems with lock support (NFSv4, CephFS, EFS, Filestore),

@@ -1,8 +1,9 @@
 """A run's folder under the runs root: reuse or refuse, claim, clear, resume and commit.
 
 A run folder is complete exactly when its ``run.json`` (a ``RunRecord``) exists; it is
-written last, atomically, after the model files. A complete run is never modified again
-except by an explicit ``overwrite``, which retires its record first. Every write happens
+written last, atomically, after the model files. A complete run's files are never modified
+again except by an explicit ``overwrite``, which retires its record first (its ONNX export,
+``onnx/``, is added after the commit under the run's lock: ``export.py``). Every write happens
 through the attempt's fence (``fencing``), so a stale attempt never writes at all.
 """
 
