@@ -6,9 +6,7 @@ Imported by workflows: free of I/O and heavy imports, like ``shared.types``.
 
 from __future__ import annotations
 
-from pydantic import field_validator
-
-from shared.types import _Strict, is_safe_run_id
+from shared.types import SavedRunId, _Strict
 
 # Internal: started (and abandoned) by a run, a sweep or a promotion; `bert-finetune export`
 # starts it by hand for runs trained before exports existed.
@@ -27,16 +25,7 @@ def export_workflow_id(run_id: str) -> str:
 class BertExportInput(_Strict):
     """Which run to export. A run that reuses another run's model exports that run."""
 
-    run_id: str
-
-    @field_validator("run_id")
-    @classmethod
-    def _safe_run_id(cls, value: str) -> str:
-        if not is_safe_run_id(value):
-            raise ValueError(
-                "must be one path component of [A-Za-z0-9._-] starting with a letter or digit"
-            )
-        return value
+    run_id: SavedRunId
 
 
 class BertExportOutput(_Strict):

@@ -9,7 +9,14 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 TRAINING_TASK_QUEUE = "bert-finetune-task-queue"
 INFERENCE_TASK_QUEUE = "bert-inference-task-queue"
@@ -261,21 +268,24 @@ class BertInferenceRequest(_Strict):
         return self
 
 
+def _saved_run_id(value: str) -> str:
+    if not is_safe_run_id(value):
+        raise ValueError(
+            "must be the id of a saved run (one path component of [A-Za-z0-9._-] "
+            "starting with a letter or digit); list saved runs with `bert-finetune runs`"
+        )
+    return value
+
+
+# The id of a run that already exists (what promotions and exports name).
+SavedRunId = Annotated[str, AfterValidator(_saved_run_id)]
+
+
 class BertPromoteInput(_Strict):
     """Input of ``BertPromoteWorkflow`` (and its ``promote_alias`` local activity)."""
 
-    run_id: str
+    run_id: SavedRunId
     alias: str
-
-    @field_validator("run_id")
-    @classmethod
-    def _safe_run_id(cls, value: str) -> str:
-        if not is_safe_run_id(value):
-            raise ValueError(
-                "must be the id of a saved run (one path component of [A-Za-z0-9._-] "
-                "starting with a letter or digit); list saved runs with `bert-finetune runs`"
-            )
-        return value
 
     @field_validator("alias")
     @classmethod
