@@ -17,7 +17,6 @@ from rich.console import Console
 from bert_finetune import client_ops
 from bert_finetune.demo_data import short_path, stage_minilm, write_tweet_splits
 from bert_finetune.stack import LocalStack
-from shared.export_types import BertExportOutput, export_workflow_id
 from shared.settings import Settings
 from shared.temporal import connect
 from shared.types import BertExperimentInput, BertFineTuneConfig
@@ -90,9 +89,7 @@ async def _run(stack: LocalStack, console: Console, state_dir: Path) -> None:
     console.print(client_ops.predictions_table(prediction, alias=DEMO_ALIAS))
     # The run's ONNX export follows its commit in its own workflow: wait for it before the
     # stack stops (it was served by PyTorch until then).
-    export = await client.get_workflow_handle(
-        export_workflow_id(run.run_id), result_type=BertExportOutput
-    ).result()
+    export = await client_ops.export_run(client, run.run_id, settings.training_task_queue)
     console.print(
         f"ONNX export of the run: [bold]{export.served_graph}[/] ({export.outcome}, built after "
         "the commit by BertExportWorkflow); the inferencer serves it with ONNX Runtime"
