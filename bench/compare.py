@@ -327,7 +327,6 @@ async def measure_latencies(
     from bench.floors import (
         FloorActivityWorkflow,
         FloorLocalActivityWorkflow,
-        FloorTimedLocalActivityWorkflow,
         FloorUpdateWorkflow,
     )
     from shared.types import BertInferenceRequest
@@ -357,9 +356,7 @@ async def measure_latencies(
         "ours_onnx": lambda batch: request(client, onnx_run, batch),
         "ours_torch": lambda batch: request(client, torch_run, batch),
         "floor_local_activity": floor(FloorLocalActivityWorkflow),
-        "floor_timed_local_activity": floor(
-            FloorTimedLocalActivityWorkflow, hold_seconds=hold_seconds
-        ),
+        "floor_timed_local_activity": floor(FloorLocalActivityWorkflow, hold_seconds=hold_seconds),
         "floor_activity": floor(FloorActivityWorkflow),
         "floor_update": update,
     }

@@ -3,7 +3,7 @@ duration, on the local dev server: the floor ``make bench`` compares small reque
 
     python -m bench.floor_steps [--requests 30] [--write]
 
-For each hold time, ``BenchFloorTimedLocalActivity`` (an activity that sleeps that long) is
+For each hold time, ``BenchFloorLocalActivity`` (its activity sleeping that long) is
 executed ``--requests`` times after three warm-ups; the table shows the p50 latency as the
 client sees it and what Temporal adds to the activity's own time.
 """
@@ -31,7 +31,7 @@ async def measure(requests: int) -> dict[int, float]:
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
-    from bench.floors import FLOOR_ACTIVITIES, FLOOR_WORKFLOWS, FloorTimedLocalActivityWorkflow
+    from bench.floors import FLOOR_ACTIVITIES, FLOOR_WORKFLOWS, FloorLocalActivityWorkflow
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=shutil.which("temporal")
@@ -53,7 +53,7 @@ async def measure(requests: int) -> dict[int, float]:
                 for index in range(requests + 3):
                     started = time.perf_counter()
                     await env.client.execute_workflow(
-                        FloorTimedLocalActivityWorkflow.run,
+                        FloorLocalActivityWorkflow.run,
                         {"hold_seconds": hold / 1000},
                         id=f"floor-steps-{uuid.uuid4()}",
                         task_queue=QUEUE,

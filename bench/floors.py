@@ -5,9 +5,9 @@ so the time a client waits for it is what Temporal itself costs for that call sh
 server: a workflow with one activity, a workflow with one local activity, and an Update on
 an already running workflow whose handler runs one local activity.
 
-``FloorTimedLocalActivityWorkflow`` is the local-activity shape again with an activity that
-takes ``hold_seconds`` (sleeping, the GIL released, as ONNX Runtime releases it): the floor
-for a request whose classification takes that long. An instant activity lets the workflow
+With ``hold_seconds`` in the payload the activity takes that long (sleeping, the GIL
+released, as ONNX Runtime releases it): the local-activity floor for a request whose
+classification takes that long. An instant activity lets the workflow
 finish before the client's wait for its result reaches the server about half the time, a
 fast path no request that computes anything can take (the instant floor's latencies are
 bimodal on the dev server: about 25 and about 70 ms).
@@ -22,17 +22,13 @@ from typing import Any
 from temporalio import activity, workflow
 
 FLOOR_ACTIVITY = "bench_floor_echo"
-FLOOR_HOLD_ACTIVITY = "bench_floor_hold"
 
 
 @activity.defn(name=FLOOR_ACTIVITY)
 def echo(payload: dict[str, Any]) -> dict[str, Any]:
-    return payload
-
-
-@activity.defn(name=FLOOR_HOLD_ACTIVITY)
-def hold(payload: dict[str, Any]) -> dict[str, Any]:
-    time.sleep(float(payload.get("hold_seconds", 0.0)))
+    """Returns its input at once, or after ``hold_seconds`` when the payload names them."""
+    if hold := float(payload.get("hold_seconds", 0.0)):
+        time.sleep(hold)
     return payload
 
 
@@ -51,15 +47,6 @@ class FloorLocalActivityWorkflow:
     async def run(self, payload: dict[str, Any]) -> dict[str, Any]:
         return await workflow.execute_local_activity(
             FLOOR_ACTIVITY, payload, start_to_close_timeout=timedelta(seconds=30)
-        )
-
-
-@workflow.defn(name="BenchFloorTimedLocalActivity")
-class FloorTimedLocalActivityWorkflow:
-    @workflow.run
-    async def run(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await workflow.execute_local_activity(
-            FLOOR_HOLD_ACTIVITY, payload, start_to_close_timeout=timedelta(seconds=30)
         )
 
 
@@ -83,10 +70,5 @@ class FloorUpdateWorkflow:
         self._done = True
 
 
-FLOOR_WORKFLOWS = [
-    FloorActivityWorkflow,
-    FloorLocalActivityWorkflow,
-    FloorTimedLocalActivityWorkflow,
-    FloorUpdateWorkflow,
-]
-FLOOR_ACTIVITIES = [echo, hold]
+FLOOR_WORKFLOWS = [FloorActivityWorkflow, FloorLocalActivityWorkflow, FloorUpdateWorkflow]
+FLOOR_ACTIVITIES = [echo]
