@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from shared import metrics
 from shared.onnx_export import CHECK_TEXTS_FILE
 from shared.runs import commit_digest
 from shared.types import (
@@ -39,6 +40,7 @@ async def test_experiment_trains_two_configs_and_serves_predictions(
             ],
         }
     )
+    exported_before = metrics.EXPORTS.labels(outcome="exported")._value.get()
     async with running_workers(client, runs_root) as queues:
         output = await client.execute_workflow(
             FINE_TUNING_WORKFLOW,
@@ -67,6 +69,10 @@ async def test_experiment_trains_two_configs_and_serves_predictions(
             assert run.eval_accuracy is not None and run.eval_accuracy > 0.8
             assert run.label_names == ["negative", "positive"]
             assert run.num_train_samples == 160
+
+        # The export activity is counted like the others (one per run, none in flight).
+        assert metrics.EXPORTS.labels(outcome="exported")._value.get() == exported_before + 2
+        assert metrics.EXPORTS_IN_FLIGHT._value.get() == 0
 
         from transformers import AutoModelForSequenceClassification
 
