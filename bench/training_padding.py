@@ -1,7 +1,7 @@
 """Training throughput: dynamic padding (what fine_tune_bert does) vs padding to max length.
 
 Fine-tunes the packaged MiniLM BERT on real tweets with the Hugging Face Trainer, the same
-way ``services.trainer.training`` does, once with ``DataCollatorWithPadding`` (each batch
+way ``services.trainer.training.fine_tune`` does, once with ``DataCollatorWithPadding`` (each batch
 padded to its longest row) and once with every row padded to ``max_seq_length``, the
 baseline many samples use. Both variants run in the same process, interleaved, so the
 ratio is meaningful on a noisy machine.

@@ -15,7 +15,7 @@
 
 Everything is built in a staging folder and renamed into place, so a reader sees a complete
 export or none. Trainers export after the run commits (``BertExportWorkflow``, see
-``services/trainer/export.py``): the run's own files are never modified, the export is
+``services/trainer/activities/export.py``): the run's own files are never modified, the export is
 added next to them under the run's lock, and only while the folder still holds the commit
 named by its ``source_commit`` (an overwrite removes the export, under the same lock,
 before it commits a new model). ``export_onnx`` exports a folder in place (a staged

@@ -18,8 +18,8 @@ from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from services.inferencer.workflows import BertInferenceWorkflow
+from services.trainer.orchestration.run_workflow import run_workflow_id
 from services.trainer.registry import TRAINER_WORKFLOWS
-from services.trainer.run_workflow import run_workflow_id
 from shared.aliases import resolve_alias
 from shared.converter import data_converter
 from shared.onnx_export import has_export

@@ -23,9 +23,8 @@ with workflow.unsafe.imports_passed_through():
         BertInferenceResult,
         inference_payload_bytes,
     )
+    from shared.workflow_versions import SMALL_REQUEST_LOCAL_ACTIVITY
 
-# Histories recorded before the small-request path replay through the regular activity.
-SMALL_REQUEST_PATCH = "small-request-local-activity"
 # At most one default batch: classified in well under a second once the model is loaded.
 SMALL_REQUEST_MAX_TEXTS = 32
 
@@ -52,7 +51,10 @@ class BertInferenceWorkflow:
                 "2 MiB); split them over several requests (`bert-finetune predict --file` "
                 "does this)",
             )
-        if workflow.patched(SMALL_REQUEST_PATCH) and len(request.texts) <= SMALL_REQUEST_MAX_TEXTS:
+        if (
+            workflow.patched(SMALL_REQUEST_LOCAL_ACTIVITY.id)
+            and len(request.texts) <= SMALL_REQUEST_MAX_TEXTS
+        ):
             return await workflow.execute_local_activity(
                 INFERENCE_ACTIVITY,
                 request,

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.trainer.activities import PartialRunActivities
-from services.trainer.export_workflow import BertExportWorkflow
-from services.trainer.promotion import PromotionActivities
-from services.trainer.promotion_workflow import BertPromoteWorkflow
-from services.trainer.run_workflow import BertRunWorkflow
-from services.trainer.sweep_activities import SweepRunActivities, propose_sweep_trials
-from services.trainer.sweep_tracking import SweepTrackingActivities
-from services.trainer.sweep_workflow import BertSweepWorkflow
-from services.trainer.tracking import TrackingConfig
-from services.trainer.workflows import BertFineTuningWorkflow
+from services.trainer.activities.fine_tune import PartialRunActivities
+from services.trainer.activities.promotion import PromotionActivities
+from services.trainer.activities.sweep import SweepRunActivities, propose_sweep_trials
+from services.trainer.activities.sweep_tracking import SweepTrackingActivities
+from services.trainer.orchestration.export_workflow import BertExportWorkflow
+from services.trainer.orchestration.promotion_workflow import BertPromoteWorkflow
+from services.trainer.orchestration.run_workflow import BertRunWorkflow
+from services.trainer.orchestration.sweep_workflow import BertSweepWorkflow
+from services.trainer.orchestration.workflows import BertFineTuningWorkflow
+from services.trainer.tracking.trackers import TrackingConfig
 
 TRAINER_WORKFLOWS: list[type] = [
     BertFineTuningWorkflow,

@@ -19,19 +19,19 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from services.trainer import checkpoints
-from services.trainer.activities import TemporalGateway, Trainer, TrainingActivities
-from services.trainer.export import ExportActivities
-from services.trainer.launcher import DistributedTraining, resolve_processes
-from services.trainer.paths import LocalPathRoots
-from services.trainer.progress import (
+from services.trainer.activities.export import ExportActivities
+from services.trainer.activities.fine_tune import TemporalGateway, Trainer, TrainingActivities
+from services.trainer.activities.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
     SIGNAL_INTERVAL_SECONDS,
 )
+from services.trainer.distributed.launcher import DistributedTraining, resolve_processes
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
-from services.trainer.tracking import TrackingConfig
-from services.trainer.training import fine_tune
+from services.trainer.run_folder import checkpoints
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.tracking.trackers import TrackingConfig
+from services.trainer.training.fine_tune import fine_tune
 from shared.service import run_worker_service
 from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings
 

@@ -17,8 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
+from services.trainer.orchestration.run_workflow import run_workflow_id
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
-from services.trainer.run_workflow import run_workflow_id
 from services.trainer.worker import build_trainer_worker
 from shared import metrics
 from shared.types import (
@@ -49,7 +49,9 @@ def _training_threads() -> list[str]:
         frame = frames.get(thread.ident or -1)
         while frame is not None:
             filename = frame.f_code.co_filename
-            if filename.endswith(("services/trainer/training.py", "transformers/trainer.py")):
+            if filename.endswith(
+                ("services/trainer/training/fine_tune.py", "transformers/trainer.py")
+            ):
                 busy.append(thread.name)
                 break
             frame = frame.f_back

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer import checkpoints
+from services.trainer.run_folder import checkpoints
 
 DIGEST = "config-a"
 

@@ -58,7 +58,7 @@ def _running(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return state != "Z" and b"services.trainer.rank_main" in cmdline
+    return state != "Z" and b"services.trainer.distributed.rank_main" in cmdline
 
 
 async def test_sigkill_takes_the_ranks_down_and_the_retry_resumes(

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from services.trainer import ownership
+from services.trainer.run_folder import ownership
 from services.trainer.worker import build_trainer_worker
 from shared.errors import INVALID_CONFIG
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput

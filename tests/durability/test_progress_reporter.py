@@ -6,8 +6,8 @@ import time
 
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.progress import ProgressReporter
-from services.trainer.watchdog import PhaseWatchdog
+from services.trainer.activities.progress import ProgressReporter
+from services.trainer.activities.watchdog import PhaseWatchdog
 from shared.types import TrainingProgress
 
 SLOW_SIGNAL_SECONDS = 0.5

@@ -19,7 +19,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
-from services.trainer.run_workflow import run_workflow_id
+from services.trainer.orchestration.run_workflow import run_workflow_id
 from shared.runs import is_complete
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepOutput, SweepProgress
 from shared.types import PROGRESS_QUERY, BertFineTuneResult

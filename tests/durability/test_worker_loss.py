@@ -17,7 +17,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from services.trainer import checkpoints
+from services.trainer.run_folder import checkpoints
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     BertExperimentInput,

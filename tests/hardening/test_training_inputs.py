@@ -18,7 +18,7 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from services.trainer.run_directory import STAGING_DIR
+from services.trainer.run_folder.run_directory import STAGING_DIR
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentOutput
 from tests.conftest import SentimentData, running_workers, tiny_config
 from tests.hardening.artefacts import Artefacts

@@ -17,8 +17,8 @@ from temporalio.exceptions import ApplicationError
 
 from services.inferencer.classifiers import load_classifier
 from services.inferencer.model_cache import ModelCache
-from services.trainer import export
-from services.trainer.run_directory import STAGING_DIR
+from services.trainer.activities import export
+from services.trainer.run_folder.run_directory import STAGING_DIR
 from shared import onnx_export
 from shared.export_types import EXPORT_FAILED
 from shared.onnx_export import (

@@ -12,9 +12,9 @@ import pytest
 from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
-from services.trainer.tracking import RunTracking, TrackingConfig
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.tracking.trackers import RunTracking, TrackingConfig
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult, RunContext
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.durability.harness import long_config, long_run_csv
@@ -110,8 +110,8 @@ def test_attempt_outcomes_map_to_mlflow_statuses(
 async def test_a_run_cancelled_between_attempts_is_marked_killed(
     mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
-    from services.trainer import ownership
     from services.trainer.registry import orchestration_activities
+    from services.trainer.run_folder import ownership
 
     runs_root = tmp_path / "runs"
     run_dir = runs_root / "between-run-0-tiny"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from services.trainer import checkpoints
+from services.trainer.run_folder import checkpoints
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.durability.harness import long_config, long_run_csv, task_queue
 from tests.helpers.processes import WorkerProcess

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.mlflow_logger import TRACKING_KEY_TAG, MlflowRunLogger, RunSpec
-from services.trainer.paths import LocalPathRoots
-from services.trainer.tracking import TRACKING_FILE, TrackingConfig
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.tracking.mlflow_logger import TRACKING_KEY_TAG, MlflowRunLogger, RunSpec
+from services.trainer.tracking.trackers import TRACKING_FILE, TrackingConfig
 from shared import metrics
 from shared.temporal import free_loopback_port
 from shared.types import (
@@ -175,7 +175,7 @@ def test_trials_starting_together_agree_on_one_parent_run(mlflow_server: MlflowS
     from concurrent.futures import ThreadPoolExecutor
     from threading import Barrier
 
-    from services.trainer.mlflow_logger import experiment_id_for, sweep_parent_run
+    from services.trainer.tracking.mlflow_logger import experiment_id_for, sweep_parent_run
 
     experiment_id = experiment_id_for(mlflow_server.client(), "race")
     barrier = Barrier(3)
@@ -211,7 +211,7 @@ def test_points_kept_while_the_tracker_is_down_are_bounded() -> None:
 def test_closing_a_sweep_finishes_its_parent_and_the_next_sweep_gets_a_new_one(
     mlflow_server: MlflowServer,
 ) -> None:
-    from services.trainer.mlflow_logger import (
+    from services.trainer.tracking.mlflow_logger import (
         close_sweep_run,
         experiment_id_for,
         sweep_parent_run,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.model_registry import mirror_promotion, mlflow_alias
-from services.trainer.paths import LocalPathRoots
-from services.trainer.promotion import PromotionActivities
-from services.trainer.tracking import TrackingConfig
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.activities.promotion import PromotionActivities
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.tracking.model_registry import mirror_promotion, mlflow_alias
+from services.trainer.tracking.trackers import TrackingConfig
 from shared import metrics
 from shared.runs import file_sha256
 from shared.temporal import free_loopback_port

@@ -19,10 +19,10 @@ UNTRACKED_RUN = """
 import json, os, sys
 from pathlib import Path
 from temporalio.testing import ActivityEnvironment
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
 from shared.settings import Settings
-from services.trainer.tracking import TrackingConfig
+from services.trainer.tracking.trackers import TrackingConfig
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.helpers.gateway import OfflineGateway
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from services.trainer.tracking import TrackingConfig
+from services.trainer.tracking.trackers import TrackingConfig
 from services.trainer.worker import build_trainer_worker
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepInput, BertSweepOutput
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config

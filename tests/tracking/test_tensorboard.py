@@ -7,10 +7,10 @@ from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
-from services.trainer.tensorboard_logger import EVENTS_DIR, TensorBoardRunLogger
-from services.trainer.tracking import TrackingConfig
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.tracking.tensorboard_logger import EVENTS_DIR, TensorBoardRunLogger
+from services.trainer.tracking.trackers import TrackingConfig
 from shared.settings import Settings
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config

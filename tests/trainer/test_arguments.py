@@ -6,7 +6,7 @@ import math
 
 from transformers import TrainingArguments
 
-from services.trainer.arguments import training_arguments
+from services.trainer.training.arguments import training_arguments
 from shared.types import BertFineTuneConfig
 
 

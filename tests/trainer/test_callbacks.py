@@ -8,11 +8,12 @@ from types import SimpleNamespace
 from temporalio.testing import ActivityEnvironment
 from transformers import TrainerControl, TrainerState
 
-from services.trainer import callbacks, checkpoints
-from services.trainer.fencing import AttemptToken
-from services.trainer.progress import ProgressReporter
-from services.trainer.run_directory import RunDirectory
-from services.trainer.stopping import StopControl
+from services.trainer.activities.progress import ProgressReporter
+from services.trainer.run_folder import checkpoints
+from services.trainer.run_folder.fencing import AttemptToken
+from services.trainer.run_folder.run_directory import RunDirectory
+from services.trainer.training import callbacks
+from services.trainer.training.stopping import StopControl
 from shared import metrics
 from shared.types import TrainingProgress
 

@@ -9,9 +9,9 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer import checkpoints
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder import checkpoints
+from services.trainer.run_folder.paths import LocalPathRoots
 from shared import metrics
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from services.trainer.data import prepare_data
-from services.trainer.paths import LocalPathRoots
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.training.data import prepare_data
 from shared.types import BertFineTuneConfig
 from tests.conftest import TEST_LOCAL_PATH_ROOTS
 from tests.tiny import sentiment_rows, write_csv

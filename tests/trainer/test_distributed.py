@@ -20,15 +20,16 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer import launcher, ownership
-from services.trainer.launcher import DistributedTraining, ranks_for, resolve_processes
-from services.trainer.paths import LocalPathRoots
-from services.trainer.progress import ProgressReporter
-from services.trainer.rank_channel import EVENTS_FILE, EventReader, ProgressRelay
-from services.trainer.run_directory import Ownership
-from services.trainer.stages import Attempt
-from services.trainer.stopping import StopControl
-from services.trainer.training import fine_tune
+from services.trainer.activities.progress import ProgressReporter
+from services.trainer.distributed import launcher
+from services.trainer.distributed.launcher import DistributedTraining, ranks_for, resolve_processes
+from services.trainer.distributed.rank_channel import EVENTS_FILE, EventReader, ProgressRelay
+from services.trainer.run_folder import ownership
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.run_folder.run_directory import Ownership
+from services.trainer.training.fine_tune import fine_tune
+from services.trainer.training.stages import Attempt
+from services.trainer.training.stopping import StopControl
 from shared.runs import is_complete
 from shared.settings import Settings, SettingsError
 from shared.types import BertFineTuneRequest, BertFineTuneResult, TrainingProgress
@@ -165,7 +166,7 @@ def test_a_process_armed_by_the_guard_dies_with_its_parent(tmp_path: Path) -> No
     child = tmp_path / "child.py"
     child.write_text(
         "import os, sys, time\n"
-        "from services.trainer.process_guard import die_with_parent\n"
+        "from services.trainer.distributed.process_guard import die_with_parent\n"
         "die_with_parent()\n"
         "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
         "time.sleep(120)\n"

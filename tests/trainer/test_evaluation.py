@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from services.trainer.evaluation import ClassificationMetrics, eval_metrics
-from services.trainer.stages import evaluation_history, mean_logged_loss, stop_epoch
+from services.trainer.training.evaluation import ClassificationMetrics, eval_metrics
+from services.trainer.training.stages import evaluation_history, mean_logged_loss, stop_epoch
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.fencing import AttemptToken, RunFence, Superseded, holder
+from services.trainer.run_folder.fencing import AttemptToken, RunFence, Superseded, holder
 from shared.runs import RUN_MANIFEST, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path\n"
-            "from services.trainer.fencing import run_lock\n"
+            "from services.trainer.run_folder.fencing import run_lock\n"
             "with run_lock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n",
             str(run_dir),

@@ -12,9 +12,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from services.inferencer.model_cache import load_model
-from services.trainer import checkpoints
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder import checkpoints
+from services.trainer.run_folder.paths import LocalPathRoots
 from shared.runs import is_complete, read_record, resolve_served_run
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config

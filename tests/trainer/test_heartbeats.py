@@ -6,8 +6,8 @@ from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
 from tests.helpers.gateway import OfflineGateway

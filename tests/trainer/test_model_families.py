@@ -8,8 +8,8 @@ from pathlib import Path
 from temporalio.testing import ActivityEnvironment
 
 from services.inferencer.classifiers import OnnxClassifier, TorchClassifier
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
 from shared.onnx_export import export_onnx
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config

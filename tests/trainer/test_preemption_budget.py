@@ -17,9 +17,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from services.trainer.orchestration.run_lifecycle import TRAINING_RETRY_POLICY
+from services.trainer.orchestration.run_workflow import run_workflow_id
 from services.trainer.registry import TRAINER_WORKFLOWS
-from services.trainer.run_lifecycle import TRAINING_RETRY_POLICY
-from services.trainer.run_workflow import run_workflow_id
 from shared.converter import data_converter
 from shared.errors import WORKER_SHUTDOWN
 from shared.types import (

@@ -8,8 +8,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from services.trainer.activities import TrainingActivities
-from services.trainer.progress import ProgressSignaller
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.activities.progress import ProgressSignaller
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, TrainingProgress
 from tests.helpers.gateway import OfflineGateway, RecordingChannel
 

@@ -16,8 +16,8 @@ from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from bert_finetune.cli import main as cli_main
-from services.trainer.activities import TrainingActivities
-from services.trainer.paths import LocalPathRoots
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
 from shared.run_record import RunRecord
 from shared.runs import read_record
 from shared.types import (

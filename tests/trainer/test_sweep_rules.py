@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from services.trainer.sweep_activities import propose
-from services.trainer.sweep_rules import (
+from services.trainer.activities.sweep import propose
+from services.trainer.orchestration.sweep_rules import (
     best_trial,
     grid_points,
     halving_rungs,

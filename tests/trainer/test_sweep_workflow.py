@@ -21,8 +21,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
+from services.trainer.orchestration.run_workflow import run_workflow_id
 from services.trainer.registry import TRAINER_WORKFLOWS, orchestration_activities
-from services.trainer.run_workflow import run_workflow_id
 from shared.converter import data_converter
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepOutput, SweepProgress
 from shared.types import (

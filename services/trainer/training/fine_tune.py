@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from services.trainer import checkpoints, paths, stages
-from services.trainer.data import PreparedData, prepare_data
-from services.trainer.progress import ProgressSink
-from services.trainer.ranks import SINGLE_PROCESS, Ranks
-from services.trainer.resources import BatchPlan, check_sequence_length
-from services.trainer.run_directory import RunDirectory
-from services.trainer.stages import Attempt
-from services.trainer.stopping import StopControl
+from services.trainer.distributed.ranks import SINGLE_PROCESS, Ranks
+from services.trainer.run_folder import checkpoints, paths
+from services.trainer.run_folder.run_directory import RunDirectory
+from services.trainer.training import stages
+from services.trainer.training.data import PreparedData, prepare_data
+from services.trainer.training.progress_sink import ProgressSink
+from services.trainer.training.resources import BatchPlan, check_sequence_length
+from services.trainer.training.stages import Attempt
+from services.trainer.training.stopping import StopControl
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
 from shared.onnx_export import MAX_CHECK_TEXTS, commit_exporter, write_check_texts

@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from services.trainer.export_workflow import start_export
+    from services.trainer.orchestration.export_workflow import start_export
     from shared.errors import NON_RETRYABLE_TYPES
     from shared.types import (
         PROMOTE_ACTIVITY,
@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         BertPromoteInput,
         BertPromoteOutput,
     )
+    from shared.workflow_versions import PROMOTION_EXPORTS_RUN
 
 PROMOTE_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -48,6 +49,6 @@ class BertPromoteWorkflow:
         )
         # A promoted run is about to be served: one without an export gets it now.
         # (Behind a patch: promotions recorded before it replay without this step.)
-        if result.exported is False and workflow.patched("promotion-exports-run"):
+        if result.exported is False and workflow.patched(PROMOTION_EXPORTS_RUN.id):
             await start_export(result.run_id)
         return result

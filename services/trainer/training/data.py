@@ -15,7 +15,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from services.trainer.paths import LocalPathRoots, names_local_path
+from services.trainer.run_folder.paths import LocalPathRoots, names_local_path
 from shared.errors import DATASET_ERROR, failure
 from shared.runs import file_sha256
 from shared.types import BertFineTuneConfig

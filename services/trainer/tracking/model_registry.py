@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer.mlflow_logger import CLIENT_ENV_DEFAULTS, TRACKING_KEY_TAG
-from services.trainer.tracking import TRACKING_FILE, read_tracking_file
+from services.trainer.tracking.mlflow_logger import CLIENT_ENV_DEFAULTS, TRACKING_KEY_TAG
+from services.trainer.tracking.trackers import TRACKING_FILE, read_tracking_file
 from shared import metrics
 from shared.logging import get_logger
 

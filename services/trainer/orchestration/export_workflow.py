@@ -2,7 +2,8 @@
 
 Runs, sweeps and promotions start it and do not wait (``start_export``: the parent closes,
 the export goes on). One ``export_run`` activity on the training queue does the work
-(``services/trainer/export.py``); a second start for the same run while one runs is a no-op.
+(``services/trainer/activities/export.py``); a second start for the same run while one
+runs is a no-op.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class TorchRanks:
     """One rank of a run trained by ``world_size`` processes in an initialised process group."""
 
     def __init__(self, rank: int, world_size: int, local_shutdown: Callable[[], bool]) -> None:
-        from services.trainer.callbacks import StepAgreementCallback
+        from services.trainer.training.callbacks import StepAgreementCallback
 
         self.rank = rank
         self.world_size = world_size
@@ -90,7 +90,7 @@ class TorchRanks:
 
     def sealing(self, seal: TrainerCallback) -> list[TrainerCallback]:
         """In place of the seal callback: wait for every rank's files, then the leader seals."""
-        from services.trainer.callbacks import CheckpointBarrierCallback
+        from services.trainer.training.callbacks import CheckpointBarrierCallback
 
         barrier = CheckpointBarrierCallback()
         return [barrier, seal] if self.is_leader else [barrier]

@@ -11,11 +11,11 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from temporalio import activity
 
-from services.trainer.watchdog import PhaseWatchdog
+from services.trainer.activities.watchdog import PhaseWatchdog
 from shared import metrics
 from shared.logging import get_logger
 from shared.types import TrainingProgress
@@ -27,22 +27,6 @@ SIGNAL_INTERVAL_SECONDS = 10.0
 # Well below Temporal's 51,200-event history limit, leaving room for the workflow's own events.
 HISTORY_EVENTS_BUDGET = 25_000
 HISTORY_CHECK_EVERY_SIGNALS = 25
-
-
-class ProgressSink(Protocol):
-    """Where training reports progress: the activity's ``ProgressReporter``, or in a
-    distributed attempt the leader's relay to it (``rank_channel``)."""
-
-    @property
-    def progress(self) -> TrainingProgress: ...
-
-    def update(self, **fields: Any) -> None: ...
-
-    def heartbeat_now(self) -> None: ...
-
-    def signal_soon(self) -> None: ...
-
-    def progressed(self) -> None: ...
 
 
 class ProgressReporter:

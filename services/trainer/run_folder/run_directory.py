@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer import checkpoints, fencing, ownership
-from services.trainer.fencing import AttemptToken, RunFence
+from services.trainer.run_folder import checkpoints, fencing, ownership
+from services.trainer.run_folder.fencing import AttemptToken, RunFence
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
 from shared.run_record import (

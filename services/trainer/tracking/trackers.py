@@ -106,7 +106,7 @@ def close_cancelled_run(config: TrackingConfig, run_dir: Path) -> None:
         return
     import threading
 
-    from services.trainer.mlflow_logger import mark_run_killed
+    from services.trainer.tracking.mlflow_logger import mark_run_killed
 
     threading.Thread(
         target=mark_run_killed,
@@ -158,7 +158,7 @@ class RunTracking:
         returns the latest evaluation's matrix (rows: true label, columns: predicted)."""
         if not self.config.enabled:
             return []
-        from services.trainer.tracking_callback import TrackingCallback
+        from services.trainer.tracking.tracking_callback import TrackingCallback
 
         self._confusion_source = confusion_matrix
         return [TrackingCallback(self)]
@@ -183,13 +183,13 @@ class RunTracking:
             "bert_finetune.resumed_from_step": str(resumed_from_step or 0),
         }
         if self.config.mlflow_tracking_uri:
-            from services.trainer.mlflow_logger import MlflowRunLogger
+            from services.trainer.tracking.mlflow_logger import MlflowRunLogger
 
             self._mlflow = MlflowRunLogger(self.config.mlflow_tracking_uri)
             self._mlflow.start(self._spec(tags), params)
             self._mlflow.set_tags(tags)  # a resumed run gets this attempt's tags too
         if self.config.tensorboard:
-            from services.trainer.tensorboard_logger import TensorBoardRunLogger
+            from services.trainer.tracking.tensorboard_logger import TensorBoardRunLogger
 
             self._tensorboard = TensorBoardRunLogger(self._run_dir)
             self._tensorboard.start(resumed_from_step, params)
@@ -257,7 +257,7 @@ class RunTracking:
             return False
         if result is not None and (result.reused or result.reused_from):
             return False
-        from services.trainer.mlflow_logger import MlflowRunLogger
+        from services.trainer.tracking.mlflow_logger import MlflowRunLogger
 
         self._mlflow = MlflowRunLogger(self.config.mlflow_tracking_uri)
         self._mlflow.start(self._spec(self._tags()), {})
@@ -282,7 +282,7 @@ class RunTracking:
         log.info("tracking.ended", state=state)
 
     def _spec(self, tags: dict[str, str]) -> Any:
-        from services.trainer.mlflow_logger import RunSpec
+        from services.trainer.tracking.mlflow_logger import RunSpec
 
         return RunSpec(
             experiment_name=self._names.sweep or self._names.experiment,

@@ -13,11 +13,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from services.trainer import checkpoints
-from services.trainer.fencing import Superseded
-from services.trainer.progress import ProgressSink
-from services.trainer.run_directory import RunDirectory
-from services.trainer.stopping import StopControl, TrainingCancelled
+from services.trainer.run_folder import checkpoints
+from services.trainer.run_folder.fencing import Superseded
+from services.trainer.run_folder.run_directory import RunDirectory
+from services.trainer.training.progress_sink import ProgressSink
+from services.trainer.training.stopping import StopControl, TrainingCancelled
 from shared import metrics
 from shared.logging import get_logger
 

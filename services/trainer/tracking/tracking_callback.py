@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 
-from services.trainer.tracking import RunTracking
+from services.trainer.tracking.trackers import RunTracking
 
 Hook = TypeVar("Hook", bound=Callable[..., None])
 

@@ -19,10 +19,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from services.trainer import checkpoints, ownership
-from services.trainer.fencing import Superseded
-from services.trainer.paths import LocalPathRoots, default_roots
-from services.trainer.progress import (
+from services.trainer.activities.progress import (
     HISTORY_CHECK_EVERY_SIGNALS,
     HISTORY_EVENTS_BUDGET,
     SIGNAL_INTERVAL_SECONDS,
@@ -30,12 +27,15 @@ from services.trainer.progress import (
     ProgressReporter,
     ProgressSignaller,
 )
-from services.trainer.run_directory import Ownership
-from services.trainer.stages import Attempt
-from services.trainer.stopping import StopControl, TrainingCancelled, TrainingInterrupted
-from services.trainer.tracking import RunTracking, TrackingConfig, close_cancelled_run
-from services.trainer.training import fine_tune
-from services.trainer.watchdog import PhaseWatchdog
+from services.trainer.activities.watchdog import PhaseWatchdog
+from services.trainer.run_folder import checkpoints, ownership
+from services.trainer.run_folder.fencing import Superseded
+from services.trainer.run_folder.paths import LocalPathRoots, default_roots
+from services.trainer.run_folder.run_directory import Ownership
+from services.trainer.tracking.trackers import RunTracking, TrackingConfig, close_cancelled_run
+from services.trainer.training.fine_tune import fine_tune
+from services.trainer.training.stages import Attempt
+from services.trainer.training.stopping import StopControl, TrainingCancelled, TrainingInterrupted
 from shared import health, metrics
 from shared.errors import ATTEMPT_SUPERSEDED, RESOURCE_EXHAUSTED, WORKER_SHUTDOWN
 from shared.instrumentation import TrainingRecorder, activity_scope

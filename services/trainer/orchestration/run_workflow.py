@@ -16,8 +16,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from services.trainer.export_workflow import start_export
-    from services.trainer.run_lifecycle import RunLifecycle
+    from services.trainer.orchestration.export_workflow import start_export
+    from services.trainer.orchestration.run_lifecycle import RunLifecycle
     from shared.errors import DATASET_ERROR, truncate
     from shared.sweep_types import (
         RUN_WORKFLOW,

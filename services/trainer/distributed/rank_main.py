@@ -1,4 +1,5 @@
-"""One rank of a distributed attempt: ``torchrun ... -m services.trainer.rank_main FOLDER``.
+"""One rank of a distributed attempt:
+``torchrun ... -m services.trainer.distributed.rank_main FOLDER``.
 
 Every rank runs the same ``training.fine_tune`` as a single-process worker, with a
 ``TorchRanks`` that lets only the leader (rank 0) touch the run folder and keeps the ranks
@@ -19,7 +20,7 @@ from types import FrameType
 
 import structlog
 
-from services.trainer.process_guard import die_with_parent
+from services.trainer.distributed.process_guard import die_with_parent
 
 
 def main() -> int:
@@ -30,8 +31,8 @@ def main() -> int:
     (folder / f"rank-{rank}.pid").write_text(str(os.getpid()), encoding="utf-8")
     terminated = _catch_sigterm()
 
-    from services.trainer import rank_channel
-    from services.trainer.paths import LocalPathRoots
+    from services.trainer.distributed import rank_channel
+    from services.trainer.run_folder.paths import LocalPathRoots
     from shared.logging import configure_logging, get_logger
 
     job = rank_channel.read_job(folder)
@@ -39,13 +40,17 @@ def main() -> int:
     quiet = rank > 0 and job.log_level not in ("ERROR", "CRITICAL")
     configure_logging("WARNING" if quiet else job.log_level, job.log_format)
     structlog.contextvars.bind_contextvars(run_id=job.request.run_id, rank=rank)
-    log = get_logger("services.trainer.rank_main")
+    log = get_logger("services.trainer.distributed.rank_main")
 
-    from services.trainer.ranks import FollowerReleased, TorchRanks
-    from services.trainer.run_directory import Ownership
-    from services.trainer.stages import Attempt
-    from services.trainer.stopping import StopControl, TrainingCancelled, TrainingInterrupted
-    from services.trainer.training import fine_tune
+    from services.trainer.distributed.ranks import FollowerReleased, TorchRanks
+    from services.trainer.run_folder.run_directory import Ownership
+    from services.trainer.training.fine_tune import fine_tune
+    from services.trainer.training.stages import Attempt
+    from services.trainer.training.stopping import (
+        StopControl,
+        TrainingCancelled,
+        TrainingInterrupted,
+    )
     from shared.types import TrainingProgress
 
     _init_process_group(job.request.config.use_gpu)

@@ -11,7 +11,7 @@ import asyncio
 
 from temporalio import activity
 
-from services.trainer.tracking import TrackingConfig
+from services.trainer.tracking.trackers import TrackingConfig
 from shared.sweep_types import CLOSE_SWEEP_TRACKING_ACTIVITY, SweepTrackingEnd
 
 
@@ -25,7 +25,7 @@ class SweepTrackingActivities:
         uri = self._tracking.mlflow_tracking_uri
         if not uri:
             return None
-        from services.trainer.mlflow_logger import close_sweep_run
+        from services.trainer.tracking.mlflow_logger import close_sweep_run
 
         summary = {} if end.best_metric is None else {f"best_{end.metric}": end.best_metric}
         tags = {} if end.best_run_id is None else {"bert_finetune.best_run_id": end.best_run_id}

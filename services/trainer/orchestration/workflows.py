@@ -2,7 +2,7 @@
 
 Each run is a ``BertRunWorkflow`` child (its lifecycle: re-execution after preemption,
 discard on cancel). Executions started before runs became children replay the old inline
-path, which calls the same lifecycle (``RUNS_AS_CHILDREN_PATCH``).
+path, which calls the same lifecycle (``workflow_versions.RUNS_AS_CHILDREN``).
 
 Deterministic and light: only the shared types are imported (passed through the sandbox).
 Runs are scheduled together; how many train at once is decided by how many trainer
@@ -23,9 +23,9 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from services.trainer.run_board import RunBoard
-    from services.trainer.run_lifecycle import RunLifecycle
-    from services.trainer.run_workflow import BertRunWorkflow, run_workflow_id
+    from services.trainer.orchestration.run_board import RunBoard
+    from services.trainer.orchestration.run_lifecycle import RunLifecycle
+    from services.trainer.orchestration.run_workflow import BertRunWorkflow, run_workflow_id
     from shared.errors import truncate
     from shared.sweep_types import BertRunInput
     from shared.types import (
@@ -39,9 +39,7 @@ with workflow.unsafe.imports_passed_through():
         RunContext,
         RunProgress,
     )
-
-# Versioning marker: executions that recorded it train each run in a child workflow.
-RUNS_AS_CHILDREN_PATCH = "runs-as-child-workflows"
+    from shared.workflow_versions import RUNS_AS_CHILDREN
 
 
 # Any exception fails the workflow: a bug must never leave it RUNNING with a retrying task.
@@ -58,7 +56,7 @@ class BertFineTuningWorkflow(RunBoard):
             "experiment.started",
             extra={"experiment": input.experiment_name, "runs": len(input.runs)},
         )
-        as_children = workflow.patched(RUNS_AS_CHILDREN_PATCH)
+        as_children = workflow.patched(RUNS_AS_CHILDREN.id)
         requests = [
             BertFineTuneRequest(run_id=run_id, config=config, overwrite=input.overwrite)
             for run_id, config in zip(input.run_ids(), input.runs, strict=True)
@@ -115,7 +113,8 @@ class BertFineTuningWorkflow(RunBoard):
     async def _train_inline(
         self, request: BertFineTuneRequest, heartbeat_seconds: int
     ) -> BertFineTuneResult:
-        """Executions recorded before ``RUNS_AS_CHILDREN_PATCH``: the same lifecycle, here."""
+        """Executions recorded before ``RUNS_AS_CHILDREN``: the same lifecycle, here. Deleted
+        when that patch is deprecated (``shared.workflow_versions`` has the date)."""
         lifecycle = RunLifecycle(request, timedelta(seconds=heartbeat_seconds))
         try:
             result = await lifecycle.train()

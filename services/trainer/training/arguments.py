@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.trainer.resources import BatchPlan
+from services.trainer.training.resources import BatchPlan
 from shared.types import BertFineTuneConfig
 
 # Evaluation batches hold no gradients: larger batches are cheaper per text.

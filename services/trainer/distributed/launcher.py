@@ -27,10 +27,9 @@ from typing import Any, Literal
 
 from temporalio.exceptions import ApplicationError
 
-from services.trainer import ownership
-from services.trainer.process_guard import EXPECTED_PARENT_ENV
-from services.trainer.progress import ProgressReporter
-from services.trainer.rank_channel import (
+from services.trainer.activities.progress import ProgressReporter
+from services.trainer.distributed.process_guard import EXPECTED_PARENT_ENV
+from services.trainer.distributed.rank_channel import (
     EventReader,
     RankJob,
     RankOutcome,
@@ -38,9 +37,10 @@ from services.trainer.rank_channel import (
     request_shutdown,
     write_job,
 )
-from services.trainer.stages import Attempt
-from services.trainer.stopping import StopControl, TrainingCancelled, TrainingInterrupted
-from services.trainer.training import fine_tune
+from services.trainer.run_folder import ownership
+from services.trainer.training.fine_tune import fine_tune
+from services.trainer.training.stages import Attempt
+from services.trainer.training.stopping import StopControl, TrainingCancelled, TrainingInterrupted
 from shared import metrics
 from shared.logging import get_logger
 from shared.runs import resolve_run_dir
@@ -53,7 +53,7 @@ POLL_SECONDS = 0.2
 EXIT_GRACE_SECONDS = 30.0
 # How long killed ranks and torchrun get to be gone before the attempt carries on.
 KILL_WAIT_SECONDS = 15.0
-RANK_MODULE = "services.trainer.rank_main"
+RANK_MODULE = "services.trainer.distributed.rank_main"
 FOLDER_PREFIX = "bert-ddp-"
 # A launch folder this old with no rank alive belongs to a worker that was killed.
 STALE_FOLDER_SECONDS = 600.0
@@ -85,7 +85,7 @@ def torchrun_command(folder: Path, ranks: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "services.trainer.process_guard",
+        "services.trainer.distributed.process_guard",
         "--standalone",
         "--nnodes=1",
         f"--nproc-per-node={ranks}",

@@ -16,7 +16,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from services.trainer.sweep_rules import grid_points, tpe_startup_trials, trial_seed
+from services.trainer.orchestration.sweep_rules import grid_points, tpe_startup_trials, trial_seed
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
 from shared.run_record import NOT_IDENTITY, identity_fields

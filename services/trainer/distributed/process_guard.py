@@ -41,7 +41,7 @@ def die_with_parent(expected_parent: int | None = None) -> None:
 
 
 def main() -> None:
-    """``python -m services.trainer.process_guard <torchrun arguments>``."""
+    """``python -m services.trainer.distributed.process_guard <torchrun arguments>``."""
     expected = os.environ.pop(EXPECTED_PARENT_ENV, None)
     die_with_parent(int(expected) if expected else None)
     from torch.distributed.run import main as torchrun

@@ -30,10 +30,10 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from services.trainer.export_workflow import start_export
-    from services.trainer.run_board import RunBoard
-    from services.trainer.run_workflow import BertRunWorkflow, run_workflow_id
-    from services.trainer.sweep_rules import best_trial, halving_rungs, keeps_training
+    from services.trainer.orchestration.export_workflow import start_export
+    from services.trainer.orchestration.run_board import RunBoard
+    from services.trainer.orchestration.run_workflow import BertRunWorkflow, run_workflow_id
+    from services.trainer.orchestration.sweep_rules import best_trial, halving_rungs, keeps_training
     from shared.errors import truncate
     from shared.sweep_types import (
         CHECK_SWEEP_RUNS_ACTIVITY,
@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         RunContext,
         RunProgress,
     )
+    from shared.workflow_versions import SWEEP_CLOSES_TRACKING, SWEEP_EXPORTS_BEST_TRIAL
 
 LOCAL_ACTIVITY_TIMEOUT = timedelta(minutes=2)
 # A proposal or check that keeps failing is a bug or a misconfigured worker: fail the
@@ -302,7 +303,7 @@ class BertSweepWorkflow(RunBoard):
     ) -> None:
         """End the sweep's parent run in the experiment tracker; never fails the sweep.
         (Behind a patch: sweeps recorded before it replay without this step.)"""
-        if not workflow.patched("sweep-closes-tracking"):
+        if not workflow.patched(SWEEP_CLOSES_TRACKING.id):
             return
         end = SweepTrackingEnd(
             sweep_name=self._input.sweep_name,
@@ -337,7 +338,7 @@ class BertSweepWorkflow(RunBoard):
         best = self._trials[best_index]
         # Trials commit without an ONNX export (most are never served): the best gets one.
         # (Behind a patch: sweeps recorded before it replay without this step.)
-        if workflow.patched("sweep-exports-best-trial"):
+        if workflow.patched(SWEEP_EXPORTS_BEST_TRIAL.id):
             await start_export(best.run_id)
         alias = None
         if sweep.promote_alias:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from temporalio import activity
 
-from services.trainer.tracking import TrackingConfig
+from services.trainer.tracking.trackers import TrackingConfig
 from shared import aliases
 from shared.logging import get_logger
 from shared.onnx_export import has_export
@@ -59,7 +59,7 @@ class PromotionActivities:
         uri, model = self._tracking.mlflow_tracking_uri, self._tracking.registered_model
         if not uri or not model:
             return
-        from services.trainer.model_registry import mirror_promotion
+        from services.trainer.tracking.model_registry import mirror_promotion
 
         served = resolve_served_run(self._runs_root, result.run_id)
         threading.Thread(

@@ -10,30 +10,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.trainer import checkpoints
-from services.trainer.arguments import training_arguments
-from services.trainer.data import PreparedData
-from services.trainer.evaluation import ClassificationMetrics, eval_metrics
-from services.trainer.fencing import AttemptToken, Superseded
-from services.trainer.paths import LocalPathRoots
-from services.trainer.progress import ProgressSink
-from services.trainer.ranks import SINGLE_PROCESS, Ranks
-from services.trainer.resources import BatchPlan, with_batch_fallback
-from services.trainer.run_directory import (
+from services.trainer.distributed.ranks import SINGLE_PROCESS, Ranks
+from services.trainer.run_folder import checkpoints
+from services.trainer.run_folder.fencing import AttemptToken, Superseded
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.run_folder.run_directory import (
     Ownership,
     RunDirectory,
     epochs_wanted,
     reuse_record,
     reused_result,
 )
-from services.trainer.stopping import StopControl
+from services.trainer.training.arguments import training_arguments
+from services.trainer.training.data import PreparedData
+from services.trainer.training.evaluation import ClassificationMetrics, eval_metrics
+from services.trainer.training.progress_sink import ProgressSink
+from services.trainer.training.resources import BatchPlan, with_batch_fallback
+from services.trainer.training.stopping import StopControl
 from shared import metrics
 from shared.logging import get_logger
 from shared.run_record import EpochEvaluation, RunRecord
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
 if TYPE_CHECKING:
-    from services.trainer.tracking import RunTracking
+    from services.trainer.tracking.trackers import RunTracking
 
 log = get_logger(__name__)
 
@@ -222,7 +222,7 @@ class TrainingSession:
         from transformers.trainer_callback import PrinterCallback
         from transformers.utils import logging as transformers_logging
 
-        from services.trainer import callbacks
+        from services.trainer.training import callbacks
 
         transformers_logging.disable_progress_bar()
         config = request.config

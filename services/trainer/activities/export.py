@@ -23,8 +23,8 @@ from pathlib import Path
 
 from temporalio import activity
 
-from services.trainer.fencing import run_lock
-from services.trainer.run_directory import STAGING_DIR
+from services.trainer.run_folder.fencing import run_lock
+from services.trainer.run_folder.run_directory import STAGING_DIR
 from shared.errors import failure
 from shared.export_types import EXPORT_ACTIVITY, EXPORT_FAILED, BertExportInput, BertExportOutput
 from shared.instrumentation import ExportRecorder, activity_scope
