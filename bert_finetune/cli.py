@@ -7,9 +7,10 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -300,7 +301,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+def _async(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[..., int]:
     return lambda args: asyncio.run(fn(args))
 
 

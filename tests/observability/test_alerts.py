@@ -7,13 +7,12 @@ chart ships as a PrometheusRule and docs/observability.md points to.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests.helpers.binaries import promtool
 from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack
 
@@ -33,13 +32,6 @@ REQUIRED_ALERTS = {
     "BertTrainingQueueBacklog",
     "BertInferenceQueueBacklog",
 }
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("promtool is missing: run `make system-deps` (Debian's prometheus package)")
-    return found
 
 
 def rules() -> list[dict]:

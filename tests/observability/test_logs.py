@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.observability.conftest import ObservedStack, WorkerProcess
+from tests.helpers.processes import WorkerProcess
+from tests.observability.conftest import ObservedStack
 
 CONTEXT = ("workflow_id", "run_id", "activity_attempt", "task_queue")
 
