@@ -1,13 +1,13 @@
 """Experiment tracking for one training attempt: MLflow and/or TensorBoard, opt-in by settings.
 
 With neither ``MLFLOW_TRACKING_URI`` nor ``BERT_TENSORBOARD`` set on the trainer, a
-``RunTracking`` has no trackers: it adds no callback and nothing MLflow- or
-TensorBoard-related is imported. Otherwise its ``TrackingCallback`` feeds every tracker with
-the run's params, every value the Trainer logs (loss, learning rate, per-epoch and final
-evaluation, throughput), the confusion matrix of each evaluation, and tags naming the run,
-its experiment or sweep, the attempt and the model folder. ``end(outcome)`` closes the
-attempt: a finished run is marked FINISHED, a cancelled one KILLED, a failed one FAILED,
-and an interrupted one stays RUNNING for the attempt that resumes it.
+``RunTracking`` has no trackers: no callback is added and nothing MLflow- or TensorBoard-related
+is imported. Otherwise the ``TrackingCallback`` (``training/callbacks.py``) feeds every tracker
+with the run's params, every value the Trainer logs (loss, learning rate, per-epoch and final
+evaluation, throughput), the confusion matrix of each evaluation, and tags naming the run, its
+experiment or sweep, the attempt and the model folder. ``end(outcome)`` closes the attempt: a
+finished run is marked FINISHED, a cancelled one KILLED, a failed one FAILED, and an interrupted
+one stays RUNNING for the attempt that resumes it.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def _flat_params(request: BertFineTuneRequest) -> dict[str, str]:
 
 
 class RunTracking:
-    """The trackers of one attempt, fed by ``TrackingCallback`` and closed by ``end()``."""
+    """The trackers of one attempt, fed by ``training.callbacks.TrackingCallback`` and
+    closed by ``end()``."""
 
     def __init__(
         self,
@@ -153,15 +154,10 @@ class RunTracking:
         """The MLflow logger once training began (None without MLflow)."""
         return self._mlflow
 
-    def callbacks(self, confusion_matrix: Callable[[], list[list[int]] | None]) -> list[Any]:
-        """The Trainer callbacks to add (none when tracking is off). ``confusion_matrix``
-        returns the latest evaluation's matrix (rows: true label, columns: predicted)."""
-        if not self.config.enabled:
-            return []
-        from services.trainer.tracking.tracking_callback import TrackingCallback
-
-        self._confusion_source = confusion_matrix
-        return [TrackingCallback(self)]
+    def watch_confusion_matrix(self, source: Callable[[], list[list[int]] | None]) -> None:
+        """Where ``log_confusion_matrix`` reads the latest evaluation's matrix (rows: true
+        label, columns: predicted)."""
+        self._confusion_source = source
 
     # Fed by TrackingCallback (training thread).
 

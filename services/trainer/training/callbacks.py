@@ -6,10 +6,11 @@ Each reads the Trainer's ``state`` and sets flags on its ``control``; none patch
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from transformers import TrainerCallback
 
@@ -20,6 +21,12 @@ from services.trainer.training.progress_sink import ProgressSink
 from services.trainer.training.stopping import StopControl, TrainingCancelled
 from shared import metrics
 from shared.logging import get_logger
+from shared.types import BertFineTuneRequest
+
+if TYPE_CHECKING:
+    from services.trainer.distributed.ranks import Ranks
+    from services.trainer.tracking.trackers import RunTracking
+    from services.trainer.training.stages import Attempt
 
 log = get_logger(__name__)
 
@@ -330,3 +337,111 @@ class CheckpointBarrierCallback(TrainerCallback):
         import torch.distributed as dist
 
         dist.barrier()
+
+
+Hook = TypeVar("Hook", bound=Callable[..., None])
+
+
+def never_raises(hook: Hook) -> Hook:
+    """Tracking is best effort: a failing hook is logged and counted, training goes on."""
+
+    @functools.wraps(hook)
+    def guarded(self: TrackingCallback, *args: Any, **kwargs: Any) -> None:
+        try:
+            hook(self, *args, **kwargs)
+        except Exception:
+            self._tracking.count_error(hook.__name__)
+
+    return guarded  # type: ignore[return-value]
+
+
+class TrackingCallback(TrainerCallback):
+    """Params when training begins, every logged number at its step, each confusion matrix."""
+
+    def __init__(self, tracking: RunTracking) -> None:
+        self._tracking = tracking
+
+    @never_raises
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._tracking.begin(
+            # global_step is already the checkpoint's step when the Trainer resumed.
+            resumed_from_step=state.global_step or None,
+            max_steps=state.max_steps,
+            params={
+                "max_steps": str(state.max_steps),
+                "checkpoint_steps": str(args.save_steps),
+                "logging_steps": str(args.logging_steps),
+                "eval_strategy": str(getattr(args.eval_strategy, "value", args.eval_strategy)),
+            },
+            tags={"bert_finetune.device": args.device.type},
+        )
+
+    @never_raises
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        numbers = {
+            key: float(value)
+            for key, value in (logs or {}).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        self._tracking.log_metrics(numbers, state.global_step)
+
+    @never_raises
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+        labels = [str(id2label[i]) for i in sorted(id2label)]
+        self._tracking.log_confusion_matrix(labels, state.global_step)
+
+    @never_raises
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._tracking.training_stopped(state.global_step, float(state.epoch or 0.0))
+
+
+def build_callbacks(
+    request: BertFineTuneRequest,
+    run: RunDirectory,
+    attempt: Attempt,
+    identity: str,
+    reporter: ProgressSink,
+    stop: StopControl,
+    ranks: Ranks,
+    *,
+    evaluates: bool,
+    stop_at_epoch: int | None,
+    confusion_matrix: Callable[[], list[list[int]] | None],
+) -> list[TrainerCallback]:
+    """Every callback of one attempt, in the order the Trainer calls them. The order matters:
+    - observers and the stop request first, so every later callback sees this step counted
+      and a cancel asked for;
+    - the fence (leader only) before anything that saves, so a superseded attempt never
+      writes; the checkpoint seal next (between ranks, behind a barrier);
+    - the evaluation and checkpoint schedules, then the epoch stop (a pause seals);
+    - tracking after them, so it logs what they decided;
+    - the evaluation phase after the others: it reads the evaluation they asked for;
+    - the ranks' agreement last: it sees every other callback's decision.
+    """
+    hooks: list[TrainerCallback] = [
+        MetricsCallback(),
+        ProgressCallback(reporter),
+        LoggingCallback(),
+        StopCallback(stop),
+        *([FenceCallback(run)] if ranks.is_leader else []),
+        *ranks.sealing(CheckpointSealCallback(run, attempt.number, identity[:16], reporter)),
+    ]
+    if evaluates:
+        hooks.append(EpochEvaluationCallback())
+    if request.config.checkpoint_steps is None:
+        hooks.append(TimedCheckpointCallback(attempt.checkpoint_interval_seconds))
+    if stop_at_epoch is not None:
+        hooks.append(EpochStopCallback(stop_at_epoch, seal=request.pause_at_epoch == stop_at_epoch))
+    tracking = attempt.tracking
+    if tracking is not None and tracking.config.enabled and ranks.is_leader:
+        tracking.watch_confusion_matrix(confusion_matrix)
+        hooks.append(TrackingCallback(tracking))
+    if evaluates:
+        hooks.append(EvaluationPhaseCallback(reporter, stop, cancellable=ranks.world_size == 1))
+    hooks.extend(ranks.agreement())
+    return hooks

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.trainer.distributed.ranks import SINGLE_PROCESS, Ranks
-from services.trainer.run_folder import checkpoints, paths
+from services.trainer.run_folder import paths
 from services.trainer.run_folder.run_directory import RunDirectory
 from services.trainer.training import stages
 from services.trainer.training.data import PreparedData, prepare_data
 from services.trainer.training.progress_sink import ProgressSink
-from services.trainer.training.resources import BatchPlan, check_sequence_length
+from services.trainer.training.resources import check_sequence_length
 from services.trainer.training.stages import Attempt
 from services.trainer.training.stopping import StopControl
 from shared.logging import get_logger
@@ -58,58 +58,25 @@ def fine_tune(
     reporter.update(phase="loading_model")
     tokenizer, model = load_for_fine_tuning(config.model_name, data.label_names)
     check_sequence_length(config.max_seq_length, config.model_name, model, tokenizer)
-    reporter.update(phase="tokenizing")
-
-    def tokenized_batch() -> None:
-        reporter.progressed()  # for the watchdog: tokenizing a large dataset takes long
-        stop.check()  # a cancel or shutdown lands here, not after the last batch
-
-    train_set, eval_set = stages.tokenize(
-        data, tokenizer, config.max_seq_length, on_batch=tokenized_batch
+    train_set, eval_set = stages.tokenize_watched(
+        data, tokenizer, config.max_seq_length, reporter, stop
     )
     stop.check()
 
-    # Claim the folder (from here on, only this attempt writes it: see ``fencing``) and find
+    # Claim the folder (from here on only this attempt writes it: see ``fencing``) and find
     # where to resume; the leader decides for every rank.
-    def claim_and_find_resume() -> tuple[BertFineTuneResult | None, checkpoints.Checkpoint | None]:
-        if (finished := stages.claim_or_reuse(run, request, attempt, identity)) is not None:
-            return finished, None
-        return None, run.resume_checkpoint(attempt.resume_hint, digests)
-
-    digests = run.checkpoint_digests(identity, request, data.fingerprint)
-    done, resume = ranks.decide(claim_and_find_resume)
-    if done is not None:
-        return done
+    claim = ranks.decide(
+        lambda: stages.claim_or_reuse(run, request, attempt, identity, data.fingerprint)
+    )
+    if claim.finished is not None:
+        return claim.finished
 
     # Train (up to the epoch the request stops at, within the device's memory), evaluate.
-    def session_with(batch: BatchPlan) -> stages.TrainingSession:
-        # After an out-of-memory error the model may have taken steps: fresh weights, and
-        # the newest checkpoint (if any) restores the trained ones.
-        weights = (
-            load_for_fine_tuning(config.model_name, data.label_names)[1] if batch.reduced else model
-        )
-        return stages.TrainingSession.build(
-            request,
-            run,
-            attempt,
-            identity,
-            weights,
-            tokenizer,
-            train_set,
-            eval_set,
-            reporter,
-            stop,
-            ranks,
-            batch,
-        )
-
-    if ranks.world_size > 1:  # one rank cannot retry alone: the others wait in a collective
-        session = session_with(BatchPlan(config.batch_size))
-        trained = session.train(resume)
-    else:
-        session, trained = stages.train_within_memory(
-            session_with, resume, lambda: run.resume_checkpoint(None, digests), config.batch_size
-        )
+    build = stages.SessionBuilder(
+        request, run, attempt, identity, model, tokenizer, train_set, eval_set,
+        data.label_names, reporter, stop, ranks,
+    )  # fmt: skip
+    session, trained = stages.train(build, claim)
     try:
         stop.check(trained=True)
         evaluation = session.evaluate()
@@ -120,15 +87,10 @@ def fine_tune(
             return stages.paused_result(request, run, data, trained, evaluation)
         reporter.update(phase="saving")
         record = stages.run_record(request, run, data, identity, trained, evaluation, attempt)
-        if not ranks.is_leader:
-            return record.result  # the leader commits the run; its result is the attempt's
-        run.commit(
-            session.save_model,
-            record,
-            attempt.number,
-            export=_exporter(data, at_commit=request.export_at_commit),
-        )
-        log.info("model.saved", run_dir=str(run.path), eval_metrics=evaluation.metrics)
+        if ranks.is_leader:  # the leader commits the run; its result is every rank's
+            export = _exporter(data, at_commit=request.export_at_commit)
+            run.commit(session.save_model, record, attempt.number, export=export)
+            log.info("model.saved", run_dir=str(run.path), eval_metrics=evaluation.metrics)
         return record.result
     finally:
         session.release()

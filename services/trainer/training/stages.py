@@ -29,6 +29,7 @@ from services.trainer.training.resources import BatchPlan, with_batch_fallback
 from services.trainer.training.stopping import StopControl
 from shared import metrics
 from shared.logging import get_logger
+from shared.model_loading import load_for_fine_tuning
 from shared.run_record import EpochEvaluation, RunRecord
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
@@ -82,11 +83,23 @@ def reuse_finished_work(
     return pointer.result
 
 
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming the run folder: the finished result when an earlier attempt
+    completed the run meanwhile, else where training resumes (None: from scratch) and the
+    digests a checkpoint of this work may carry."""
+
+    finished: BertFineTuneResult | None = None
+    resume: checkpoints.Checkpoint | None = None
+    digests: frozenset[str] = frozenset()
+
+
 def claim_or_reuse(
-    run: RunDirectory, request: BertFineTuneRequest, attempt: Attempt, identity: str
-) -> BertFineTuneResult | None:
-    """Claim the folder for this attempt (None), or return the finished result when the run
-    was completed meanwhile by an earlier attempt that lost its connection but finished."""
+    run: RunDirectory, request: BertFineTuneRequest, attempt: Attempt, identity: str, data: str
+) -> Claim:
+    """Claim the folder for this attempt and find the newest sealed checkpoint to resume
+    from, or return the finished result when the run was completed meanwhile by an earlier
+    attempt that lost its connection but finished."""
     try:
         run.claim(attempt.owner, attempt.token, request.overwrite, identity)
     except Superseded:
@@ -94,8 +107,11 @@ def claim_or_reuse(
         if record is None or record.identity != identity:
             raise
         log.info("training.reused", run_dir=str(run.path), completed_by_attempt=record.attempt)
-        return reused_result(record, run.path)
-    return None
+        return Claim(finished=reused_result(record, run.path))
+    digests = run.checkpoint_digests(identity, request, data)
+    return Claim(
+        resume=run.resume_checkpoint(attempt.resume_hint, digests), digests=frozenset(digests)
+    )
 
 
 def tokenize(
@@ -130,6 +146,24 @@ def tokenize(
         else None
     )
     return train, evaluation
+
+
+def tokenize_watched(
+    data: PreparedData,
+    tokenizer: Any,
+    max_seq_length: int,
+    reporter: ProgressSink,
+    stop: StopControl,
+) -> tuple[Any, Any]:
+    """``tokenize`` with progress for the watchdog (tokenizing a large dataset takes long)
+    and a stop point before each batch (a cancel or shutdown lands here, not at the end)."""
+
+    def tokenized_batch() -> None:
+        reporter.progressed()
+        stop.check()
+
+    reporter.update(phase="tokenizing")
+    return tokenize(data, tokenizer, max_seq_length, on_batch=tokenized_batch)
 
 
 def stop_epoch(request: BertFineTuneRequest) -> int | None:
@@ -241,31 +275,18 @@ class TrainingSession:
             batch=batch,
         )
         classification = ClassificationMetrics(len(model.config.id2label))
-        hooks = [
-            callbacks.MetricsCallback(),
-            callbacks.ProgressCallback(reporter),
-            callbacks.LoggingCallback(),
-            callbacks.StopCallback(stop),
-            *([callbacks.FenceCallback(run)] if ranks.is_leader else []),
-            *ranks.sealing(
-                callbacks.CheckpointSealCallback(run, attempt.number, identity[:16], reporter)
-            ),
-        ]
-        if eval_set is not None:
-            hooks.append(callbacks.EpochEvaluationCallback())
-        if config.checkpoint_steps is None:
-            hooks.append(callbacks.TimedCheckpointCallback(attempt.checkpoint_interval_seconds))
-        if ends_at is not None:
-            hooks.append(
-                callbacks.EpochStopCallback(ends_at, seal=request.pause_at_epoch == ends_at)
-            )
-        if attempt.tracking is not None and ranks.is_leader:
-            hooks.extend(attempt.tracking.callbacks(lambda: classification.confusion_matrix))
-        if eval_set is not None:  # after the others: it reads what they asked for
-            hooks.append(
-                callbacks.EvaluationPhaseCallback(reporter, stop, cancellable=ranks.world_size == 1)
-            )
-        hooks.extend(ranks.agreement())  # last: it sees every other callback's decision
+        hooks = callbacks.build_callbacks(
+            request,
+            run,
+            attempt,
+            identity,
+            reporter,
+            stop,
+            ranks,
+            evaluates=eval_set is not None,
+            stop_at_epoch=ends_at,
+            confusion_matrix=lambda: classification.confusion_matrix,
+        )
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**args),
@@ -417,6 +438,62 @@ def train_within_memory(
     if batch.reduced:
         trained.notes.append(batch.note())
     return session, trained
+
+
+@dataclass(frozen=True)
+class SessionBuilder:
+    """Builds this attempt's ``TrainingSession`` for a batch plan (one per out-of-memory
+    retry): everything the Trainer needs, gathered by the stages before training."""
+
+    request: BertFineTuneRequest
+    run: RunDirectory
+    attempt: Attempt
+    identity: str
+    model: Any
+    tokenizer: Any
+    train_set: Any
+    eval_set: Any
+    label_names: list[str]
+    reporter: ProgressSink
+    stop: StopControl
+    ranks: Ranks = SINGLE_PROCESS
+
+    def __call__(self, batch: BatchPlan) -> TrainingSession:
+        # After an out-of-memory error the model may have taken steps: fresh weights, and
+        # the newest checkpoint (if any) restores the trained ones.
+        model = self.model
+        if batch.reduced:
+            model = load_for_fine_tuning(self.request.config.model_name, self.label_names)[1]
+        return TrainingSession.build(
+            self.request,
+            self.run,
+            self.attempt,
+            self.identity,
+            model,
+            self.tokenizer,
+            self.train_set,
+            self.eval_set,
+            self.reporter,
+            self.stop,
+            self.ranks,
+            batch,
+        )
+
+
+def train(build: SessionBuilder, claim: Claim) -> tuple[TrainingSession, Trained]:
+    """Train from the claim's checkpoint up to the request's stop epoch. One process retries
+    an out-of-memory error with smaller per-device batches; ranks cannot retry alone (the
+    others would wait in a collective), so a distributed attempt trains at its batch size."""
+    batch_size = build.request.config.batch_size
+    if build.ranks.world_size > 1:
+        session = build(BatchPlan(batch_size))
+        return session, session.train(claim.resume)
+    return train_within_memory(
+        build,
+        claim.resume,
+        lambda: build.run.resume_checkpoint(None, set(claim.digests)),
+        batch_size,
+    )
 
 
 def _result(
