@@ -48,15 +48,29 @@ SCHEMA_1_CONFIG_FIELDS = (
 )
 
 
+# Fields added with a default that differs from what runs trained before them did, and the
+# value they had implicitly then. Such a field is left out of the identity at that value, not at
+# its default, so a run trained before it existed is never reused for the new default; records
+# written before it read it as that value.
+BEFORE_FIELD_EXISTED: dict[str, Any] = {"group_by_length": False}
+
+
 def identity_fields(config: BertFineTuneConfig) -> dict[str, Any]:
-    """The config fields that define what is trained, without those at their default."""
+    """The config fields that define what is trained, without those at their default (or,
+    for fields in ``BEFORE_FIELD_EXISTED``, at the value they had before they existed)."""
     dumped = config.model_dump(mode="json")
-    defaults = BertFineTuneConfig().model_dump(mode="json")
+    baseline = {**BertFineTuneConfig().model_dump(mode="json"), **BEFORE_FIELD_EXISTED}
     return {
         name: value
         for name, value in dumped.items()
-        if name not in NOT_IDENTITY and value != defaults[name]
+        if name not in NOT_IDENTITY and value != baseline[name]
     }
+
+
+def identity_before_new_fields(config: BertFineTuneConfig, data_fingerprint: str) -> str:
+    """The identity this config had before the fields of ``BEFORE_FIELD_EXISTED`` existed:
+    checkpoints sealed then resume under it (only the batch order differs)."""
+    return run_identity(config.model_copy(update=BEFORE_FIELD_EXISTED), data_fingerprint)
 
 
 def run_identity(config: BertFineTuneConfig, data_fingerprint: str) -> str:
@@ -118,6 +132,8 @@ class RunRecord(BaseModel):
         data = json.loads(text)
         if isinstance(data, dict) and "schema_version" not in data:
             data = _upgrade_schema_1(data)
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = {**data, "config": {**BEFORE_FIELD_EXISTED, **data["config"]}}
         version = data.get("schema_version") if isinstance(data, dict) else None
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise ValueError(

@@ -47,6 +47,9 @@ def training_arguments(
         # transformers 5 reads a warmup_steps below 1 as a fraction of the training steps.
         "warmup_steps": config.warmup_ratio,
         "seed": config.seed,
+        # Batches of similar lengths (shuffled in mega-batches of 50 batches, so each epoch
+        # still sees every row once in a new order): less padding on texts of mixed length.
+        "train_sampling_strategy": "group_by_length" if config.group_by_length else "random",
         "data_seed": config.seed,
         "use_cpu": not use_cuda,
         "bf16": bf16,
@@ -59,6 +62,9 @@ def training_arguments(
         "logging_steps": max(1, min(50, max_steps // 20)),
         # The loss shows in progress from the first step, not only after logging_steps.
         "logging_first_step": True,
+        # A NaN or infinite loss stays in the reported loss (transformers would average it
+        # away), so a diverged run fails with TrainingDiverged instead of committing.
+        "logging_nan_inf_filter": False,
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
