@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import os
 import platform
 import random
@@ -416,7 +415,7 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
     from services.trainer.worker import build_trainer_worker
     from shared.converter import data_converter
     from shared.logging import configure_logging
-    from shared.onnx_export import EXPORT_DIR, EXPORT_MANIFEST
+    from shared.onnx_export import load_manifest
 
     configure_logging("WARNING", "console")
     model_dir = minilm_model_dir()
@@ -491,9 +490,7 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
             )
             run_dir = Path(run.model_dir)
             onnx_run, torch_run = await asyncio.to_thread(serving_runs, runs_root, run_dir)
-            manifest = json.loads(
-                (runs_root / onnx_run / EXPORT_DIR / EXPORT_MANIFEST).read_text(encoding="utf-8")
-            )
+            manifest = load_manifest(runs_root / onnx_run)
             step("inference: transformers.pipeline")
             pipeline = await asyncio.to_thread(pipeline_baseline, run_dir, data.texts)
             step("inference: BertInferenceWorkflow (ONNX export, then PyTorch)")
@@ -523,7 +520,7 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
         pipeline,
         ours_onnx,
         ours_torch,
-        str(manifest["served_graph"]),
+        manifest.served_graph,
         export.export_seconds,
         export_walls[-1],
         latencies,

@@ -39,7 +39,8 @@ def export_state(runs_root: Path, run: RunEntry) -> str:
     try:
         model_dir = resolve_served_run(runs_root, run.run_id).model_dir
         if has_export(model_dir):
-            return graph_precision((read_manifest(model_dir) or {}).get("served_graph"))
+            manifest = read_manifest(model_dir)
+            return graph_precision(manifest.served_graph if manifest is not None else None)
         return "pending" if (model_dir / CHECK_TEXTS_FILE).is_file() else "none"
     except (ApplicationError, OSError):  # a reused source that is gone, an unreadable file
         return "none"

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
 from shared.errors import INVALID_CONFIG, RUN_NOT_FOUND, failure
 from shared.logging import get_logger
-from shared.runs import require_complete_run, write_json_atomic
+from shared.manifests import AliasPointer, ManifestError
+from shared.runs import require_complete_run
 from shared.types import BertInferenceRequest, BertPromoteOutput, is_valid_alias
 
 log = get_logger(__name__)
@@ -33,17 +33,6 @@ POINTER_SUFFIX = ".json"
 # Held while a promotion reads the old target and writes the new one, so two promotions
 # of one alias each report the other as ``previous_run_id`` (readers never take it).
 LOCK_FILE = ".lock"
-
-
-class AliasPointer(BaseModel):
-    """The content of ``_aliases/{alias}.json``."""
-
-    alias: str
-    run_id: str
-    previous_run_id: str | None = None
-    promoted_at: str
-    # The workflow run that wrote this pointer: a retried promotion recognises its own write.
-    promoted_by: str | None = None
 
 
 def aliases_dir(runs_root: Path) -> Path:
@@ -68,10 +57,10 @@ def read_pointer(runs_root: Path, alias: str) -> AliasPointer | None:
     """The alias's pointer, or None when the alias does not exist."""
     path = pointer_path(runs_root, alias)
     try:
-        return AliasPointer.model_validate_json(path.read_bytes())
+        return AliasPointer.read(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValidationError) as err:
+    except (OSError, ManifestError) as err:
         raise failure(
             RUN_NOT_FOUND,
             f"alias {alias!r} has an unreadable pointer {path} ({type(err).__name__}); "
@@ -145,7 +134,7 @@ def promote(
             promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
             promoted_by=promoted_by,
         )
-        write_json_atomic(pointer_path(runs_root, alias), pointer.model_dump(mode="json"))
+        pointer.write(pointer_path(runs_root, alias))
     return BertPromoteOutput(alias=alias, run_id=run_id, previous_run_id=previous)
 
 
@@ -164,7 +153,7 @@ def list_aliases(runs_root: Path) -> dict[str, str]:
         if not is_valid_alias(alias):
             continue
         try:
-            aliases[alias] = AliasPointer.model_validate_json(path.read_bytes()).run_id
-        except (OSError, ValidationError):
+            aliases[alias] = AliasPointer.read(path).run_id
+        except (OSError, ManifestError):
             continue
     return aliases

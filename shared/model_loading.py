@@ -42,8 +42,9 @@ def load_tokenizer(source: str, subject: str, fix: str) -> Any:
     return tokenizer
 
 
-def load_classifier(source: str, subject: str, fix: str, **overrides: Any) -> Any:
-    """The sequence classifier at ``source``; ``overrides`` set labels for a new head."""
+def load_classification_model(source: str, subject: str, fix: str, **overrides: Any) -> Any:
+    """The transformers sequence-classification model at ``source`` (not the inferencer's
+    ``Classifier``, which serves a run); ``overrides`` set labels for a new head."""
     from transformers import AutoModelForSequenceClassification
 
     try:
@@ -67,7 +68,7 @@ def load_for_fine_tuning(model_name: str, label_names: list[str]) -> tuple[Any, 
         "give a hub id or a directory with a saved model and its tokenizer "
         "(tokenizer.save_pretrained)",
     )
-    model = load_classifier(
+    model = load_classification_model(
         model_name,
         subject,
         "it must be a checkpoint saved with safetensors (no pickles, no remote code) of an "
@@ -85,4 +86,4 @@ def load_for_serving(model_dir: str, run_id: str) -> tuple[Any, Any]:
     fix = "retrain it or check the runs volume"
     subject = f"run {run_id!r}"
     tokenizer = load_tokenizer(model_dir, subject, fix)
-    return tokenizer, load_classifier(model_dir, subject, fix)
+    return tokenizer, load_classification_model(model_dir, subject, fix)

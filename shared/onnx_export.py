@@ -24,7 +24,6 @@ model before its commit, or a copy).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.logging import get_logger
+from shared.manifests import CheckTexts, ExportCheck, ExportManifest, ManifestError
 from shared.runs import commit_digest, fsync_dir, is_complete
 
 log = get_logger(__name__)
@@ -47,7 +47,7 @@ TOKENIZER_FILE = "tokenizer.json"
 # Written into a run folder at commit: the texts that decide, later, whether the int8 graph
 # is served (the export runs after the commit, when the training data may be gone).
 CHECK_TEXTS_FILE = "export_check_texts.json"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = ExportManifest.VERSION
 OPSET = 17
 # The int8 graph is served only when at most this share of labels differ from fp32's.
 MAX_INT8_DISAGREEMENT = 0.005
@@ -93,15 +93,15 @@ def build_export(
     staging: Path,
     check_texts: Sequence[str] | None = None,
     source_commit: str | None = None,
-) -> dict[str, Any]:
+) -> ExportManifest:
     """Write a complete export of ``model_dir`` into the empty folder ``staging``, every file
     flushed; return its manifest. ``source_commit``: the run's commit it was built from.
     Raises ``OnnxExportError`` (the folder's contents are then undefined)."""
     try:
         manifest = _build(Path(model_dir), staging, list(check_texts or []))
         if source_commit is not None:
-            manifest["source_commit"] = source_commit
-        _write_json(staging / EXPORT_MANIFEST, manifest)
+            manifest = manifest.model_copy(update={"source_commit": source_commit})
+        manifest.write(staging / EXPORT_MANIFEST)
         _fsync_files(staging)
     except OnnxExportError:
         raise
@@ -110,8 +110,8 @@ def build_export(
     log.info(
         "model.exported",
         model_dir=str(model_dir),
-        served_graph=manifest["served_graph"],
-        seconds=manifest["export_seconds"],
+        served_graph=manifest.served_graph,
+        seconds=manifest.export_seconds,
     )
     return manifest
 
@@ -126,13 +126,18 @@ def publish_export(staging: Path, model_dir: Path) -> Path:
     return target
 
 
-def read_manifest(model_dir: Path) -> dict[str, Any] | None:
+def load_manifest(model_dir: Path) -> ExportManifest:
+    """The export's manifest (the one place ``export.json`` is read): ``OSError`` when the
+    folder has no export, ``ManifestError`` when it is damaged or from a newer release."""
+    return ExportManifest.read(model_dir / EXPORT_DIR / EXPORT_MANIFEST)
+
+
+def read_manifest(model_dir: Path) -> ExportManifest | None:
     """The export's manifest, or None when the folder has no (readable) export."""
     try:
-        manifest = json.loads((model_dir / EXPORT_DIR / EXPORT_MANIFEST).read_text("utf-8"))
-    except (OSError, ValueError):
+        return load_manifest(model_dir)
+    except (OSError, ManifestError):
         return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def has_export(model_dir: Path) -> bool:
@@ -146,7 +151,7 @@ def is_current_export(model_dir: Path) -> bool:
     manifest = read_manifest(model_dir)
     if manifest is None:
         return False
-    source = manifest.get("source_commit")
+    source = manifest.source_commit
     return source is None or source == commit_of(model_dir)
 
 
@@ -160,16 +165,16 @@ def commit_of(model_dir: Path) -> str | None:
 
 def write_check_texts(folder: Path, texts: Sequence[str]) -> None:
     """Keep the texts that gate the int8 graph with the model (see ``CHECK_TEXTS_FILE``)."""
-    _write_json(folder / CHECK_TEXTS_FILE, {"texts": list(texts)[:MAX_CHECK_TEXTS]})
+    CheckTexts(texts=list(texts)[:MAX_CHECK_TEXTS]).write(folder / CHECK_TEXTS_FILE)
 
 
 def read_check_texts(folder: Path) -> list[str]:
-    """The texts saved at commit; none for runs committed without them (fp32 only then)."""
+    """The texts saved at commit; none for runs committed without them (fp32 only then), or
+    whose file is unreadable."""
     try:
-        texts = json.loads((folder / CHECK_TEXTS_FILE).read_text("utf-8"))["texts"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return CheckTexts.read(folder / CHECK_TEXTS_FILE).texts
+    except (OSError, ManifestError):
         return []
-    return [text for text in texts if isinstance(text, str)] if isinstance(texts, list) else []
 
 
 def commit_exporter(check_texts: Sequence[str] | None) -> Callable[[Path], None]:
@@ -189,10 +194,10 @@ def commit_exporter(check_texts: Sequence[str] | None) -> Callable[[Path], None]
     return export
 
 
-def _build(model_dir: Path, out: Path, check_texts: list[str]) -> dict[str, Any]:
+def _build(model_dir: Path, out: Path, check_texts: list[str]) -> ExportManifest:
     import torch
 
-    from shared.model_loading import load_classifier, load_tokenizer
+    from shared.model_loading import load_classification_model, load_tokenizer
 
     started = time.monotonic()
     subject, fix = f"the model in {model_dir.name!r}", "it is served by PyTorch instead"
@@ -200,7 +205,9 @@ def _build(model_dir: Path, out: Path, check_texts: list[str]) -> dict[str, Any]
     if not getattr(tokenizer, "is_fast", False):
         raise OnnxExportError(f"run {model_dir.name!r} has no fast tokenizer to export")
     # Eager attention exports the plain MatMul/Softmax pattern ONNX Runtime knows how to fuse.
-    model = load_classifier(str(model_dir), subject, fix, attn_implementation="eager").eval()
+    model = load_classification_model(
+        str(model_dir), subject, fix, attn_implementation="eager"
+    ).eval()
     sample = tokenizer(["an example", "a second example text"], padding=True, return_tensors="pt")
     input_names = [name for name in tokenizer.model_input_names if name in sample]
     raw = out / ".raw.onnx"
@@ -250,26 +257,26 @@ def _build(model_dir: Path, out: Path, check_texts: list[str]) -> dict[str, Any]
         else:
             (out / INT8_GRAPH).unlink()
     id2label = model.config.id2label or {}
-    return {
-        "format_version": EXPORT_FORMAT_VERSION,
-        "served_graph": served,
-        "fp32_graph": FP32_GRAPH,
-        "tokenizer": TOKENIZER_FILE,
-        "input_names": input_names,
-        "label_names": [str(id2label.get(i, i)) for i in range(model.config.num_labels)],
-        "pad_token_id": tokenizer.pad_token_id or 0,
-        "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
-        "opset": OPSET,
-        "check": {
-            "texts": len(texts),
-            "fp32_texts_compared_with_pytorch": len(spread),
-            "max_fp32_logit_difference": difference,
-            "int8_disagreements": disagreements,
-            "max_int8_disagreement": MAX_INT8_DISAGREEMENT,
-        },
-        "versions": _versions(),
-        "export_seconds": round(time.monotonic() - started, 3),
-    }
+    return ExportManifest(
+        version=EXPORT_FORMAT_VERSION,
+        served_graph=served,
+        fp32_graph=FP32_GRAPH,
+        tokenizer=TOKENIZER_FILE,
+        input_names=input_names,
+        label_names=[str(id2label.get(i, i)) for i in range(model.config.num_labels)],
+        pad_token_id=tokenizer.pad_token_id or 0,
+        max_position_embeddings=getattr(model.config, "max_position_embeddings", None),
+        opset=OPSET,
+        check=ExportCheck(
+            texts=len(texts),
+            fp32_texts_compared_with_pytorch=len(spread),
+            max_fp32_logit_difference=difference,
+            int8_disagreements=disagreements,
+            max_int8_disagreement=MAX_INT8_DISAGREEMENT,
+        ),
+        versions=_versions(),
+        export_seconds=round(time.monotonic() - started, 3),
+    )
 
 
 def _by_name(model: Any, input_names: list[str]) -> Any:
@@ -353,10 +360,6 @@ def _ort_logits(graph: Path, tokenizer: Any, input_names: list[str], texts: list
     return np.concatenate(out)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-
-
 def _fsync_files(folder: Path) -> None:
     """Flush every file before the rename publishes the folder (a crash must not leave it empty)."""
     for path in folder.iterdir():
@@ -371,7 +374,7 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "torch": str(torch.__version__),
+        "transformers": str(transformers.__version__),
+        "onnxruntime": str(onnxruntime.__version__),
     }

@@ -10,12 +10,14 @@ import pytest
 from rich.console import Console
 
 from bert_finetune.cli import main as cli_main
+from shared.manifests import ExportManifest
 from shared.onnx_export import (
     CHECK_TEXTS_FILE,
     EXPORT_DIR,
     EXPORT_MANIFEST,
     FP32_GRAPH,
     INT8_GRAPH,
+    TOKENIZER_FILE,
     write_check_texts,
 )
 from shared.run_record import EpochEvaluation
@@ -84,11 +86,15 @@ def committed(root: Path, run_id: str, **update: object) -> Path:
 
 def add_export(run_dir: Path, served_graph: str, source_commit: str | None) -> None:
     """An export's manifest as ``export_run`` (``source_commit``) or an old commit wrote it."""
-    manifest: dict[str, object] = {"served_graph": served_graph}
-    if source_commit is not None:
-        manifest["source_commit"] = source_commit
+    manifest = ExportManifest(
+        served_graph=served_graph,
+        tokenizer=TOKENIZER_FILE,
+        input_names=["input_ids", "attention_mask"],
+        label_names=["negative", "positive"],
+        source_commit=source_commit,
+    )
     (run_dir / EXPORT_DIR).mkdir()
-    (run_dir / EXPORT_DIR / EXPORT_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    manifest.write(run_dir / EXPORT_DIR / EXPORT_MANIFEST)
 
 
 def test_runs_show_the_export_state_of_each_run(

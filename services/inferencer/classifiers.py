@@ -8,7 +8,6 @@ is still being built after the commit).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -18,12 +17,7 @@ from typing import Any, Protocol
 
 from shared.errors import MODEL_LOAD_ERROR, failure
 from shared.model_loading import load_for_serving
-from shared.onnx_export import (
-    EXPORT_DIR,
-    EXPORT_FORMAT_VERSION,
-    EXPORT_MANIFEST,
-    has_export,
-)
+from shared.onnx_export import EXPORT_DIR, has_export, load_manifest
 
 # Called after each batch with the number of texts classified so far (heartbeats, metrics).
 BatchCallback = Callable[[int, int], None]
@@ -66,10 +60,9 @@ class OnnxClassifier:
 
         export = run_dir / EXPORT_DIR
         try:
-            manifest = json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
-            if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
-                raise ValueError(f"unknown export format {manifest.get('format_version')!r}")
-            self._tokenizer_json = (export / manifest["tokenizer"]).read_text(encoding="utf-8")
+            # A damaged manifest or one from a newer release is a ManifestError.
+            manifest = load_manifest(run_dir)
+            self._tokenizer_json = (export / manifest.tokenizer).read_text(encoding="utf-8")
             Tokenizer.from_str(self._tokenizer_json)  # fail now, not on the first request
             options = onnxruntime.SessionOptions()
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -81,16 +74,16 @@ class OnnxClassifier:
             # 2-core machine with spinning on).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = onnxruntime.InferenceSession(
-                str(export / manifest["served_graph"]), options, providers=["CPUExecutionProvider"]
+                str(export / manifest.served_graph), options, providers=["CPUExecutionProvider"]
             )
         except Exception as err:  # tokenizers and onnxruntime raise their own types
             raise _load_error(run_dir, err) from None
-        self.graph = str(manifest["served_graph"])
-        self.label_names = [str(name) for name in manifest["label_names"]]
-        self._input_names = list(manifest["input_names"])
-        self._pad_id = int(manifest.get("pad_token_id") or 0)
+        self.graph = manifest.served_graph
+        self.label_names = list(manifest.label_names)
+        self._input_names = list(manifest.input_names)
+        self._pad_id = manifest.pad_token_id
         # Longer inputs have no position embedding: truncate there, as `pipeline` does.
-        self._max_length = int(manifest.get("max_position_embeddings") or 0) or None
+        self._max_length = manifest.max_position_embeddings or None
         self._tokenizers: dict[int, Any] = {}
         self._tokenizers_lock = threading.Lock()
 

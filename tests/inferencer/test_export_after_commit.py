@@ -64,10 +64,10 @@ def test_the_export_is_bound_to_the_commit_and_made_once(run_dir: Path, runs_roo
     assert (output.outcome, output.exported_run_id) == ("exported", "committed")
     manifest = read_manifest(run_dir)
     assert manifest is not None
-    assert manifest["source_commit"] == commit_digest(run_dir)
-    assert manifest["served_graph"] == output.served_graph
+    assert manifest.source_commit == commit_digest(run_dir)
+    assert manifest.served_graph == output.served_graph
     # The int8 decision used the texts the commit kept.
-    assert manifest["check"]["texts"] == len(CHECK_TEXTS)
+    assert manifest.check is not None and manifest.check.texts == len(CHECK_TEXTS)
     assert is_current_export(run_dir)
     # The run's own files are untouched: the export only adds its folder.
     after = {path.name: path.stat().st_mtime_ns for path in run_dir.iterdir()}
@@ -117,7 +117,7 @@ def test_a_run_committed_anew_during_the_build_gets_the_new_commits_export(
     assert output.outcome == "exported"
     assert len(builds) == 2 and builds[1] == commit_digest(run_dir) != builds[0]
     manifest = read_manifest(run_dir)
-    assert manifest is not None and manifest["source_commit"] == commit_digest(run_dir)
+    assert manifest is not None and manifest.source_commit == commit_digest(run_dir)
     assert staging_leftovers(runs_root) == []
 
 
@@ -177,7 +177,7 @@ def test_an_export_naming_another_commit_is_made_again(run_dir: Path, runs_root:
 
     assert output.outcome == "exported"
     manifest = read_manifest(run_dir)
-    assert manifest is not None and manifest["source_commit"] == commit_digest(run_dir)
+    assert manifest is not None and manifest.source_commit == commit_digest(run_dir)
 
 
 def test_a_missing_run_is_run_not_found(runs_root: Path) -> None:

@@ -70,8 +70,7 @@ def export_run(
         if source_commit is None:  # being overwritten: that run's commit exports it
             return _finished(output, "superseded")
         if is_current_export(model_dir):
-            manifest = read_manifest(model_dir) or {}
-            return _finished(output, "already_exported", manifest.get("served_graph"))
+            return _finished(output, "already_exported", _served_graph(model_dir))
         outcome, graph = _export_commit(runs_root, model_dir, source_commit, abandoned)
         if outcome != "superseded":
             return _finished(output, outcome, graph, round(time.monotonic() - started, 3))
@@ -104,13 +103,18 @@ def _export_commit(
             if commit_of(model_dir) != source_commit:
                 return "superseded", None
             if is_current_export(model_dir):  # a concurrent export of this commit landed
-                return "already_exported", (read_manifest(model_dir) or {}).get("served_graph")
+                return "already_exported", _served_graph(model_dir)
             publish_export(staging, model_dir)
-        return "exported", str(manifest["served_graph"])
+        return "exported", manifest.served_graph
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # a run may be staging there too
             staging_root.rmdir()
+
+
+def _served_graph(model_dir: Path) -> str | None:
+    manifest = read_manifest(model_dir)
+    return manifest.served_graph if manifest is not None else None
 
 
 def _finished(

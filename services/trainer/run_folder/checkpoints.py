@@ -9,7 +9,6 @@ verifies.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Collection
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.logging import get_logger
-from shared.runs import CHECKPOINTS_DIR, file_sha256, write_json_atomic
+from shared.manifests import CheckpointFile, CheckpointManifest, ManifestError
+from shared.runs import CHECKPOINTS_DIR, file_sha256
 
 log = get_logger(__name__)
 
@@ -54,32 +54,31 @@ def _files(checkpoint: Path) -> list[Path]:
 def write_manifest(checkpoint: Path, step: int, attempt: int, config_digest: str) -> None:
     """Seal a checkpoint the Trainer has finished writing."""
     files = {
-        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        str(p.relative_to(checkpoint)): CheckpointFile(size=p.stat().st_size, sha256=file_sha256(p))
         for p in _files(checkpoint)
     }
-    write_json_atomic(
-        checkpoint / MANIFEST_NAME,
-        {"step": step, "attempt": attempt, "config_digest": config_digest, "files": files},
+    manifest = CheckpointManifest(
+        step=step, attempt=attempt, config_digest=config_digest, files=files
     )
+    manifest.write(checkpoint / MANIFEST_NAME)
 
 
 def verify(checkpoint: Path, config_digests: Collection[str]) -> Checkpoint | None:
     """The checkpoint if it was sealed for one of ``config_digests`` (this run's identity, in
     the current and earlier digest formats) and its manifest matches every file."""
     try:
-        manifest = json.loads((checkpoint / MANIFEST_NAME).read_text(encoding="utf-8"))
-        files = manifest["files"]
-        if manifest.get("config_digest") not in config_digests or "trainer_state.json" not in files:
+        manifest = CheckpointManifest.read(checkpoint / MANIFEST_NAME)
+        files = manifest.files
+        if manifest.config_digest not in config_digests or "trainer_state.json" not in files:
             return None
         for name, expected in files.items():
             path = checkpoint / name
-            if path.stat().st_size != expected["size"] or file_sha256(path) != expected["sha256"]:
+            if path.stat().st_size != expected.size or file_sha256(path) != expected.sha256:
                 log.warning("checkpoint.corrupt", checkpoint=str(checkpoint), file=name)
                 return None
-        return Checkpoint(
-            path=checkpoint, step=int(manifest["step"]), attempt=int(manifest["attempt"])
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return Checkpoint(path=checkpoint, step=manifest.step, attempt=manifest.attempt)
+    except (OSError, ManifestError):
+        # Missing, damaged or from a newer release: not a checkpoint to resume from.
         return None
 
 

@@ -21,7 +21,6 @@ and a process-wide mutex covers attempts in the same process (POSIX locks do not
 from __future__ import annotations
 
 import fcntl
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shared.logging import get_logger
-from shared.runs import is_complete, write_json_atomic
+from shared.manifests import FenceRecord, ManifestError
+from shared.runs import is_complete
 
 log = get_logger(__name__)
 
@@ -85,14 +85,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def holder(run_dir: Path) -> AttemptToken | None:
-    """The attempt that last claimed ``run_dir``, if any."""
+    """The attempt that last claimed ``run_dir``; None when none did or the fence file is
+    unreadable (the next claim then rewrites it)."""
     try:
-        record = json.loads(_fence_path(run_dir, ".json").read_text(encoding="utf-8"))
-        return AttemptToken(
-            str(record["workflow_id"]), str(record["workflow_run_id"]), int(record["attempt"])
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        record = FenceRecord.read(_fence_path(run_dir, ".json"))
+    except (OSError, ManifestError):
         return None
+    return AttemptToken(record.workflow_id, record.workflow_run_id, record.attempt)
 
 
 class RunFence:
@@ -128,7 +127,7 @@ class RunFence:
                 retire_finished_run()
             if current is not None and current != self.token:
                 log.info("fence.taken_over", previous=asdict(current))
-            write_json_atomic(_fence_path(self.run_dir, ".json"), asdict(self.token))
+            FenceRecord(**asdict(self.token)).write(_fence_path(self.run_dir, ".json"))
         self._current = True
         self._checked_at = time.monotonic()
         log.info("fence.claimed", attempt=self.token.attempt)

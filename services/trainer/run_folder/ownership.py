@@ -8,14 +8,13 @@ only once the owner is no longer running, and only the owner cleans it up on can
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
-from shared.runs import write_json_atomic
+from shared.manifests import ManifestError, OwnerRecord
 
 log = get_logger(__name__)
 
@@ -23,19 +22,19 @@ OWNER_FILE = ".owner.json"
 
 
 def owner_of(run_dir: Path) -> str | None:
+    """The owning workflow's id; None when nobody owns the folder or the file is unreadable."""
     try:
-        return str(json.loads((run_dir / OWNER_FILE).read_text(encoding="utf-8"))["workflow_id"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return OwnerRecord.read(run_dir / OWNER_FILE).workflow_id
+    except (OSError, ManifestError):
         return None
 
 
 def claim(run_dir: Path, workflow_id: str, is_running: Callable[[str], bool]) -> None:
     """Make ``workflow_id`` the owner of ``run_dir``, or refuse while another owner runs."""
-    record = {"workflow_id": workflow_id, "pid": os.getpid()}
+    record = OwnerRecord(workflow_id=workflow_id, pid=os.getpid())
     try:
         # Exclusive create: of two workflows claiming a new folder at once, one wins.
-        with (run_dir / OWNER_FILE).open("x", encoding="utf-8") as handle:
-            json.dump(record, handle)
+        record.create(run_dir / OWNER_FILE)
         return
     except FileExistsError:
         pass
@@ -49,7 +48,7 @@ def claim(run_dir: Path, workflow_id: str, is_running: Callable[[str], bool]) ->
             "cancel it, or use another experiment_name",
         )
     log.info("training.run_taken_over", previous_owner=current)
-    write_json_atomic(run_dir / OWNER_FILE, record)
+    record.write(run_dir / OWNER_FILE)
 
 
 def owned_by(run_dir: Path, workflow_id: str) -> bool:
