@@ -2,12 +2,17 @@
 
 ``/metrics`` serves the project's metrics and the default collectors, followed by the
 Temporal SDK's metrics, fetched from the SDK's exporter on a private loopback port so
-Prometheus scrapes one target per worker.
+Prometheus scrapes one target per worker. The SDK labels its series with the Temporal
+namespace as ``namespace``, the label Kubernetes service discovery uses for the pod's
+namespace: scrape configs with ``honor_labels: true`` (the usual annotation-based ones) would
+let it overwrite the Kubernetes one, and the others rename it ``exported_namespace``. It is
+served as ``temporal_namespace`` instead, so neither happens.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import threading
 import time
 import urllib.request
@@ -55,6 +60,7 @@ class WorkerHealth:
         self._loop_tick = time.monotonic()
         self._worker_running = False
         self._temporal_ok = False
+        self._blocked: str | None = None
         self.reason = "starting"
 
     def tick(self) -> None:
@@ -71,6 +77,12 @@ class WorkerHealth:
             self._temporal_ok = ok
             self.reason = reason
 
+    def block(self, reason: str) -> None:
+        """Not ready for good, with ``reason`` (one line: what is wrong and the fix), while
+        staying alive: a restart would not fix it (e.g. GPUs the pod asked for and cannot use)."""
+        with self._lock:
+            self._blocked = reason
+
     def alive(self) -> tuple[bool, str]:
         if (reason := fatal_reason()) is not None:
             return False, reason
@@ -85,6 +97,8 @@ class WorkerHealth:
         with self._lock:
             if not alive:
                 return False, why
+            if self._blocked is not None:
+                return False, self._blocked
             if not self._temporal_ok:
                 return False, self.reason
             if not self._worker_running:
@@ -148,10 +162,22 @@ class MetricsServer:
         self._server.server_close()
 
 
+# The SDK's ``namespace`` label: first in a sample's label set, or after a comma. Label
+# values it writes (task queues, workflow and activity type names) hold no quotes.
+_SDK_NAMESPACE_LABEL = re.compile(
+    rb'(?m)^([a-zA-Z_:][a-zA-Z0-9_:]*\{(?:[^"{}]*"[^"]*",)*)namespace="'
+)
+
+
+def rename_sdk_namespace_label(exposition: bytes) -> bytes:
+    """The SDK's samples with ``namespace="x"`` served as ``temporal_namespace="x"``."""
+    return _SDK_NAMESPACE_LABEL.sub(rb'\1temporal_namespace="', exposition)
+
+
 def _fetch_sdk_metrics(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback only)
-            return response.read()
+            return rename_sdk_namespace_label(response.read())
     except OSError as err:
         log.warning("metrics.sdk_unavailable", error=str(err))
         return b""

@@ -1,9 +1,11 @@
 """Create the configured Temporal namespace when it does not exist (the chart's hook Job).
 
-``python -m shared.namespace --retention-days 3 --timeout-seconds 600`` reads the same
+``python -m shared.namespace --retention-days 3 --timeout-seconds 180`` reads the same
 ``TEMPORAL_*`` environment as the workers, waits for the frontend, and registers
 ``TEMPORAL_NAMESPACE`` unless it already exists, so running it twice is harmless. Exit
-status 0 means the namespace exists now.
+status 0 means the namespace exists now, or, with ``--best-effort`` (the chart's hook on a
+``helm upgrade``), that the attempt was given up with a warning: the workers wait for a
+missing namespace themselves, not ready, so an unreachable Temporal must not fail an upgrade.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ async def ensure_namespace(client: Client, namespace: str, retention: timedelta)
     return True
 
 
-async def _run(settings: Settings, retention: timedelta, timeout_seconds: float) -> int:
+async def _run(
+    settings: Settings, retention: timedelta, timeout_seconds: float, best_effort: bool = False
+) -> int:
     namespace = settings.temporal.namespace
     deadline = time.monotonic() + timeout_seconds
     while True:
@@ -69,6 +73,15 @@ async def _run(settings: Settings, retention: timedelta, timeout_seconds: float)
             created = await ensure_namespace(client, namespace, retention)
         except Exception as err:
             if time.monotonic() > deadline:
+                if best_effort:
+                    log.warning(
+                        "temporal.namespace_create_skipped",
+                        namespace=namespace,
+                        address=settings.temporal.address,
+                        error=str(err)[:300],
+                        hint="the workers stay not ready until the namespace exists",
+                    )
+                    return 0
                 log.error(
                     "temporal.namespace_create_failed",
                     namespace=namespace,
@@ -93,11 +106,17 @@ async def _run(settings: Settings, retention: timedelta, timeout_seconds: float)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.namespace", description=__doc__)
     parser.add_argument("--retention-days", type=int, default=3)
-    parser.add_argument("--timeout-seconds", type=float, default=600)
+    parser.add_argument("--timeout-seconds", type=float, default=180)
+    parser.add_argument(
+        "--best-effort",
+        action="store_true",
+        help="exit 0 with a warning when Temporal cannot be reached in time",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(_run(settings, timedelta(days=args.retention_days), args.timeout_seconds))
+    retention = timedelta(days=args.retention_days)
+    return asyncio.run(_run(settings, retention, args.timeout_seconds, args.best_effort))
 
 
 if __name__ == "__main__":

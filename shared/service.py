@@ -154,8 +154,14 @@ async def run_worker_service(
     settings: Settings,
     metrics_port: int,
     build_worker: Callable[[Client], Worker],
+    precondition: Callable[[], str | None] | None = None,
 ) -> None:
-    """Serve ``/metrics``, connect, run the worker until SIGTERM/SIGINT, then drain."""
+    """Serve ``/metrics``, connect, run the worker until SIGTERM/SIGINT, then drain.
+
+    ``precondition`` returns why this worker must not poll at all (e.g. a trainer whose
+    GPUs torch cannot see would train on the CPU), or None: then it serves its probes,
+    alive and not ready with that reason, and never connects, until it is stopped.
+    """
     configure_logging(settings.log_level, settings.log_format)
     metrics.WORKER_INFO.info({"worker": service, "version": _package_version()})
     sdk_port = free_loopback_port()
@@ -181,6 +187,11 @@ async def run_worker_service(
         loop.add_signal_handler(sig, stopping.set)
     background = [asyncio.create_task(_tick_liveness(health))]
     try:
+        if precondition is not None and (blocked := precondition()) is not None:
+            health.block(blocked)
+            log.error("worker.not_ready", service=service, reason=blocked)
+            await stopping.wait()
+            return
         client = await _unless_stopped(_connect_to_namespace(settings, runtime, health), stopping)
         if client is None:
             return

@@ -10,6 +10,7 @@ factory and register the same workflows and local activities (listed once, in
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -33,7 +34,7 @@ from services.trainer.run_folder.paths import LocalPathRoots
 from services.trainer.tracking.trackers import TrackingConfig
 from services.trainer.training.fine_tune import fine_tune
 from shared.service import run_worker_service
-from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings
+from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings, SettingsError
 
 _DEFAULT_PHASE_TIMEOUTS = {
     phase: timedelta(seconds=seconds) for phase, seconds in DEFAULT_PHASE_TIMEOUTS_SECONDS.items()
@@ -140,7 +141,51 @@ def build_trainer_worker(
     )
 
 
+# GPUs the pod was given (the chart sets it from gpu.count when gpu.enabled): a trainer whose
+# torch sees fewer must not poll, or it would train on the CPU without anyone noticing.
+EXPECTED_GPUS_ENV = "BERT_TRAINER_EXPECTED_GPUS"
+
+
+def _torch_gpus() -> tuple[int, str | None]:
+    """Visible CUDA devices, and torch's CUDA version (None for a CPU build of torch)."""
+    import torch
+
+    return torch.cuda.device_count(), torch.version.cuda
+
+
+def missing_gpus(
+    expected: int, probe: Callable[[], tuple[int, str | None]] = _torch_gpus
+) -> str | None:
+    """Why the trainer must stay not ready (one line with the fix), or None when torch sees
+    at least the ``expected`` GPUs."""
+    if expected <= 0:
+        return None
+    visible, cuda = probe()
+    if visible >= expected:
+        return None
+    asked = f"the pod asks for {expected} GPU(s) ({EXPECTED_GPUS_ENV}, the chart's gpu.count)"
+    if cuda is None:
+        return (
+            f"{asked} but this image's torch is a CPU build: use a CUDA trainer image "
+            "(tag -cu128 or -cu130), or set gpu.enabled=false to train on the CPU"
+        )
+    return (
+        f"{asked} but torch (CUDA {cuda}) sees {visible}: the node's NVIDIA driver is missing "
+        "or too old for this image (-cu128 needs driver 570+, -cu130 580+; `nvidia-smi` on "
+        "the node shows it), or no device was mounted (runtimeClassName, device plugin)"
+    )
+
+
+def _expected_gpus() -> int:
+    raw = os.environ.get(EXPECTED_GPUS_ENV, "").strip()
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        raise SettingsError(f"{EXPECTED_GPUS_ENV}={raw!r} is not a whole number") from None
+
+
 async def run_trainer(settings: Settings) -> None:
+    expected = _expected_gpus()
     await run_worker_service(
         "trainer",
         settings,
@@ -163,6 +208,7 @@ async def run_trainer(settings: Settings) -> None:
             log_format=settings.log_format,
             tracking=TrackingConfig.from_settings(settings),
         ),
+        precondition=lambda: missing_gpus(expected),
     )
 
 

@@ -136,9 +136,16 @@ def test_gpu_fields_only_on_the_trainer_and_only_when_enabled(scenario: tuple) -
         assert "runtimeClassName" not in pod_spec(trainer)
         assert not any("gpu" in json.dumps(t) for t in tolerations)
         assert not any("gpu" in k for k in pod_spec(trainer).get("nodeSelector", {}))
+    single_node = values.get("persistence", {}).get("mode") == "singleNode"
     for obj in objects:
         if obj["kind"] == "Deployment" and obj is not trainer or obj["kind"] == "Pod":
-            assert "gpu" not in json.dumps(pod_spec(obj)).lower(), obj["metadata"]["name"]
+            spec = pod_spec(obj)
+            if gpu_enabled and single_node and obj["kind"] == "Deployment":
+                # singleNode: every runs-volume pod goes to the GPU node, without a GPU.
+                assert spec["nodeSelector"] == values["gpu"]["nodeSelector"]
+                assert spec["tolerations"] == pod_spec(trainer)["tolerations"]
+                spec = {k: v for k, v in spec.items() if k not in ("nodeSelector", "tolerations")}
+            assert "gpu" not in json.dumps(spec).lower(), obj["metadata"]["name"]
 
 
 def test_probes_hit_the_worker_endpoints_on_the_metrics_port(scenario: tuple) -> None:
@@ -505,9 +512,36 @@ def test_one_labelled_configmap_per_dashboard_file(tmp_path: Path, count: int) -
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert config_map["metadata"]["namespace"] == "monitoring"
         ((name, body),) = config_map["data"].items()
-        assert json.loads(body) == dashboards[name]
+        model = json.loads(body)
+        # The model as shipped, but for its uid and title, which name this release.
+        assert {k: v for k, v in model.items() if k not in ("uid", "title")} == {
+            k: v for k, v in dashboards[name].items() if k != "title"
+        }
+        assert model["title"] == f"{dashboards[name]['title']} ({NAMESPACE}/{RELEASE})"
+        assert model["uid"].startswith(name.removesuffix(".json") + "-")
         kubernetes_validate.validate(config_map, KUBE_VERSION, strict=True)
     assert dashboard_config_maps(disabled) == []
+
+
+def test_dashboard_uids_and_titles_are_unique_per_release(chart: helm_python.Chart) -> None:
+    """Grafana keys dashboards by uid (and title within a folder): two releases shipping the
+    same file must not overwrite each other's dashboards."""
+
+    def models(name: str, namespace: str) -> list[dict]:
+        objects = documents(chart.render({}, name=name, namespace=namespace))
+        return [
+            json.loads(body)
+            for cm in dashboard_config_maps(objects)
+            for body in cm["data"].values()
+        ]
+
+    releases = [models("bert", "ml"), models("bert", "ml-staging"), models("other", "ml")]
+    uids = [m["uid"] for found in releases for m in found]
+    titles = [m["title"] for found in releases for m in found]
+    assert len(uids) == 3 * len(list((CHART_DIR / "dashboards").glob("*.json")))
+    assert len(set(uids)) == len(uids) and len(set(titles)) == len(titles)
+    assert all(len(uid) <= 40 for uid in uids)  # Grafana's limit
+    assert [m["uid"] for m in models("bert", "ml")] == [m["uid"] for m in releases[0]]  # stable
 
 
 def test_shipped_dashboards_are_valid_json() -> None:

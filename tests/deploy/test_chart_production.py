@@ -4,6 +4,9 @@ custom resources validated against the upstream CRDs (tests/deploy/crds)."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -13,7 +16,7 @@ import yaml
 
 from tests.deploy.chartlib import CHART_DIR, NAMESPACE, RELEASE, Render, find, load_yaml, only
 from tests.deploy.crds import validate_custom_resource
-from tests.deploy.test_chart import KUBE_VERSION, container, env_of, pod_spec
+from tests.deploy.test_chart import KUBE_VERSION, WORKERS, container, env_of, pod_spec
 
 KEDA = load_yaml(CHART_DIR / "ci" / "keda-values.yaml")
 SINGLE_NODE = load_yaml(CHART_DIR / "ci" / "single-node-values.yaml")
@@ -57,12 +60,73 @@ def test_keda_scales_each_worker_on_its_own_task_queue_backlog(render: Render) -
     trainer = scaled_object(objects, "trainer")
     assert trainer["spec"]["minReplicaCount"] == 0
     in_flight = next(t for t in trainer["spec"]["triggers"] if t["type"] == "prometheus")
+    assert in_flight["name"] == "in_flight"
     assert in_flight["metadata"]["query"] == (
         f'sum(bert_training_runs_in_flight{{namespace="{NAMESPACE}"}}) + '
         f'(sum(bert_training_exports_in_flight{{namespace="{NAMESPACE}"}}) or vector(0))'
     )
     assert in_flight["metadata"]["threshold"] == "1"  # trainer.maxConcurrentActivities
     assert not find(objects, "HorizontalPodAutoscaler")
+
+
+def desired_trainers(scaled: dict, metrics: dict[str, float]) -> int:
+    """What the HPA asks for from the ScaledObject's metrics, KEDA's way: with
+    scalingModifiers, one composite metric (the formula over the named triggers' values)
+    against its AverageValue target; without, the largest of the triggers' own ratios."""
+    import math
+
+    modifiers = scaled["spec"].get("advanced", {}).get("scalingModifiers")
+    if modifiers:
+        assert modifiers["metricType"] == "AverageValue"
+        # expr-lang's + and / on numbers are Python's (/ is float division in both).
+        value = eval(modifiers["formula"], {"__builtins__": {}}, dict(metrics))  # noqa: S307
+        return math.ceil(value / float(modifiers["target"]))
+    targets = {
+        t.get("name", t["type"]): float(
+            t["metadata"].get("targetQueueSize") or t["metadata"]["threshold"]
+        )
+        for t in scaled["spec"]["triggers"]
+    }
+    return max(math.ceil(metrics[name] / target) for name, target in targets.items())
+
+
+@pytest.mark.parametrize(
+    ("waiting", "in_flight", "trainers"),
+    [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 2), (3, 2, 5), (0, 3, 3)],
+)
+def test_keda_runs_a_trainer_per_waiting_run_plus_one_per_run_in_flight(
+    render: Render, waiting: int, in_flight: int, trainers: int
+) -> None:
+    """The HPA takes the max of separate metrics (one training + one waiting = 1 trainer):
+    the chart's formula adds them."""
+    scaled = scaled_object(render(KEDA), "trainer")
+    validate_custom_resource(scaled)
+    names = {t["name"] for t in scaled["spec"]["triggers"]}
+    assert names == {"backlog", "in_flight"}
+    assert desired_trainers(scaled, {"backlog": waiting, "in_flight": in_flight}) == trainers
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert modifiers["activationTarget"] == "0"  # woken by a waiting run or one in flight
+    # The default HPA behavior still applies next to the formula.
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    # Two runs per pod, two waiting per pod: the formula divides each by its own capacity.
+    wide = scaled_object(
+        render(
+            {
+                "trainer": {
+                    "maxConcurrentActivities": 2,
+                    "keda": {**KEDA["trainer"]["keda"], "targetQueueSize": 2},
+                }
+            }
+        ),
+        "trainer",
+    )
+    assert desired_trainers(wide, {"backlog": 2, "in_flight": 4}) == 3
+    # Without the in-flight trigger (minReplicas >= 1) there is nothing to add.
+    alone = scaled_object(
+        render({"trainer": {"keda": {"enabled": True, "minReplicas": 1}}}), "trainer"
+    )
+    validate_custom_resource(alone)
+    assert "scalingModifiers" not in alone["spec"].get("advanced", {})
 
 
 def test_scale_to_zero_needs_the_controller_and_the_in_flight_signal(
@@ -118,13 +182,15 @@ def test_keda_refuses_server_only_tls_it_cannot_speak(chart: helm_python.Chart) 
     chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
-def test_controller_runs_the_trainer_image_on_cpu_with_the_runs_volume(render: Render) -> None:
+def test_controller_runs_the_cpu_trainer_image_with_the_runs_volume(render: Render) -> None:
     values = {"trainer": {"image": {"repository": "reg/t", "tag": "v7"}}}
     objects = render(values)
     controller = only(objects, "Deployment", "controller")
     trainer = only(objects, "Deployment", "trainer")
     assert container(controller)["args"] == ["worker", "controller"]
-    assert container(controller)["image"] == "reg/t:v7"
+    # Not the multi-GB CUDA image: the CPU build, whatever the trainer runs.
+    assert container(controller)["image"] == "ghcr.io/bert-finetune/trainer:0.1.0-cpu"
+    assert container(trainer)["image"] == "reg/t:v7"
     assert "nvidia.com/gpu" not in container(controller)["resources"].get("limits", {})
     assert "tolerations" not in pod_spec(controller)
     claims = {
@@ -194,6 +260,118 @@ def test_single_node_mode_puts_every_runs_volume_pod_on_one_node(render: Render)
             assert labels[expression["key"]] in expression["values"]
     shared = render({"trainer": {"affinity": {"nodeAffinity": {}}}})
     assert "podAffinity" not in pod_spec(only(shared, "Deployment", "trainer"))["affinity"]
+
+
+def test_single_node_with_a_gpu_puts_every_runs_volume_pod_on_the_gpu_node(
+    render: Render, chart: helm_python.Chart
+) -> None:
+    """Pod affinity alone follows whichever pod lands first: a CPU node (the trainer then
+    stays Pending, certainly so with trainers at zero) or a tainted GPU node (the others do).
+    With a GPU every runs-volume pod must require the GPU node and tolerate its taint."""
+    objects = render(SINGLE_NODE)
+    trainer = pod_spec(only(objects, "Deployment", "trainer"))
+    for worker in WORKERS:
+        spec = pod_spec(only(objects, "Deployment", worker))
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, worker
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+            "tolerations"
+        ], worker
+        if worker != "trainer":
+            assert "nvidia.com/gpu" not in str(container(only(objects, "Deployment", worker)))
+    assert trainer["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # Without a label for the GPU node the chart cannot keep them off CPU nodes: refused.
+    values = {"persistence": {"mode": "singleNode"}}
+    assert "gpu.nodeSelector" in refused(chart, values)
+    # CPU-only single node: nothing to pin to.
+    cpu = render({**values, "gpu": {"enabled": False}})
+    for worker in WORKERS:
+        assert "nodeSelector" not in pod_spec(only(cpu, "Deployment", worker))
+    # Shared storage: only the trainer goes to GPU nodes.
+    shared = render({"gpu": {"nodeSelector": {"pool": "gpu"}}})
+    assert "nodeSelector" not in pod_spec(only(shared, "Deployment", "inferencer"))
+
+
+def test_volume_permissions_hand_an_nfs_share_root_to_the_workers(render: Render) -> None:
+    """GKE Filestore (and NFS without all_squash) creates the share's root owned by root and
+    ignores fsGroup: an opt-in init container chowns the root, not recursively."""
+    objects = render({"persistence": {"volumePermissions": {"enabled": True}}})
+    for worker in WORKERS:
+        deployment = only(objects, "Deployment", worker)
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+        (init,) = pod_spec(deployment)["initContainers"]
+        assert init["name"] == "volume-permissions"
+        assert init["image"] == container(deployment)["image"]
+        script = init["command"][-1]
+        assert "chown 10001:10001 /data/bert_runs" in script and "-R" not in script
+        assert "stat -c %u:%g /data/bert_runs" in script  # only when not already theirs
+        sc = init["securityContext"]
+        assert sc["runAsUser"] == 0 and sc["capabilities"] == {
+            "drop": ["ALL"],
+            "add": ["CHOWN", "FOWNER"],
+        }
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert [m["mountPath"] for m in init["volumeMounts"]] == ["/data/bert_runs"]
+    # User init containers still come after it; off by default.
+    ordered = render(
+        {
+            **SINGLE_NODE,
+            "persistence": {**SINGLE_NODE["persistence"], "volumePermissions": {"enabled": True}},
+        }
+    )
+    names = [c["name"] for c in pod_spec(only(ordered, "Deployment", "trainer"))["initContainers"]]
+    assert names == ["volume-permissions", "wait-for-datasets"]
+    for worker in WORKERS:
+        assert "initContainers" not in pod_spec(only(render(), "Deployment", worker))
+
+
+# Allocatable of the smallest common GPU nodes (4 vCPU, 15-16 GiB, one GPU), from each
+# provider's reservation formula, less what their default DaemonSets request (kube-proxy,
+# CNI, CSI node drivers, log agent, the NVIDIA device plugin): about 0.4 CPU and 0.7 GiB.
+SMALL_GPU_NODES = {
+    # EKS: 3920m; memory 16 GiB - (255 MiB + 11 MiB x 29 pods) - 100 MiB eviction.
+    "g4dn.xlarge (EKS)": (3.92 - 0.4, 16 - 0.56 - 0.1 - 0.7),
+    # GKE: 3920m; memory - (25% of 4 GiB + 20% of 4 + 10% of 8) - 100 MiB eviction.
+    "g2-standard-4 (GKE)": (3.92 - 0.4, 16 - 2.6 - 0.1 - 0.7),
+    "n1-standard-4 + T4 (GKE)": (3.92 - 0.4, 15 - 2.5 - 0.1 - 0.7),
+}
+
+
+def quantity(value: str | int) -> float:
+    """CPU in cores or memory in GiB from a Kubernetes quantity."""
+    text = str(value)
+    units = {"m": 1e-3, "Mi": 1 / 1024, "Gi": 1.0, "Ki": 1 / 1024**2}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
+
+
+@pytest.mark.parametrize("node", SMALL_GPU_NODES)
+def test_the_default_trainer_fits_the_smallest_common_gpu_nodes(render: Render, node: str) -> None:
+    cpu, memory = SMALL_GPU_NODES[node]
+    resources = container(only(render(), "Deployment", "trainer"))["resources"]
+    assert quantity(resources["requests"]["cpu"]) <= cpu
+    assert quantity(resources["requests"]["memory"]) <= memory
+    # The memory-backed /dev/shm counts against the limit, which stays within the node.
+    assert quantity(resources["limits"]["memory"]) <= memory + 1
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_notes_and_docs_state_a_minimum_node_size_per_role(chart: helm_python.Chart) -> None:
+    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)["bert-finetune/templates/NOTES.txt"]
+    for role in (
+        "trainer     requests 3 CPU, 10Gi, 1 GPU",
+        "inferencer  requests",
+        "controller  requests",
+    ):
+        assert role in notes
+    assert "g4dn/g5/g6.xlarge" in notes and "bert-finetune doctor" in notes
+    single = chart.render(SINGLE_NODE, name=RELEASE, namespace=NAMESPACE)
+    assert "ALL of them on one GPU node" in single["bert-finetune/templates/NOTES.txt"]
+    deploy = (CHART_DIR.parents[1] / "docs" / "deploy.md").read_text()
+    assert "### Node sizes" in deploy
+    for role in ("trainer", "inferencer", "controller"):
+        assert f"| {role} |" in deploy
 
 
 def test_notes_warn_about_rwx_storage_and_the_namespace(chart: helm_python.Chart) -> None:
@@ -274,17 +452,127 @@ def test_namespace_hook_runs_before_the_workers_with_their_connection(render: Re
     assert not find(render(), "Job")
 
 
+def test_namespace_hook_is_bounded_and_never_blocks_an_upgrade(
+    render: Render, chart: helm_python.Chart
+) -> None:
+    """Helm waits for a hook at most --timeout (5 minutes by default); and an upgrade must
+    not fail because Temporal is down (the workers wait for the namespace themselves)."""
+    helm_timeout = 300
+    values = {"temporal": {"createNamespace": {"enabled": True}}}
+    install = only(render(values), "Job", "namespace-hook")
+    assert install["spec"]["backoffLimit"] == 0  # the command retries; pods would multiply it
+    assert install["spec"]["activeDeadlineSeconds"] < helm_timeout
+    args = pod_spec(install)["containers"][0]["args"]
+    assert "--best-effort" not in args  # a first install does need the namespace
+    longest = {"temporal": {"createNamespace": {"enabled": True, "timeoutSeconds": 230}}}
+    assert only(render(longest), "Job", "namespace-hook")["spec"]["activeDeadlineSeconds"] < 300
+    assert "timeoutSeconds" in refused(
+        chart, {"temporal": {"createNamespace": {"enabled": True, "timeoutSeconds": 600}}}
+    )
+    upgrade = only(render(values, is_upgrade=True), "Job", "namespace-hook")
+    args = pod_spec(upgrade)["containers"][0]["args"]
+    assert "--best-effort" in args and "--timeout-seconds=30" in args
+    assert upgrade["spec"]["activeDeadlineSeconds"] <= 90
+
+
 # --- alerts -----------------------------------------------------------------------------------
 
 
-def test_prometheus_rule_ships_the_tested_rules_file_verbatim(render: Render) -> None:
-    rule = only(render(KEDA), "PrometheusRule")
+def rendered_rules(render: Render, values: dict[str, Any] | None = None) -> dict:
+    rule = only(render(values or KEDA), "PrometheusRule")
     validate_custom_resource(rule)
+    return rule
+
+
+def test_prometheus_rule_ships_the_rules_file_for_this_releases_jobs(render: Render) -> None:
+    rule = rendered_rules(render)
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     rules_file = yaml.safe_load((CHART_DIR / "alerts" / "bert-finetune.rules.yaml").read_text())
-    assert rule["spec"] == rules_file
     assert "{{ $labels" in str(rule["spec"]), "Prometheus templates must survive Helm"
+    shipped = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    original = [r for g in rules_file["groups"] for r in g["rules"]]
+    assert [r["alert"] for r in shipped] == [r["alert"] for r in original]
+    jobs = {f"{RELEASE}-bert-finetune-{w}" for w in ("trainer", "inferencer", "controller")}
+    for shipped_rule, original_rule in zip(shipped, original, strict=True):
+        # Only the job matchers change: each names this release's Services, in its namespace.
+        expr = shipped_rule["expr"]
+        for matcher in re.findall(r'job(=~|=)"([^"]*)"', expr):
+            assert set(matcher[1].split("|")) <= jobs, (shipped_rule["alert"], matcher)
+        assert expr.count("job=") == original_rule["expr"].count("job=")
+        assert expr.count(f'namespace="{NAMESPACE}", job') == expr.count("job=")
+        assert {k: v for k, v in shipped_rule.items() if k != "expr"} == {
+            k: v for k, v in original_rule.items() if k != "expr"
+        }
+    # The ServiceMonitor's jobs are exactly those names: no jobLabel, so the Service name.
+    monitor = only(render(KEDA), "ServiceMonitor")
+    assert "jobLabel" not in monitor["spec"]
+    assert {s["metadata"]["name"] for s in find(render(KEDA), "Service")} == jobs
     assert not find(render(), "PrometheusRule")
+
+
+def test_alerts_fire_for_this_release_and_never_for_other_workloads(
+    render: Render, tmp_path: Path
+) -> None:
+    """promtool on the rendered rules: a worker of this release that is down fires; a
+    workload called "trainer", and the same release name in another namespace, do not."""
+    from tests.helpers.binaries import promtool
+
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rendered_rules(render)["spec"]))
+    ours = f"{RELEASE}-bert-finetune-trainer"
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'up{{namespace="{NAMESPACE}", job="{ours}", instance="a:9464"}}',
+                        "values": "0x10",
+                    },
+                    {
+                        "series": f'up{{namespace="{NAMESPACE}", job="trainer", instance="b:80"}}',
+                        "values": "0x10",
+                    },
+                    {
+                        "series": f'up{{namespace="other", job="{ours}", instance="c:9464"}}',
+                        "values": "0x10",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "8m",
+                        "alertname": "BertWorkerDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "namespace": NAMESPACE,
+                                    "job": ours,
+                                    "instance": "a:9464",
+                                },
+                                "exp_annotations": {"summary": f"{ours} a:9464 cannot be scraped"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool(), "test", "rules", "tests.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_need_the_service_monitor_whose_jobs_they_select(chart: helm_python.Chart) -> None:
+    values = {"metrics": {"prometheusRule": {"enabled": True}}}
+    assert "metrics.serviceMonitor.enabled" in refused(chart, values)
 
 
 # --- images and extra objects -------------------------------------------------------------------
@@ -316,10 +604,34 @@ def test_global_image_registry_replaces_the_registry(
 
 def test_a_digest_pins_the_image(render: Render) -> None:
     digest = "sha256:" + "ab" * 32
-    objects = render({"trainer": {"image": {"tag": "v1", "digest": digest}}})
-    for component in ("trainer", "controller"):
-        image = container(only(objects, "Deployment", component))["image"]
-        assert image == f"ghcr.io/bert-finetune/trainer@{digest}"
+    objects = render(
+        {
+            "trainer": {"image": {"tag": "v1", "digest": digest}},
+            "controller": {"image": {"digest": digest.replace("ab", "cd")}},
+        }
+    )
+    image = container(only(objects, "Deployment", "trainer"))["image"]
+    assert image == f"ghcr.io/bert-finetune/trainer@{digest}"
+    image = container(only(objects, "Deployment", "controller"))["image"]
+    assert image == f"ghcr.io/bert-finetune/trainer@{digest.replace('ab', 'cd')}"
+
+
+def test_cpu_pods_default_to_the_cpu_image_and_gpu_trainers_to_cuda(render: Render) -> None:
+    def images(values: dict) -> dict[str, str]:
+        objects = render(values)
+        return {w: container(only(objects, "Deployment", w))["image"] for w in WORKERS}
+
+    assert images({}) == {
+        "trainer": "ghcr.io/bert-finetune/trainer:0.1.0",  # the CUDA 12.8 build
+        "controller": "ghcr.io/bert-finetune/trainer:0.1.0-cpu",
+        "inferencer": "ghcr.io/bert-finetune/inferencer:0.1.0",  # ONNX Runtime, no torch
+    }
+    cpu = images({"gpu": {"enabled": False}})
+    assert cpu["trainer"] == cpu["controller"] == "ghcr.io/bert-finetune/trainer:0.1.0-cpu"
+    pinned = images({"gpu": {"enabled": False}, "trainer": {"image": {"tag": "0.1.0-cu130"}}})
+    assert pinned["trainer"] == "ghcr.io/bert-finetune/trainer:0.1.0-cu130"  # a set tag wins
+    mirrored = images({"global": {"imageRegistry": "mirror.io"}})
+    assert mirrored["controller"] == "mirror.io/bert-finetune/trainer:0.1.0-cpu"
 
 
 def test_extra_volumes_mounts_init_containers_and_objects_land(render: Render) -> None:

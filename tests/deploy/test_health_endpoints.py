@@ -266,12 +266,16 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
 
 
 def run_namespace_hook(
-    render: Render, temporal_address: str, namespace: str, timeout_seconds: int = 600
+    render: Render,
+    temporal_address: str,
+    namespace: str,
+    timeout_seconds: int = 180,
+    is_upgrade: bool = False,
 ) -> subprocess.CompletedProcess:
     """The chart's hook Job command, with its rendered environment and a local address."""
     hook = {"enabled": True, "timeoutSeconds": timeout_seconds}
     values = {"temporal": {"namespace": namespace, "createNamespace": hook}}
-    job = only(render(values), "Job", "namespace-hook")
+    job = only(render(values, is_upgrade=is_upgrade), "Job", "namespace-hook")
     container = job["spec"]["template"]["spec"]["containers"][0]
     hook_env = {v["name"]: v["value"] for v in container["env"] if "value" in v}
     hook_env["TEMPORAL_ADDRESS"] = temporal_address
@@ -319,3 +323,13 @@ def test_namespace_hook_gives_up_with_a_clear_error_when_temporal_never_answers(
     result = run_namespace_hook(render, f"127.0.0.1:{free_port()}", "never", timeout_seconds=30)
     assert result.returncode == 1
     assert "temporal.namespace_create_failed" in result.stderr
+
+
+def test_namespace_hook_on_an_upgrade_succeeds_while_temporal_is_down(render: Render) -> None:
+    """An outage of Temporal must not fail `helm upgrade`: the upgrade's hook gives up after
+    its short wait with a warning and exit status 0 (the workers wait for the namespace)."""
+    started = time.monotonic()
+    result = run_namespace_hook(render, f"127.0.0.1:{free_port()}", "never", is_upgrade=True)
+    assert result.returncode == 0, result.stderr
+    assert "temporal.namespace_create_skipped" in result.stderr
+    assert time.monotonic() - started < 90

@@ -138,7 +138,11 @@ def test_skaffold_values_reach_the_deployments(
             node = node.setdefault(parent, {})
         node[leaf] = value
     objects = render(values)
-    for worker in ("trainer", "inferencer"):
+    for worker, built in (
+        ("trainer", "trainer"),
+        ("inferencer", "inferencer"),
+        ("controller", "trainer"),
+    ):
         deployment = only(objects, "Deployment", worker)
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        assert image == f"localhost:5001/bert_finetune_{worker}:abc123@sha256:f00"
+        assert image == f"localhost:5001/bert_finetune_{built}:abc123@sha256:f00"

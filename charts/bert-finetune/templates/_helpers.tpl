@@ -132,13 +132,18 @@ Name of the runs PVC (created or existing).
 
 {{/*
 Container image reference: repository (its registry replaced by global.imageRegistry when
-set), then "@digest" when a digest is given, else ":tag" (default: the chart's appVersion).
+set), then "@digest" when a digest is given, else ":tag" (default: the chart's appVersion,
+plus the optional suffix, e.g. "-cpu" for the CPU build of the trainer image).
 A tag may itself carry a digest ("tag@sha256:..."), as skaffold sets it.
-Usage: include "bert-finetune.image" (list $ .Values.trainer.image)
+Usage: include "bert-finetune.image" (list $ .Values.trainer.image ["-cpu"])
 */}}
 {{- define "bert-finetune.image" -}}
 {{- $ctx := index . 0 }}
 {{- $image := index . 1 }}
+{{- $suffix := "" }}
+{{- if gt (len .) 2 }}
+{{- $suffix = default "" (index . 2) }}
+{{- end }}
 {{- $repository := $image.repository }}
 {{- with dig "imageRegistry" "" ($ctx.Values.global | default dict) }}
 {{- $parts := splitList "/" $repository }}
@@ -152,25 +157,15 @@ Usage: include "bert-finetune.image" (list $ .Values.trainer.image)
 {{- if $image.digest }}
 {{- printf "%s@%s" $repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $repository (default $ctx.Chart.AppVersion $image.tag) }}
+{{- printf "%s:%s" $repository (default (printf "%s%s" $ctx.Chart.AppVersion $suffix) $image.tag) }}
 {{- end }}
 {{- end }}
 
 {{/*
-The controller's image values: its own, with an empty repository meaning the trainer's image
-(tag and digest too, unless set).
+The tag suffix of the trainer's default image: the CUDA build with a GPU, "-cpu" without.
 */}}
-{{- define "bert-finetune.controllerImage" -}}
-{{- $own := .Values.controller.image }}
-{{- $trainer := .Values.trainer.image }}
-{{- if $own.repository }}
-{{- toYaml $own }}
-{{- else }}
-repository: {{ $trainer.repository }}
-tag: {{ default $trainer.tag $own.tag | quote }}
-digest: {{ default $trainer.digest $own.digest | quote }}
-pullPolicy: {{ $own.pullPolicy }}
-{{- end }}
+{{- define "bert-finetune.trainerImageSuffix" -}}
+{{- if not .Values.gpu.enabled }}-cpu{{ end }}
 {{- end }}
 
 {{/*
@@ -336,6 +331,12 @@ Checks of combinations the schema cannot express.
 {{- end }}
 {{- if and .Values.gpu.enabled (lt (int .Values.gpu.count) 1) }}
 {{- fail "gpu.count must be at least 1 when gpu.enabled is true" }}
+{{- end }}
+{{- if and .Values.gpu.enabled (eq .Values.persistence.mode "singleNode") (not .Values.gpu.nodeSelector) }}
+{{- fail "persistence.mode singleNode with gpu.enabled puts every pod that mounts the runs volume on the trainer's GPU node, so the chart must know which nodes those are: set gpu.nodeSelector to a label only the GPU node has, e.g. nvidia.com/gpu.present: \"true\" (GPU operator), cloud.google.com/gke-accelerator: nvidia-l4 (GKE) or eks.amazonaws.com/nodegroup: <your GPU node group> (EKS)" }}
+{{- end }}
+{{- if and .Values.metrics.prometheusRule.enabled (not .Values.metrics.serviceMonitor.enabled) }}
+{{- fail "metrics.prometheusRule.enabled needs metrics.serviceMonitor.enabled: the alerts select this release's ServiceMonitor jobs (each worker's Service name); with annotation scraping load alerts/bert-finetune.rules.yaml yourself with your scrape config's job names" }}
 {{- end }}
 {{- $hpa := .Values.inferencer.autoscaling }}
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}

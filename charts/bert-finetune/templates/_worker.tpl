@@ -5,6 +5,7 @@ Usage: include "bert-finetune.workerDeployment" (dict
   "component" "trainer"
   "worker" .Values.trainer
   "image" .Values.trainer.image   (resolved: repository, tag, digest, pullPolicy)
+  "imageSuffix" "-cpu"  appended to the chart's appVersion when the image has no tag
   "env" (list ...)    EnvVars before the secret ones and extraEnv
   "gpu" true          GPU fields (trainer with gpu.enabled)
   "shmSizeLimit" ""   a memory-backed /dev/shm of this size when set
@@ -64,8 +65,12 @@ spec:
       {{- end }}
       securityContext:
         {{- toYaml $.Values.podSecurityContext | nindent 8 }}
+      {{- /* singleNode with a GPU: every runs-volume pod must land on the GPU node (the
+      trainer's), not on whichever node the first pod lands on, so all of them take the GPU
+      pool's nodeSelector and tolerations (the GPU limit stays the trainer's). */}}
+      {{- $onGpuNode := or $withGpu (and $gpu.enabled (eq $.Values.persistence.mode "singleNode")) }}
       {{- $nodeSelector := $worker.nodeSelector }}
-      {{- if $withGpu }}
+      {{- if $onGpuNode }}
       {{- $nodeSelector = merge (deepCopy $gpu.nodeSelector) $worker.nodeSelector }}
       {{- end }}
       {{- with $nodeSelector }}
@@ -73,7 +78,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       {{- $tolerations := $worker.tolerations }}
-      {{- if $withGpu }}
+      {{- if $onGpuNode }}
       {{- $tolerations = concat $worker.tolerations $gpu.tolerations }}
       {{- end }}
       {{- with $tolerations }}
@@ -88,13 +93,49 @@ spec:
       topologySpreadConstraints:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- with $worker.initContainers }}
+      {{- $permissions := $.Values.persistence.volumePermissions.enabled }}
+      {{- if or $permissions $worker.initContainers }}
       initContainers:
+        {{- if $permissions }}
+        {{- $owner := printf "%v:%v" (int $.Values.podSecurityContext.runAsUser) (int $.Values.podSecurityContext.runAsGroup) }}
+        {{- $dir := $.Values.persistence.mountPath }}
+        # persistence.volumePermissions: an NFS share's root (GKE Filestore) is root's and
+        # ignores fsGroup; hand it to the workers' uid once (not recursive).
+        - name: volume-permissions
+          image: {{ include "bert-finetune.image" (list $ .image .imageSuffix) | quote }}
+          imagePullPolicy: {{ .image.pullPolicy }}
+          command:
+            - sh
+            - -c
+            - {{ printf `[ "$(stat -c %%u:%%g %s)" = %s ] || { chmod 0775 %s && chown %s %s; }` $dir $owner $dir $owner $dir | quote }}
+          resources:
+            requests:
+              cpu: 10m
+              memory: 32Mi
+            limits:
+              memory: 64Mi
+          securityContext:
+            runAsUser: 0
+            runAsGroup: 0
+            runAsNonRoot: false
+            readOnlyRootFilesystem: true
+            allowPrivilegeEscalation: false
+            capabilities:
+              drop: [ALL]
+              add: [CHOWN, FOWNER]
+            seccompProfile:
+              type: RuntimeDefault
+          volumeMounts:
+            - name: runs
+              mountPath: {{ $dir }}
+        {{- end }}
+        {{- with $worker.initContainers }}
         {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- end }}
       containers:
         - name: {{ $component }}
-          image: {{ include "bert-finetune.image" (list $ .image) | quote }}
+          image: {{ include "bert-finetune.image" (list $ .image .imageSuffix) | quote }}
           imagePullPolicy: {{ .image.pullPolicy }}
           args: ["worker", {{ $component | quote }}]
           ports:
