@@ -287,6 +287,48 @@ async def _check_pollers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bert_finetune import doctor
+    from bert_finetune.client_ops import UserError
+
+    try:
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.config import ConfigException
+        from urllib3.exceptions import HTTPError
+    except ImportError:
+        raise UserError(
+            "`bert-finetune doctor` needs the kubernetes package: "
+            "pip install 'bert-finetune[local]' (or pip install kubernetes)"
+        ) from None
+    try:
+        api_client, context_namespace = doctor.load_api_client(args.context)
+    except (ConfigException, StopIteration) as err:
+        raise UserError(
+            f"no usable kubeconfig ({err or 'context ' + repr(args.context) + ' not found'}): "
+            "set KUBECONFIG or --context to the cluster of the release"
+        ) from None
+    namespace = args.namespace or context_namespace
+    try:
+        install = doctor.collect(namespace, args.release, api_client)
+    except ApiException as err:
+        raise UserError(
+            f"the Kubernetes API refused to list the release ({err.status} {err.reason}): "
+            f"doctor needs get/list on pods, deployments, configmaps and PVCs in {namespace!r}"
+        ) from None
+    except HTTPError as err:
+        raise UserError(f"cannot reach the Kubernetes API: {err}") from None
+    checks = doctor.run_checks(
+        install,
+        address=args.temporal_address,
+        namespace_exists=doctor.temporal_namespace_exists,
+    )
+    console.print(
+        f"bert-finetune doctor: release {args.release!r} in namespace {namespace!r}",
+        highlight=False,
+    )
+    return doctor.report(checks, lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bert_finetune.demo import run_demo
 
@@ -399,6 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-pollers", help="exit 0 when both task queues have workers")
     p.set_defaults(func=_async(_check_pollers))
+
+    p = sub.add_parser(
+        "doctor",
+        help="inspect a Kubernetes install of the chart: pods, GPUs, runs claim, Temporal, KEDA "
+        "(one line per check, with the fix; exit 1 when one fails)",
+    )
+    p.add_argument("--namespace", "-n", help="the release's namespace (default: the context's)")
+    p.add_argument("--release", default="bert-finetune", help="the Helm release name")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    p.add_argument(
+        "--temporal-address",
+        help="reach Temporal here instead of the release's TEMPORAL_ADDRESS (e.g. localhost:7233 "
+        "through kubectl port-forward), which also checks the Temporal namespace",
+    )
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo", help="fine-tune MiniLM on real tweets end to end, then predict")
     stack_options(p)

@@ -84,7 +84,7 @@ helm --kube-context "$CONTEXT" test bert-finetune --namespace "$NAMESPACE" --log
 cat <<EOF
 
 Stack is up (context ${CONTEXT}, namespace ${NAMESPACE}).
-  Smoke test:  .venv/bin/python k8s-dev/smoke.py --context ${CONTEXT} --namespace ${NAMESPACE}
+  Check it:    .venv/bin/bert-finetune doctor --context ${CONTEXT} --namespace ${NAMESPACE} --release bert-finetune
   Temporal UI: kubectl --context ${CONTEXT} -n ${NAMESPACE} port-forward svc/temporal-web 8080:8080
   Grafana:     kubectl --context ${CONTEXT} -n monitoring port-forward svc/kube-prometheus-stack-grafana 3000:80
                (user admin, password admin)

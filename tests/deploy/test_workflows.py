@@ -99,6 +99,18 @@ def test_chart_job_lints_then_installs_on_kind_with_temporal() -> None:
     assert any("kind-action" in s.get("uses", "") for s in steps(install))
     assert "helm install temporal temporal/temporal" in runs
     assert "ct install --charts charts/bert-finetune" in runs
+    # doctor inspects a release kept installed after ct install, with the same kind settings.
+    names = [s.get("name", "") for s in steps(install)]
+    ct = next(i for i, s in enumerate(steps(install)) if "ct install" in s.get("run", ""))
+    doctor = next(i for i, s in enumerate(steps(install)) if "doctor" in s.get("run", ""))
+    assert doctor > ct, names
+    doctor_run = steps(install)[doctor]["run"]
+    assert "bert-finetune doctor --namespace bert --release bert-finetune" in doctor_run
+    assert (
+        "helm install bert-finetune charts/bert-finetune" in doctor_run and "--wait" in doctor_run
+    )
+    assert "$KIND_SETS" in doctor_run and "$KIND_SETS" in steps(install)[ct]["run"]
+    assert "--set=controller.image.repository=bert-finetune-trainer" in install["env"]["KIND_SETS"]
     # Every scenario file the install step removes exists, and some are left to install.
     removed = next(s["run"] for s in steps(install) if s.get("run", "").lstrip().startswith("cd "))
     names = removed.split("rm ", 1)[1].splitlines()[0].split()
