@@ -13,7 +13,14 @@ from bert_finetune.client_ops import UserError, graph_precision
 from shared.aliases import list_aliases
 from shared.onnx_export import CHECK_TEXTS_FILE, has_export, read_manifest
 from shared.run_record import RunRecord
-from shared.runs import RunEntry, list_runs, read_record, require_complete_run, resolve_served_run
+from shared.runs import (
+    RunEntry,
+    list_runs,
+    read_confusion_matrix,
+    read_record,
+    require_complete_run,
+    resolve_served_run,
+)
 
 METRIC_COLUMNS = (
     ("acc", "eval_accuracy"),
@@ -127,11 +134,16 @@ def show_run(runs_root: Path, run_id: str, as_json: bool, console: Console) -> N
     """One finished run: its config, export, final metrics, per-epoch evaluations, confusion
     matrix."""
     try:
-        record = read_record(require_complete_run(runs_root, run_id))
+        run_dir = require_complete_run(runs_root, run_id)
+        record = read_record(run_dir)
     except ApplicationError as err:
         raise UserError(err.message, err.type) from None
+    # In its own file since it left run.json; older records still hold it.
+    confusion = read_confusion_matrix(run_dir, record)
     if as_json:
-        console.print_json(record.model_dump_json())
+        console.print_json(
+            record.model_copy(update={"confusion_matrix": confusion}).model_dump_json()
+        )
         return
     export = export_state(runs_root, RunEntry(run_id, record))
     result = record.result
@@ -169,11 +181,11 @@ def show_run(runs_root: Path, run_id: str, as_json: bool, console: Console) -> N
                 *(f"{entry.metrics[n]:.4f}" if n in entry.metrics else "-" for n in names),
             )
         console.print(history)
-    if record.confusion_matrix:
+    if confusion:
         matrix = Table(title="Confusion matrix (rows: true label, columns: predicted)")
         matrix.add_column("")
         for name in record.label_names:
             matrix.add_column(name)
-        for name, row in zip(record.label_names, record.confusion_matrix, strict=False):
+        for name, row in zip(record.label_names, confusion, strict=False):
             matrix.add_row(name, *(str(count) for count in row))
         console.print(matrix)

@@ -11,12 +11,16 @@ DATASET_ERROR = "DatasetError"
 MODEL_LOAD_ERROR = "ModelLoadError"
 # The run does not fit the device even at per-device batch size 1.
 RESOURCE_EXHAUSTED = "ResourceExhausted"
+# The training loss or an evaluation metric is not finite (NaN or infinity): nothing is
+# committed, and the same config would diverge again.
+TRAINING_DIVERGED = "TrainingDiverged"
 NON_RETRYABLE_TYPES = [
     INVALID_CONFIG,
     RUN_NOT_FOUND,
     DATASET_ERROR,
     MODEL_LOAD_ERROR,
     RESOURCE_EXHAUSTED,
+    TRAINING_DIVERGED,
 ]
 # Retryable: a preempted trainer sealed a checkpoint and handed the run back.
 WORKER_SHUTDOWN = "WorkerShutdown"

@@ -116,7 +116,9 @@ class RunRecord(BaseModel):
     epochs_completed: int = 0
     stopped_early: bool = False
     eval_history: list[EpochEvaluation] = Field(default_factory=list)
-    # Rows: true label, columns: predicted label, in ``label_names`` order.
+    # Rows: true label, columns: predicted label, in ``label_names`` order. Only in records
+    # committed before it moved to ``confusion_matrix.json``: read it with
+    # ``shared.runs.read_confusion_matrix``.
     confusion_matrix: list[list[int]] | None = None
     # Set when this run reuses another run's model: that run's id and its commit digest at
     # the time, so a later overwrite of the source is noticed instead of served.

@@ -19,11 +19,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.errors import INVALID_CONFIG, RUN_NOT_FOUND, failure
+from shared.file_cache import StampCache
 from shared.run_record import RunRecord
 from shared.types import is_safe_run_id
 
 RUN_MANIFEST = "run.json"
 CHECKPOINTS_DIR = "checkpoints"
+# The confusion matrix of the run's final evaluation, next to the model (runs committed
+# before it moved out of ``run.json`` keep it there; ``read_confusion_matrix`` reads both).
+CONFUSION_MATRIX_FILE = "confusion_matrix.json"
+# Records and commit digests, parsed once per version of each ``run.json``.
+_RECORDS = StampCache()
 
 
 def resolve_run_dir(runs_root: Path, run_id: str) -> Path:
@@ -55,9 +61,12 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def read_record(run_dir: Path) -> RunRecord:
-    """The run's ``RunRecord``; ``RunNotFound`` when ``run.json`` is missing or unreadable."""
+    """The run's ``RunRecord``; ``RunNotFound`` when ``run.json`` is missing or unreadable.
+
+    Parsed once per version of the file (``shared.file_cache``): the record returned is
+    shared, never change it."""
     try:
-        return RunRecord.from_json((run_dir / RUN_MANIFEST).read_bytes())
+        return _RECORDS.read("record", run_dir / RUN_MANIFEST, RunRecord.from_json)
     except FileNotFoundError:
         raise failure(RUN_NOT_FOUND, f"run {run_dir.name!r} has no {RUN_MANIFEST}") from None
     except (OSError, ValueError) as err:
@@ -75,8 +84,11 @@ def write_record(run_dir: Path, record: RunRecord) -> None:
 
 
 def commit_digest(run_dir: Path) -> str:
-    """Identifies one commit of a run: any rewrite of its ``run.json`` changes it."""
-    return file_sha256(run_dir / RUN_MANIFEST)
+    """Identifies one commit of a run: any rewrite of its ``run.json`` changes it (computed
+    once per version of the file, like ``read_record``)."""
+    return _RECORDS.read(
+        "digest", run_dir / RUN_MANIFEST, lambda content: hashlib.sha256(content).hexdigest()
+    )
 
 
 def require_complete_run(runs_root: Path, run_id: str) -> Path:
@@ -185,3 +197,37 @@ def resolve_served_run(runs_root: Path, run_id: str) -> ServedRun:
             "been removed, retrained or overwritten; train this run again (overwrite: true)",
         )
     return ServedRun(run_id, source_dir, record)
+
+
+def write_confusion_matrix(folder: Path, label_names: list[str], matrix: list[list[int]]) -> None:
+    """The final evaluation's confusion matrix in its own file (rows: true label, columns:
+    predicted, in ``label_names`` order), so ``run.json`` stays small whatever the classes."""
+    (folder / CONFUSION_MATRIX_FILE).write_text(
+        json.dumps({"label_names": label_names, "matrix": matrix}), encoding="utf-8"
+    )
+
+
+def read_confusion_matrix(run_dir: Path, record: RunRecord) -> list[list[int]] | None:
+    """The run's confusion matrix: from ``run.json`` (runs committed before it had a file
+    of its own), else from ``confusion_matrix.json`` next to the model (for a run that
+    reuses another run's model, that run's, while it holds the commit reused); None when
+    there is none."""
+    if record.confusion_matrix is not None:
+        return record.confusion_matrix
+    folder = run_dir
+    if record.reused_from is not None and record.reused_from != record.run_id:
+        folder = run_dir.parent / record.reused_from
+        try:
+            if commit_digest(folder) != record.source_commit:
+                return None
+        except OSError:
+            return None
+    try:
+        matrix = json.loads((folder / CONFUSION_MATRIX_FILE).read_text(encoding="utf-8"))
+        matrix = matrix["matrix"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    valid = isinstance(matrix, list) and all(
+        isinstance(row, list) and all(isinstance(n, int) for n in row) for row in matrix
+    )
+    return matrix if valid else None

@@ -28,6 +28,9 @@ DEFAULT_PHASE_TIMEOUTS_SECONDS = {
     "saving": 1800,
 }
 MIN_PHASE_TIMEOUT_SECONDS = 10
+# The most classes a run may have (``BERT_MAX_CLASSES``): every class is a row and a column
+# of the confusion matrix and a name in each record and inference result.
+DEFAULT_MAX_CLASSES = 1000
 
 
 class SettingsError(ValueError):
@@ -68,6 +71,11 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def max_classes(env: Mapping[str, str] | None = None) -> int:
+    """``BERT_MAX_CLASSES``: the most classes a run's labels may have (default 1,000)."""
+    return _int(os.environ if env is None else env, "BERT_MAX_CLASSES", DEFAULT_MAX_CLASSES, 2)
 
 
 def _local_path_roots(env: Mapping[str, str], runs_dir: Path) -> tuple[Path, ...]:
@@ -194,6 +202,10 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_PHASE_TIMEOUTS_SECONDS)
     )
     checkpoint_interval_seconds: int = 600
+    # The most classes a run's labels may have: checked with the data, before training
+    # (the data checks read it from the environment, ``max_classes()``; here it is
+    # validated when the worker starts).
+    max_classes: int = DEFAULT_MAX_CLASSES
     log_level: str = "INFO"
     log_format: str = "auto"
     # Experiment tracking (trainer only): an MLflow server, TensorBoard event files, or both.
@@ -240,6 +252,7 @@ class Settings:
             checkpoint_interval_seconds=_int(
                 env, "BERT_CHECKPOINT_INTERVAL_SECONDS", 600, minimum=1
             ),
+            max_classes=max_classes(env),
             log_level=log_level,
             log_format=log_format,
             mlflow_tracking_uri=_tracking_uri(env),

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from shared.types import (
     EXPERIMENT_NAME_PATTERN,
     MAX_RUN_ID_LENGTH,
+    MAX_SEED,
     BertFineTuneConfig,
     BertFineTuneRequest,
     _Strict,
@@ -106,7 +107,7 @@ class BertSweepInput(_Strict):
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 4
     metric: SweepMetric = "eval_accuracy"
     early_stopping: SuccessiveHalving | None = None
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     promote_alias: Annotated[str, Field(pattern=EXPERIMENT_NAME_PATTERN)] | None = None
     overwrite: bool = False
     heartbeat_timeout_seconds: Annotated[int, Field(ge=5, le=600)] = 60
@@ -125,6 +126,14 @@ class BertSweepInput(_Strict):
 
     @model_validator(mode="after")
     def _space_fits_the_config(self) -> BertSweepInput:
+        if "model_name" not in self.space:
+            # Checked like an experiment's run ids: the longest trial index counts.
+            run_id = make_run_id(self.sweep_name, MAX_TRIALS - 1, self.base.model_name)
+            if not is_safe_run_id(run_id):
+                raise ValueError(
+                    f"base.model_name: the run id {run_id[:80]!r}... is longer than "
+                    f"{MAX_RUN_ID_LENGTH} bytes; shorten sweep_name or model_name"
+                )
         for name, spec in self.space.items():
             _check_spec(self.base, name, spec)
         if self.strategy == "grid":

@@ -21,7 +21,7 @@ from shared.onnx_export import (
     write_check_texts,
 )
 from shared.run_record import EpochEvaluation
-from shared.runs import commit_digest, write_record
+from shared.runs import commit_digest, read_record, write_confusion_matrix, write_record
 from tests.helpers.runs import sample_record
 
 
@@ -58,6 +58,21 @@ def test_runs_show_prints_metrics_history_and_confusion_matrix(
     assert "eval_f1_macro" in out and "0.8600" in out
     assert "Evaluation by epoch" in out and "0.6250" in out
     assert "Confusion matrix" in out and "17" in out and "18" in out
+
+
+def test_runs_show_reads_the_confusion_matrix_from_its_own_file(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs committed now keep the matrix out of run.json (read on every inference)."""
+    run_dir = runs_dir / "shown-run-0-tiny"
+    record = read_record(run_dir).model_copy(update={"confusion_matrix": None})
+    write_record(run_dir, record)
+    write_confusion_matrix(run_dir, record.label_names, [[31, 2], [4, 29]])
+    assert cli_main(["runs", "show", "shown-run-0-tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "Confusion matrix" in out and "31" in out and "29" in out
+    assert cli_main(["runs", "show", "shown-run-0-tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["confusion_matrix"] == [[31, 2], [4, 29]]
 
 
 def test_runs_lists_runs_only_and_show_refuses_unknown_or_partial_runs(

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from services.inferencer.classifiers import LoadedModel, load_classifier
 from shared import metrics
-from shared.errors import RUN_NOT_FOUND, failure
+from shared.errors import MODEL_LOAD_ERROR, RUN_NOT_FOUND, failure
 from shared.logging import get_logger
+from shared.model_files import check_model_folder
 from shared.onnx_export import EXPORT_DIR, EXPORT_MANIFEST
 from shared.runs import RUN_MANIFEST
 
 log = get_logger(__name__)
+_LOAD_FIX = "retrain it or check the runs volume"
 
 
 def _stamp(run_dir: Path) -> tuple[int, ...]:
@@ -42,6 +44,10 @@ def _stamp(run_dir: Path) -> tuple[int, ...]:
 def load_model(run_dir: Path, device: str) -> LoadedModel:
     """Load a saved run (its ONNX export on CPU when it has one); never runs code from it."""
     stamp = _stamp(run_dir)
+    # Only the run folder's own plain files: no link out of it, no metadata naming others.
+    check_model_folder(
+        run_dir, f"run {run_dir.name!r}", MODEL_LOAD_ERROR, _LOAD_FIX, links_inside=True
+    )
     return LoadedModel(load_classifier(run_dir, device), stamp)
 
 

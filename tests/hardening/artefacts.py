@@ -59,6 +59,16 @@ class Artefacts:
     model_linking_out: Path  # a model folder inside the roots with one file linking out
     dict_labels: Path  # labels that are objects holding a secret
     list_text: Path  # texts that are lists holding a secret
+    # Model folders inside the roots whose metadata names files outside them.
+    model_index_out: Path  # model.safetensors.index.json weight_map -> a forbidden shard
+    model_tokenizer_file_out: Path  # tokenizer_config.json vocab_file -> a forbidden file
+    # A local dataset folder whose README.md configs name a forbidden file.
+    dataset_card_out: Path
+    many_classes: Path  # 1,001 distinct labels (the default cap is 1,000)
+    nan_model: Path  # a model whose weights hold NaN: its training diverges at once
+    secret_single_class: Path  # one class, whose label is the secret
+    secret_validation_label: Path  # a validation label (the secret) the train split lacks
+    headerless: Path  # no header row: its first row (holding the secret) becomes the header
 
 
 # Written into files whose contents must never show up in an error message.
@@ -182,6 +192,30 @@ def build_artefacts(root: Path, tiny_model: Path, data: SentimentData) -> Artefa
         "\n".join(json.dumps({"sentence": [SECRET], "label": label}) for _, label in rows),
         encoding="utf-8",
     )
+    model_index_out, model_tokenizer_file_out, nan_model = _metadata_models(
+        root, tiny_model, forbidden
+    )
+    dataset_card_out = root / "datasets" / "card-points-out"
+    write_csv(dataset_card_out / "train.csv", rows)
+    (dataset_card_out / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+        f"    path: {forbidden_file}\n---\n# A dataset card\n",
+        encoding="utf-8",
+    )
+    many_classes = write_csv(
+        root / "many_classes.csv", [(t, f"class-{i}") for i, (t, _) in enumerate(rows * 26)][:1001]
+    )
+    secret_single_class = write_csv(
+        root / "secret_single_class.csv", [(t, SECRET) for t, _ in rows]
+    )
+    labelled = sentiment_rows(40, seed=4, string_labels=True)
+    secret_validation_label = write_csv(
+        root / "secret_validation_label.csv", [*labelled, ("a strange film", SECRET)]
+    )
+    headerless = root / "headerless.csv"
+    headerless.write_text(
+        f"{SECRET},1\n" + "".join(f"{t},{label}\n" for t, label in rows), encoding="utf-8"
+    )
 
     return Artefacts(
         root=root,
@@ -211,4 +245,45 @@ def build_artefacts(root: Path, tiny_model: Path, data: SentimentData) -> Artefa
         model_linking_out=model_linking_out,
         dict_labels=dict_labels,
         list_text=list_text,
+        model_index_out=model_index_out,
+        model_tokenizer_file_out=model_tokenizer_file_out,
+        dataset_card_out=dataset_card_out,
+        many_classes=many_classes,
+        nan_model=nan_model,
+        secret_single_class=secret_single_class,
+        secret_validation_label=secret_validation_label,
+        headerless=headerless,
     )
+
+
+def _metadata_models(root: Path, tiny_model: Path, forbidden: Path) -> tuple[Path, Path, Path]:
+    """Model folders inside the roots that name files outside them through their metadata
+    (a sharded checkpoint's index, a tokenizer file field), and one whose weights are NaN."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    index_out = root / "models" / "index-points-out"
+    shutil.copytree(tiny_model, index_out)
+    shard = forbidden / "shard.safetensors"
+    (index_out / "model.safetensors").replace(shard)
+    weights = load_file(shard)
+    (index_out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": dict.fromkeys(weights, str(shard))}),
+        encoding="utf-8",
+    )
+
+    tokenizer_out = root / "models" / "tokenizer-file-points-out"
+    shutil.copytree(tiny_model, tokenizer_out)
+    shutil.copy(tiny_model / "vocab.txt", forbidden / "vocab.txt")
+    config = json.loads((tokenizer_out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["vocab_file"] = str(forbidden / "vocab.txt")
+    (tokenizer_out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    nan_model = root / "models" / "nan-weights"
+    shutil.copytree(tiny_model, nan_model)
+    poisoned = {
+        name: torch.full_like(tensor, float("nan")) if "embeddings" in name else tensor
+        for name, tensor in weights.items()
+    }
+    save_file(poisoned, nan_model / "model.safetensors", metadata={"format": "pt"})
+    return index_out, tokenizer_out, nan_model

@@ -21,6 +21,9 @@ SWEEP = "hardening-sweep"
 SYMLINK_RUN_ID = "escape-link"
 INCOMPLETE_RUN_ID = "half-written"
 CORRUPT_RUN_ID = "corrupt-weights"
+# Run folders whose files name others outside them (a link, a sharded checkpoint's index).
+LINKS_OUT_RUN_ID = "links-out"
+INDEX_OUT_RUN_ID = "index-points-out"
 OVERSIZE_TEXT_BYTES = 1024 * 1024 + 1
 
 
@@ -138,6 +141,7 @@ SHAPE, NAMES, HYPER, DATA, MODELS, INFER, ALIASES, SWEEPS, CONFINED = (
 )
 OUTSIDE = ("outside the folders the trainer may read; allowed:", "BERT_LOCAL_PATH_ROOTS")
 IC, DE, ML, RNF = INVALID_CONFIG, DATASET_ERROR, MODEL_LOAD_ERROR, RUN_NOT_FOUND
+NAMES_OUTSIDE = "names a file outside its folder (or not a plain file) in"
 PATTERN = "should match pattern"
 LETTER_OR_DIGIT = "starting with a letter or digit"
 
@@ -432,6 +436,30 @@ CASES: list[Case] = [
         ("heartbeat_timeout_seconds", "greater than or equal to 5"),
     ),
     Case(
+        "seed-negative",
+        HYPER,
+        T,
+        run_with(seed=-1),
+        IC,
+        ("runs[0].seed", "greater than or equal to 0"),
+    ),
+    Case(
+        "seed-too-large",
+        HYPER,
+        T,
+        run_with(seed=2**32),
+        IC,
+        ("runs[0].seed", "less than or equal to 4294967295"),
+    ),
+    Case(
+        "label-column-is-text-column",
+        HYPER,
+        T,
+        run_with(label_column="sentence"),
+        IC,
+        ("runs[0]", "label_column 'sentence' is also the text_column"),
+    ),
+    Case(
         "use-gpu-not-boolean",
         HYPER,
         T,
@@ -494,7 +522,7 @@ CASES: list[Case] = [
         T,
         run_with(train_file=local("no_text_column"), validation_file=None),
         DE,
-        ("text_column", "'sentence'", "columns are"),
+        ("text_column", "'sentence'", "it has 2 columns"),
     ),
     Case(
         "label-column-missing",
@@ -502,7 +530,7 @@ CASES: list[Case] = [
         T,
         run_with(train_file=local("no_label_column"), validation_file=None),
         DE,
-        ("label_column", "'label'", "columns are"),
+        ("label_column", "'label'", "it has 2 columns"),
     ),
     Case(
         "train-file-empty",
@@ -577,6 +605,41 @@ CASES: list[Case] = [
         DE,
         ("text_column", "list value", "row 0"),
         hidden=(SECRET,),
+    ),
+    Case(
+        "single-class-label-not-echoed",
+        DATA,
+        T,
+        run_with(train_file=local("secret_single_class"), validation_file=None),
+        DE,
+        ("single class", "40 rows, one label"),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "validation-label-not-echoed",
+        DATA,
+        T,
+        run_with(validation_file=local("secret_validation_label")),
+        DE,
+        ("validation split has 1 rows whose label never occurs", "validation row 40"),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "header-not-echoed",
+        DATA,
+        T,
+        run_with(train_file=local("headerless"), validation_file=None),
+        DE,
+        ("text_column 'sentence' is not a column", "it has 2 columns"),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "too-many-classes",
+        DATA,
+        T,
+        run_with(train_file=local("many_classes"), validation_file=None),
+        IC,
+        ("label_column 'label' has 1001 classes", "1000", "BERT_MAX_CLASSES"),
     ),
     # local paths
     Case(
@@ -655,6 +718,47 @@ CASES: list[Case] = [
         ),
         IC,
         ("dataset_name", *OUTSIDE),
+    ),
+    Case(
+        "dataset-name-builtin-loader",
+        CONFINED,
+        T,
+        run_with(
+            dataset_name="csv", dataset_config_name=None, train_file=None, validation_file=None
+        ),
+        IC,
+        ("dataset_name 'csv'", "built into the datasets library", "train_file"),
+    ),
+    Case(
+        "dataset-card-names-file-outside",
+        CONFINED,
+        T,
+        run_with(
+            dataset_name=local("dataset_card_out"),
+            dataset_config_name=None,
+            train_file=None,
+            validation_file=None,
+        ),
+        IC,
+        ("dataset_name", "README.md has configs[0].data_files", "outside the folder"),
+        hidden=(SECRET, "tenant-b"),
+    ),
+    Case(
+        "model-index-names-file-outside",
+        CONFINED,
+        T,
+        run_with(model_name=local("model_index_out")),
+        IC,
+        ("model_name", NAMES_OUTSIDE, "model.safetensors.index.json field 'weight_map'"),
+        hidden=("shard.safetensors",),
+    ),
+    Case(
+        "model-tokenizer-file-outside",
+        CONFINED,
+        T,
+        run_with(model_name=local("model_tokenizer_file_out")),
+        IC,
+        ("model_name", NAMES_OUTSIDE, "tokenizer_config.json field 'vocab_file'"),
     ),
     # models
     Case(
@@ -856,6 +960,22 @@ CASES: list[Case] = [
         (CORRUPT_RUN_ID, "could not be loaded"),
     ),
     Case(
+        "predict-run-links-out",
+        INFER,
+        P,
+        predict(run_id=LINKS_OUT_RUN_ID),
+        ML,
+        (LINKS_OUT_RUN_ID, "holds 'onnx/tokenizer.json', a link to outside its folder"),
+    ),
+    Case(
+        "predict-run-index-names-file-outside",
+        INFER,
+        P,
+        predict(run_id=INDEX_OUT_RUN_ID),
+        ML,
+        (INDEX_OUT_RUN_ID, NAMES_OUTSIDE, "model.safetensors.index.json field 'weight_map'"),
+    ),
+    Case(
         "predict-over-payload-limit",
         INFER,
         P,
@@ -1045,6 +1165,33 @@ CASES: list[Case] = [
         ),
         IC,
         ("space", "110 combinations, more than 100"),
+    ),
+    Case(
+        "sweep-seed-out-of-range-in-space",
+        SWEEPS,
+        S,
+        sweep(space={"seed": {"values": [1, -1]}}),
+        IC,
+        ("space.seed", "-1 is not allowed", "greater than or equal to 0"),
+    ),
+    Case(
+        "sweep-seed-too-large",
+        SWEEPS,
+        S,
+        sweep(seed=2**32),
+        IC,
+        ("seed", "less than or equal to 4294967295"),
+    ),
+    Case(
+        "sweep-run-id-too-long",
+        SWEEPS,
+        S,
+        lambda c: sweep(
+            sweep_name="x" * 100,
+            base=tiny_config(c.tiny_model, c.data, num_epochs=1, model_name="m" * 200),
+        )(c),
+        IC,
+        ("base.model_name", "longer than 255 bytes"),
     ),
     Case(
         "sweep-num-trials-zero",

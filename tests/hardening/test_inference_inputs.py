@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from safetensors import safe_open
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -29,6 +31,8 @@ from tests.hardening.cases import (
     CASES_BY_ID,
     CORRUPT_RUN_ID,
     INCOMPLETE_RUN_ID,
+    INDEX_OUT_RUN_ID,
+    LINKS_OUT_RUN_ID,
     SYMLINK_RUN_ID,
     Case,
     Context,
@@ -83,6 +87,7 @@ async def infer_env(
     # A complete, loadable run outside the root: only the containment check stops it.
     stolen = copy_run(trained_run.run_dir, artefacts.outside.parent, "stolen-run")
     (runs_root / SYMLINK_RUN_ID).symlink_to(stolen, target_is_directory=True)
+    _runs_naming_files_outside(runs_root, trained_run, artefacts.outside.parent)
     client = temporal_env.client
     async with running_workers(client, runs_root) as queues:
         yield InferEnv(
@@ -97,6 +102,28 @@ async def infer_env(
                 runs_root,
             ),
         )
+
+
+def _runs_naming_files_outside(runs_root: Path, trained_run: TrainedRun, elsewhere: Path) -> None:
+    """Complete runs that would serve files from outside their folder: the ONNX export's
+    tokenizer is a link out, or (no export: PyTorch serves) a sharded checkpoint's index
+    names weights elsewhere. Both still load without the folder check."""
+    linked = copy_run(trained_run.run_dir, runs_root, LINKS_OUT_RUN_ID)
+    tokenizer = linked / EXPORT_DIR / "tokenizer.json"
+    outside_tokenizer = elsewhere / "links-out-tokenizer.json"
+    tokenizer.replace(outside_tokenizer)
+    tokenizer.symlink_to(outside_tokenizer)
+
+    indexed = copy_run(trained_run.run_dir, runs_root, INDEX_OUT_RUN_ID)
+    shutil.rmtree(indexed / EXPORT_DIR)
+    shard = elsewhere / "index-points-out.safetensors"
+    (indexed / "model.safetensors").replace(shard)
+    with safe_open(str(shard), "pt") as weights:
+        names = list(weights.keys())
+    (indexed / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": dict.fromkeys(names, str(shard))}),
+        encoding="utf-8",
+    )
 
 
 @pytest.mark.parametrize("case", cases("predict"), ids=lambda c: c.id)

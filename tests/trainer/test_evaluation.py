@@ -6,9 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from temporalio.exceptions import ApplicationError
 from transformers import EvalPrediction
 
-from services.trainer.training.evaluation import ClassificationMetrics, eval_metrics
+from services.trainer.training.evaluation import (
+    ClassificationMetrics,
+    eval_metrics,
+    refuse_non_finite,
+)
 from services.trainer.training.stages import evaluation_history, mean_logged_loss, stop_epoch
 from shared.types import BertFineTuneConfig, BertFineTuneRequest
 
@@ -57,3 +62,30 @@ def test_stop_epoch_is_the_earlier_of_pause_and_finish_and_never_the_last() -> N
     assert stop_epoch(_request(finish_at_epoch=2, pause_at_epoch=3)) == 2
     assert stop_epoch(_request(pause_at_epoch=4)) is None  # the last epoch never pauses
     assert stop_epoch(_request(finish_at_epoch=9)) is None
+
+
+@pytest.mark.parametrize(
+    ("train_loss", "final", "history", "named"),
+    [
+        (math.nan, {"eval_loss": 0.5}, [], "train_loss is nan"),
+        (0.4, {"eval_loss": math.inf, "eval_accuracy": 0.5}, [], "eval_loss is inf"),
+        (0.4, {"eval_loss": 0.3}, [(1, {"eval_loss": -math.inf})], "eval_loss at epoch 1"),
+    ],
+)
+def test_a_non_finite_loss_or_metric_is_training_diverged(
+    train_loss: float,
+    final: dict[str, float],
+    history: list[tuple[int, dict[str, float]]],
+    named: str,
+) -> None:
+    with pytest.raises(ApplicationError) as raised:
+        refuse_non_finite(train_loss, final, history, learning_rate=0.05)
+    assert raised.value.type == "TrainingDiverged" and raised.value.non_retryable
+    assert named in raised.value.message and "learning_rate (now 0.05)" in raised.value.message
+
+
+def test_finite_numbers_pass_and_a_final_nan_is_named_once() -> None:
+    refuse_non_finite(0.3, {"eval_loss": 0.2}, [(1, {"eval_loss": 0.25})], learning_rate=1e-5)
+    with pytest.raises(ApplicationError) as raised:
+        refuse_non_finite(0.3, {"eval_loss": math.nan}, [(1, {"eval_loss": math.nan})], 1e-5)
+    assert raised.value.message.count("eval_loss") == 1

@@ -37,7 +37,12 @@ from services.trainer.training.fine_tune import fine_tune
 from services.trainer.training.stages import Attempt
 from services.trainer.training.stopping import StopControl, TrainingCancelled, TrainingInterrupted
 from shared import health, metrics
-from shared.errors import ATTEMPT_SUPERSEDED, RESOURCE_EXHAUSTED, WORKER_SHUTDOWN
+from shared.errors import (
+    ATTEMPT_SUPERSEDED,
+    RESOURCE_EXHAUSTED,
+    TRAINING_DIVERGED,
+    WORKER_SHUTDOWN,
+)
 from shared.instrumentation import TrainingRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
@@ -222,7 +227,8 @@ class TrainingActivities:
                 # Retryable on purpose: the next attempt resumes from the checkpoint just sealed.
                 raise ApplicationError(str(err), type=WORKER_SHUTDOWN) from None
             except ApplicationError as err:
-                if err.type == RESOURCE_EXHAUSTED:  # it will never fit: leave nothing behind
+                # It will never fit, or it diverged (its checkpoints hold NaN): leave nothing.
+                if err.type in (RESOURCE_EXHAUSTED, TRAINING_DIVERGED):
                     discard_if_incomplete(self._runs_root, request.run_id, _workflow_id())
                 raise
             except Superseded as err:

@@ -6,6 +6,9 @@ and must lie inside one of the configured roots (``BERT_LOCAL_PATH_ROOTS``). Any
 is refused with ``InvalidConfig`` before it is opened, so whoever may start a workflow
 cannot make the trainer read other tenants' data or secrets mounted in the pod. The refusal
 reads the same whether or not the path exists, so it does not reveal what is on the disk.
+A local model folder must also name only plain files inside itself in its metadata (a
+sharded checkpoint's index, tokenizer file fields: ``shared.model_files``); a local dataset
+folder's ``configs`` metadata is checked the same way by the data loader.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import INVALID_CONFIG, failure
+from shared.model_files import check_model_folder
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,14 @@ def default_roots(runs_root: Path) -> LocalPathRoots:
 
 
 def confine_model_name(model_name: str, roots: LocalPathRoots) -> None:
-    """Refuse a local ``model_name`` outside the roots (a hub id is not a local path)."""
+    """Refuse a local ``model_name`` outside the roots (a hub id is not a local path), or
+    one whose metadata names files other than plain files inside it (``model_files``)."""
     if names_local_path(model_name):
-        roots.confine_tree("model_name", model_name)
+        folder = roots.confine_tree("model_name", model_name)
+        check_model_folder(
+            folder,
+            f"model_name {model_name!r}",
+            INVALID_CONFIG,
+            "a model folder must name only its own files: save it again with "
+            "save_pretrained (model and tokenizer), without shards or tokenizer files elsewhere",
+        )

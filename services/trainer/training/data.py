@@ -16,12 +16,26 @@ from typing import Any
 from temporalio.exceptions import ApplicationError
 
 from services.trainer.run_folder.paths import LocalPathRoots, names_local_path
-from shared.errors import DATASET_ERROR, failure
+from shared import settings
+from shared.errors import DATASET_ERROR, INVALID_CONFIG, failure
 from shared.runs import file_sha256
 from shared.types import BertFineTuneConfig
 
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _TEXT_FORMATS = {"csv", "json"}
+# The loaders built into ``datasets`` (the installed version's list is added at run time).
+# As a ``dataset_name`` each reads every matching file under the worker's working directory,
+# whatever ``BERT_LOCAL_PATH_ROOTS`` says, so they are refused.
+_BUILTIN_LOADERS = frozenset(
+    {
+        *("arrow", "audiofolder", "cache", "csv", "generator", "imagefolder", "json"),
+        *("pandas", "parquet", "spark", "sql", "text", "videofolder", "webdataset", "xml"),
+    }
+)
+# A local dataset folder's metadata files, and the fields of each of their ``configs`` that
+# name files (read by ``datasets`` relative to the folder, or anywhere if absolute).
+_DATASET_METADATA = ("README.md", ".huggingface.yaml")
+_DATASET_FILE_FIELDS = ("data_files", "data_dir")
 
 
 @dataclass
@@ -76,6 +90,79 @@ def _check_utf8(field_name: str, path: Path) -> None:
         ) from None
 
 
+def builtin_loader_names() -> frozenset[str]:
+    """The ``datasets`` library's packaged loaders (``csv``, ``json``, ``parquet``, ...)."""
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    except ImportError:  # a datasets version without the private table: the fixed list
+        return _BUILTIN_LOADERS
+    return _BUILTIN_LOADERS | frozenset(_PACKAGED_DATASETS_MODULES)
+
+
+def _refuse_builtin_loader(dataset_name: str) -> None:
+    if dataset_name.strip().rstrip("/").lower() in builtin_loader_names():
+        raise failure(
+            INVALID_CONFIG,
+            f"dataset_name {dataset_name[:100]!r} is a loader built into the datasets library, "
+            "which would read files from the worker's working directory; give your files as "
+            "train_file and validation_file instead (or a Hugging Face dataset id, or a local "
+            "dataset folder)",
+        )
+
+
+def _pattern_stays_inside(pattern: str) -> bool:
+    """Whether a ``data_files``/``data_dir`` pattern names files under its folder only."""
+    candidate = pattern.replace("\\", "/")
+    if candidate.startswith(("/", "~")) or "://" in candidate or "::" in candidate:
+        return False
+    if len(candidate) > 1 and candidate[1] == ":":  # a Windows drive
+        return False
+    return ".." not in candidate.split("/")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def _check_dataset_metadata(folder: Path, value: str) -> None:
+    """Refuse a local dataset folder whose ``configs`` metadata names files outside it
+    (``datasets`` would read them). The message never quotes the metadata."""
+    import yaml  # type: ignore[import-untyped]
+    from huggingface_hub.repocard import metadata_load
+
+    for name in _DATASET_METADATA:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            if name == "README.md":
+                metadata = metadata_load(path)
+            else:
+                metadata = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except Exception:  # unparsable: datasets fails on it too, with a DatasetError
+            continue
+        configs = metadata.get("configs") if isinstance(metadata, dict) else None
+        for index, entry in enumerate(configs if isinstance(configs, list) else []):
+            if not isinstance(entry, dict):
+                continue
+            for field_name in _DATASET_FILE_FIELDS:
+                if not all(map(_pattern_stays_inside, _strings(entry.get(field_name)))):
+                    raise failure(
+                        INVALID_CONFIG,
+                        f"dataset_name {value!r}: the folder's {name} has configs[{index}]."
+                        f"{field_name} naming files outside the folder (an absolute path, "
+                        "'..', '~' or a URL); keep the data files inside the dataset folder "
+                        "and name them relative to it, or give them as train_file and "
+                        "validation_file",
+                    )
+
+
 def load_raw_splits(
     config: BertFineTuneConfig, roots: LocalPathRoots
 ) -> tuple[Any, Any | None, str]:
@@ -108,8 +195,12 @@ def load_raw_splits(
             fingerprint = "files:" + ":".join(digests)
         else:
             dataset = config.dataset_name or ""  # set: the config requires one data source
+            _refuse_builtin_loader(dataset)
             if names_local_path(dataset):
-                dataset = str(roots.confine_tree("dataset_name", dataset))
+                folder = roots.confine_tree("dataset_name", dataset)
+                if folder.is_dir():
+                    _check_dataset_metadata(folder, dataset)
+                dataset = str(folder)
             loaded = datasets.load_dataset(dataset, config.dataset_config_name)
             fingerprint = "hub:" + ":".join(
                 f"{name}={split._fingerprint}" for name, split in sorted(loaded.items())
@@ -171,12 +262,14 @@ def _load_failure(config: BertFineTuneConfig, err: Exception) -> ApplicationErro
             f"{Path(config.train_file).suffix.lstrip('.')} file with a header row",
         )
     lines = str(inner).strip().splitlines() or [""]
+    reason = f"{type(inner).__name__}: {lines[0][:300]}"
+    if names_local_path(config.dataset_name or ""):  # a local folder's files: never quoted
+        reason = _content_free_reason(inner)
     return failure(
         DATASET_ERROR,
         f"dataset_name {config.dataset_name!r} (dataset_config_name "
-        f"{config.dataset_config_name!r}) could not be loaded ({type(inner).__name__}: "
-        f"{lines[0][:300]}); offline only datasets already in the Hugging Face cache load, "
-        "otherwise use train_file",
+        f"{config.dataset_config_name!r}) could not be loaded ({reason}); offline only "
+        "datasets already in the Hugging Face cache load, otherwise use train_file",
     )
 
 
@@ -213,10 +306,12 @@ def _check_columns(split_name: str, dataset: Any, config: BertFineTuneConfig) ->
         ("label_column", config.label_column),
     ):
         if column not in dataset.column_names:
+            # The header is the file's own text (its first row when it has no header): say
+            # how many columns there are, never what they are called.
             raise failure(
                 DATASET_ERROR,
-                f"{field_name} {column!r} is not a column of the {split_name} split; "
-                f"columns are {dataset.column_names}",
+                f"{field_name} {column!r} is not a column of the {split_name} split (it has "
+                f"{len(dataset.column_names)} columns); check the header row and {field_name}",
             )
 
 
@@ -234,8 +329,24 @@ def _subsample(
     return dataset.shuffle(seed=seed).select(range(limit))
 
 
-def prepare_data(config: BertFineTuneConfig, roots: LocalPathRoots) -> PreparedData:
-    """Load, check, subsample and label-encode the data (no tokenization yet)."""
+def _check_class_count(label_column: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise failure(
+            INVALID_CONFIG,
+            f"label_column {label_column!r} has {count} classes, more than the {limit} a run "
+            "may have (BERT_MAX_CLASSES); check that label_column names the labels, not a "
+            "text or id column, or ask the operator to raise BERT_MAX_CLASSES",
+        )
+
+
+def prepare_data(
+    config: BertFineTuneConfig, roots: LocalPathRoots, max_classes: int | None = None
+) -> PreparedData:
+    """Load, check, subsample and label-encode the data (no tokenization yet).
+
+    More than ``max_classes`` classes (default: ``BERT_MAX_CLASSES``) is ``InvalidConfig``.
+    """
+    max_classes = settings.max_classes() if max_classes is None else max_classes
     train, evaluation, source_fingerprint = load_raw_splits(config, roots)
     _check_columns("train", train, config)
     if evaluation is not None:
@@ -264,30 +375,40 @@ def prepare_data(config: BertFineTuneConfig, roots: LocalPathRoots) -> PreparedD
     if kind == "int" and names_from_feature:
         values: list[Any] = list(range(len(names_from_feature)))
         names = list(names_from_feature)
-        bad = sorted({v for v in train_labels + eval_labels if not 0 <= v < len(names)})
+        bad = [
+            (split, row)
+            for split, labels in (("train", train_labels), ("validation", eval_labels))
+            for row, v in enumerate(labels)
+            if not 0 <= v < len(names)
+        ]
         if bad:
             raise failure(
                 DATASET_ERROR,
-                f"label_column {config.label_column!r} has ids {bad[:5]} outside the dataset's "
-                f"{len(names)} classes (unlabelled test rows use -1; drop them)",
+                f"label_column {config.label_column!r} has {len(bad)} ids outside the dataset's "
+                f"{len(names)} classes (the first in {bad[0][0]} row {bad[0][1]}; unlabelled "
+                "test rows use -1: drop them)",
             )
     else:
         values = sorted({v if kind == "int" else str(v) for v in train_labels})
         names = [str(v) for v in values]
+    _check_class_count(config.label_column, len(names), max_classes)
     to_id = {v: i for i, v in enumerate(values)}
     used = {to_id[v if kind == "int" else str(v)] for v in train_labels}
     if len(used) < 2:
         raise failure(
             DATASET_ERROR,
-            f"the train split has a single class ({names[used.pop()]!r}) after subsampling; "
-            "a classifier needs at least two: add data or raise max_train_samples",
+            f"the train split has a single class after subsampling ({len(train_labels)} rows, "
+            "one label); a classifier needs at least two: add data or raise max_train_samples",
         )
-    unseen = sorted({str(v) for v in eval_labels if (v if kind == "int" else str(v)) not in to_id})
+    unseen = [
+        row for row, v in enumerate(eval_labels) if (v if kind == "int" else str(v)) not in to_id
+    ]
     if unseen:
         raise failure(
             DATASET_ERROR,
-            f"validation labels {unseen[:5]} never occur in the train split; "
-            "use a train_file that covers every class",
+            f"the validation split has {len(unseen)} rows whose label never occurs in the train "
+            f"split (the first: validation row {unseen[0]}); use a train_file that covers every "
+            "class",
         )
 
     def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:

@@ -86,6 +86,7 @@ def fine_tune(
         if session.pausing(trained):
             return stages.paused_result(request, run, data, trained, evaluation)
         reporter.update(phase="saving")
+        stages.refuse_diverged(request, trained, evaluation)  # TrainingDiverged: no commit
         record = stages.run_record(request, run, data, identity, trained, evaluation, attempt)
         if ranks.is_leader:  # the leader commits the run; its result is every rank's
             export = _exporter(data, at_commit=request.export_at_commit)

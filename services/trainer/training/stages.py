@@ -23,7 +23,11 @@ from services.trainer.run_folder.run_directory import (
 )
 from services.trainer.training.arguments import training_arguments
 from services.trainer.training.data import PreparedData
-from services.trainer.training.evaluation import ClassificationMetrics, eval_metrics
+from services.trainer.training.evaluation import (
+    ClassificationMetrics,
+    eval_metrics,
+    refuse_non_finite,
+)
 from services.trainer.training.progress_sink import ProgressSink
 from services.trainer.training.resources import BatchPlan, with_batch_fallback
 from services.trainer.training.stopping import StopControl
@@ -31,6 +35,7 @@ from shared import metrics
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
 from shared.run_record import EpochEvaluation, RunRecord
+from shared.runs import write_confusion_matrix
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
 if TYPE_CHECKING:
@@ -401,7 +406,14 @@ class TrainingSession:
         return pause is not None and pause == self._stop_epoch and trained.stopped_early
 
     def save_model(self, target: Path) -> None:
+        """The model and tokenizer, and the final evaluation's confusion matrix in a file of
+        its own (not in ``run.json``, which every inference request reads)."""
         self.trainer.save_model(str(target))
+        matrix = self._classification.confusion_matrix
+        if matrix is not None and self.trainer.eval_dataset is not None:
+            id2label = self.trainer.model.config.id2label or {}
+            labels = [str(id2label.get(i, i)) for i in range(len(matrix))]
+            write_confusion_matrix(target, labels, matrix)
 
     def release(self, offload: bool = False) -> None:
         """Free the model's memory now (a worker trains many runs in one process);
@@ -535,8 +547,20 @@ def paused_result(
     evaluation: Evaluation,
 ) -> BertFineTuneResult:
     """Evaluated and checkpointed at the pause epoch; the run stays partial (no run.json)."""
+    refuse_diverged(request, trained, evaluation)  # a rung decision on NaN would be noise
     log.info("training.paused", epoch=trained.epochs_completed, eval_metrics=evaluation.metrics)
     return _result(request, run, data, trained, evaluation, paused=True)
+
+
+def refuse_diverged(request: BertFineTuneRequest, trained: Trained, evaluation: Evaluation) -> None:
+    """``TrainingDiverged`` (before a commit or a pause) when the training loss or an
+    evaluation is not finite: nothing is committed and no result carries NaN."""
+    refuse_non_finite(
+        trained.train_loss,
+        evaluation.metrics,
+        [(entry.epoch, entry.metrics) for entry in evaluation.history],
+        request.config.learning_rate,
+    )
 
 
 def run_record(
@@ -559,7 +583,7 @@ def run_record(
         epochs_completed=trained.epochs_completed,
         stopped_early=trained.stopped_early,
         eval_history=evaluation.history,
-        confusion_matrix=evaluation.confusion_matrix,
+        # The confusion matrix is a file of its own (``TrainingSession.save_model``).
         attempt=attempt.number,
         versions=_versions(),
         finished_at=time.time(),
