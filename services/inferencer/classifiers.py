@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,31 @@ from shared.onnx_export import EXPORT_DIR, has_export, load_manifest
 
 # Called after each batch with the number of texts classified so far (heartbeats, metrics).
 BatchCallback = Callable[[int, int], None]
+
+# The most tokens one forward pass holds: its texts × its padded length (its longest row).
+# Activation memory grows with it (MiniLM's attention needs about 34 MB per 512-token text),
+# so a request's memory stays bounded whatever its batch_size and text lengths: 16 texts of
+# 512 tokens, 64 of 128, a default batch of 32 texts up to 256 tokens. docs/inference.md.
+MAX_BATCH_TOKENS = 8192
+
+
+def token_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS
+) -> list[list[int]]:
+    """Text indices in token-length order, cut into batches of at most ``batch_size`` texts
+    whose count × padded length stays within ``max_tokens`` (a text longer than that goes
+    alone). Each batch is padded only to its own longest row."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        width = max(1, lengths[index])  # ascending order: the newest row is the longest
+        if current and (len(current) >= batch_size or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 class Classifier(Protocol):
@@ -104,16 +129,20 @@ class OnnxClassifier:
         self, texts: list[str], max_seq_length: int, batch_size: int, on_batch: BatchCallback
     ) -> tuple[list[int], list[float]]:
         import numpy as np
+        import onnxruntime
 
         if self._max_length is not None:
             max_seq_length = min(max_seq_length, self._max_length)
         encodings = self._tokenizer(max_seq_length).encode_batch(texts)
-        # Token-length order: each batch is padded only to its own longest row.
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        # After each batch the arena gives back what it grew by for that batch: without it
+        # the process keeps the largest batch's activations for good (measured in
+        # docs/inference.md: this beat turning the arena off, whose freed memory glibc kept).
+        run_options = onnxruntime.RunOptions()
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         labels = [0] * len(texts)
         confidences = [0.0] * len(texts)
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+        done = 0
+        for indices in token_batches([len(e.ids) for e in encodings], batch_size):
             width = max(len(encodings[i].ids) for i in indices)
             feed = {
                 name: np.zeros((len(indices), width), dtype=np.int64) for name in self._input_names
@@ -130,14 +159,15 @@ class OnnxClassifier:
                 }
                 for name, array in feed.items():
                     array[row, :length] = columns[name]
-            logits = self._session.run(["logits"], feed)[0].astype(np.float64)
+            logits = self._session.run(["logits"], feed, run_options)[0].astype(np.float64)
             shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
             best = probabilities.argmax(axis=-1)
             for row, index in enumerate(indices):
                 labels[index] = int(best[row])
                 confidences[index] = float(probabilities[row, best[row]])
-            on_batch(start + len(indices), len(indices))
+            done += len(indices)
+            on_batch(done, len(indices))
         return labels, confidences
 
 
@@ -161,12 +191,13 @@ class TorchClassifier:
     ) -> tuple[list[int], list[float]]:
         import torch
 
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        # Token lengths first (the fast tokenizer takes milliseconds): batches by token budget.
+        ids = self.tokenizer(texts, truncation=True, max_length=max_seq_length)["input_ids"]
         labels = [0] * len(texts)
         confidences = [0.0] * len(texts)
+        done = 0
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                indices = order[start : start + batch_size]
+            for indices in token_batches([len(row) for row in ids], batch_size):
                 encoded = self.tokenizer(
                     [texts[i] for i in indices],
                     truncation=True,
@@ -179,7 +210,8 @@ class TorchClassifier:
                 for position, index in enumerate(indices):
                     labels[index] = int(best.indices[position])
                     confidences[index] = float(best.values[position])
-                on_batch(start + len(indices), len(indices))
+                done += len(indices)
+                on_batch(done, len(indices))
         return labels, confidences
 
 
