@@ -18,6 +18,15 @@ from pydantic import (
     model_validator,
 )
 
+from shared.tasks import (
+    MAIN_METRIC,
+    MULTI_LABEL,
+    SINGLE_LABEL,
+    TOKEN_CLASSIFICATION,
+    Task,
+    check_metric,
+)
+
 TRAINING_TASK_QUEUE = "bert-finetune-task-queue"
 INFERENCE_TASK_QUEUE = "bert-inference-task-queue"
 
@@ -26,7 +35,13 @@ INFERENCE_WORKFLOW = "BertInferenceWorkflow"
 FINE_TUNE_ACTIVITY = "fine_tune_bert"
 # A local activity of the training worker: removes a cancelled run's partial output.
 DISCARD_RUN_ACTIVITY = "discard_partial_run"
+# A local activity of the trainer queue's workers: a run's newest sealed checkpoint
+# (``CheckpointProgress``), which says whether failed attempts made progress.
+CHECKPOINT_PROGRESS_ACTIVITY = "newest_sealed_checkpoint"
 INFERENCE_ACTIVITY = "run_bert_inference"
+# ``run_bert_inference`` for a model already loaded on this worker; fails ``ModelCold`` at
+# once otherwise (``BertInferenceWorkflow`` runs it as a local activity, docs/inference.md).
+INFERENCE_WARM_ACTIVITY = "run_bert_inference_warm"
 PROMOTE_WORKFLOW = "BertPromoteWorkflow"
 # A local activity of the trainer task queue's workers (trainers and controllers): moves an
 # alias pointer. Any workflow on that queue may run it (``BertPromoteWorkflow``, a sweep).
@@ -117,11 +132,24 @@ class BertFineTuneConfig(_Strict):
     # per batch, so faster on texts of mixed length. Part of the reuse identity; runs trained
     # before the field existed count as false.
     group_by_length: bool = True
+    # What the model learns (docs/tasks.md): one label per text (the default), a set of labels,
+    # a number, or one IOB2 tag per word.
+    task: Task = SINGLE_LABEL
+    # The second text of a pair (NLI, paraphrase, similarity); sequence tasks only.
+    text_pair_column: Annotated[str, Field(min_length=1)] | None = None
+    # Multi-label only: splits a string label cell ("sports|politics").
+    label_separator: Annotated[str, Field(min_length=1, max_length=10)] | None = None
+    # Stop when ``metric_for_best_model`` has not improved for this many evaluations (epochs).
+    early_stopping_patience: Annotated[int, Field(ge=1, le=20)] | None = None
+    # None: the task's main metric (inside a sweep: the sweep's metric).
+    metric_for_best_model: str | None = None
+    # Commit the best epoch's model (by ``metric_for_best_model``), not the last one.
+    keep_best_epoch: bool = False
 
-    @field_validator("model_name", "text_column", "label_column")
+    @field_validator("model_name", "text_column", "label_column", "text_pair_column")
     @classmethod
-    def _no_control_characters(cls, value: str) -> str:
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
             raise ValueError("must not contain control characters")
         return value
 
@@ -139,7 +167,29 @@ class BertFineTuneConfig(_Strict):
                 f"label_column {self.label_column[:100]!r} is also the text_column: the labels "
                 "must be another column than the texts (every text would be a class of its own)"
             )
+        if self.text_pair_column is not None:
+            if self.task == TOKEN_CLASSIFICATION:
+                raise ValueError(
+                    "text_pair_column: token_classification tags the words of one text; "
+                    "remove text_pair_column or choose a sequence task"
+                )
+            if self.text_pair_column in (self.text_column, self.label_column):
+                raise ValueError(
+                    f"text_pair_column {self.text_pair_column[:100]!r} is also the text or "
+                    "label column: name the column holding each pair's second text"
+                )
+        if self.label_separator is not None and self.task != MULTI_LABEL:
+            raise ValueError(
+                "label_separator: only multi_label_classification splits label cells; remove "
+                "it or set task to multi_label_classification"
+            )
+        if self.metric_for_best_model is not None:
+            check_metric(self.task, self.metric_for_best_model, "metric_for_best_model")
         return self
+
+    def best_model_metric(self) -> str:
+        """The metric that picks the best epoch and drives early stopping."""
+        return self.metric_for_best_model or MAIN_METRIC[self.task]
 
 
 class BertExperimentInput(_Strict):
@@ -242,6 +292,12 @@ class BertFineTuneResult(_Strict):
     stopped_early: bool = False
     # Returned for ``pause_at_epoch``: evaluated and checkpointed, not committed.
     paused: bool = False
+    task: Task = SINGLE_LABEL
+    # The trivial predictor's metrics on the evaluation data (majority class, most frequent
+    # label set, the training mean, all ``O``), same keys as ``eval_metrics`` where defined.
+    baseline_metrics: dict[str, float] = Field(default_factory=dict)
+    # The epoch whose model was committed when ``keep_best_epoch`` (else None).
+    best_epoch: int | None = None
 
 
 class BertExperimentOutput(_Strict):
@@ -258,6 +314,9 @@ class BertInferenceRequest(_Strict):
     max_seq_length: Annotated[int, Field(ge=8, le=512)] = 128
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     use_gpu: bool = False
+    # The second text of each pair, same length as ``texts``: required exactly when the run
+    # was trained with a ``text_pair_column``.
+    text_pairs: list[str] | None = None
 
     @field_validator("run_id")
     @classmethod
@@ -275,6 +334,11 @@ class BertInferenceRequest(_Strict):
             raise ValueError(
                 "give exactly one of run_id (a saved run) and alias (a promoted name); "
                 "list them with `bert-finetune runs`"
+            )
+        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts):
+            raise ValueError(
+                f"text_pairs: {len(self.text_pairs)} second texts for {len(self.texts)} texts; "
+                "give one per text (or none for a run trained on single texts)"
             )
         return self
 
@@ -322,9 +386,15 @@ class BertPromoteOutput(_Strict):
 class BertInferenceResult(_Strict):
     run_id: str
     texts: list[str]
+    # Single-label runs; empty lists for the other tasks (read ``predictions``).
     labels: list[int]
     label_names: list[str]
     confidences: list[float]
+    task: Task = SINGLE_LABEL
+    # One entry per text (docs/tasks.md): single-label ``{label, label_id, score}``;
+    # multi-label ``{labels, scores}``; regression ``{score}``; token classification
+    # ``{tags, entities: [{label, start, end, text, score}]}``.
+    predictions: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # "pruned": a sweep trial stopped early by successive halving.
@@ -370,3 +440,11 @@ class RunProgress(_RunProgressFields):
 class ExperimentProgress(_Strict):
     experiment_name: str
     runs: list[RunProgress]
+
+
+class CheckpointProgress(_Strict):
+    """A run's newest sealed checkpoint: the attempt that sealed it and its step (attempt 0
+    and step -1: none)."""
+
+    attempt: int = 0
+    step: int = -1
