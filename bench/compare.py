@@ -13,11 +13,18 @@ BERT) and real tweets, one module per comparison:
    agreement, accuracy);
 3. latency (``bench.floor_compare``): a warm 8-text request through ``BertInferenceWorkflow``
    vs Temporal's own floors for each call shape (a workflow with one activity, with one local
-   activity, an Update).
+   activity, an Update);
+4. sweep overhead (``bench.sweep_overhead``): orchestration seconds per trial of a sweep of
+   the tests' tiny BERT, with the tokenized-dataset cache on and off;
+5. sweeps (``bench.sweep_compare``): ``BertSweepWorkflow`` (TPE, successive halving) vs
+   ``Trainer.hyperparameter_search(backend="optuna")`` with a pruner, same space, trials,
+   epochs and seeds (wall time, best accuracy, trials pruned, seconds per trained epoch).
 
 It prints one table and writes it, with the command and the machine, to docs/benchmarks.md.
 
-    python -m bench.compare [--train-rows 1024] [--infer-rows 1024] [--no-write]
+    python -m bench.compare [--train-rows 1024] [--infer-rows 1024] [--sweep-trials 6]
+                            [--sweep-epochs 3] [--sweep-rows 512] [--sweep-seeds 42 43]
+                            [--no-write]
 """
 
 from __future__ import annotations
@@ -47,6 +54,21 @@ from bench.inference_compare import (
     compare_inference,
     inference_rows,
 )
+from bench.sweep_compare import (
+    SweepComparison,
+    SweepSetup,
+    compare_sweeps,
+    prepare_sweep_data,
+    sweep_notes,
+    sweep_rows,
+)
+from bench.sweep_overhead import (
+    OverheadComparison,
+    OverheadSetup,
+    measure_overhead,
+    overhead_notes,
+    overhead_rows,
+)
 from bench.training_compare import (
     TrainingComparison,
     compare_training,
@@ -68,6 +90,8 @@ class Results:
     training: TrainingComparison
     inference: InferenceComparison
     latencies: Latencies
+    overhead: OverheadComparison
+    sweeps: SweepComparison
 
 
 async def run_all(args: argparse.Namespace, work: Path) -> Results:
@@ -85,6 +109,19 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
     configure_logging("WARNING", "console")
     model_dir = minilm_model_dir()
     data = prepare_data(work, args.train_rows, args.eval_rows, args.infer_rows)
+    sweep_train, sweep_eval = prepare_sweep_data(
+        work / "sweep", args.sweep_rows, args.sweep_eval_rows
+    )
+    sweep_setup = SweepSetup(
+        model_dir=model_dir,
+        train_csv=sweep_train,
+        eval_csv=sweep_eval,
+        rows=args.sweep_rows,
+        eval_rows=args.sweep_eval_rows,
+        trials=args.sweep_trials,
+        epochs=args.sweep_epochs,
+        pruner=args.sweep_pruner,
+    )
     runs_root = work / "runs"
     runs_root.mkdir()
 
@@ -131,9 +168,18 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
                 data.texts,
                 args.latency_requests,
             )
+            # Last: trainings of their own; the latency figures are taken on a quiet worker.
+            overhead_root = work / "overhead"
+            overhead_root.mkdir()
+            overhead = await measure_overhead(
+                client, TRAIN_QUEUE, runs_root, overhead_root, OverheadSetup()
+            )
+            sweeps = await compare_sweeps(
+                client, TRAIN_QUEUE, runs_root, sweep_setup, args.sweep_seeds, work
+            )
     finally:
         await env.shutdown()
-    return Results(training, inference, latencies)
+    return Results(training, inference, latencies, overhead, sweeps)
 
 
 # ---------------------------------------------------------------------------- the report
@@ -162,7 +208,13 @@ def machine() -> str:
 
 
 def report(args: argparse.Namespace, r: Results, command: str) -> str:
-    rows = training_rows(r.training) + inference_rows(r.inference) + latency_rows(r.latencies)
+    rows = (
+        training_rows(r.training)
+        + inference_rows(r.inference)
+        + latency_rows(r.latencies)
+        + overhead_rows(r.overhead)
+        + sweep_rows(r.sweeps)
+    )
     lines = [
         SECTION,
         "",
@@ -182,6 +234,10 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         training_notes(r.training),
         "",
         floor_notes(r.latencies),
+        "",
+        overhead_notes(r.overhead),
+        "",
+        sweep_notes(r.sweeps),
         "",
         "Only the ratios within one run mean anything, and only on an otherwise idle machine: "
         "on a busy one (see the load average) contention slows the sides unevenly (PyTorch's "
@@ -219,12 +275,39 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, choices=(1, 2), help="training runs per side"
     )
+    parser.add_argument("--sweep-trials", type=int, default=6, help="trials per sweep")
+    parser.add_argument("--sweep-epochs", type=int, default=3, help="epochs per sweep trial")
+    parser.add_argument("--sweep-rows", type=int, default=512, help="training tweets of a sweep")
+    parser.add_argument("--sweep-eval-rows", type=int, default=256)
+    parser.add_argument(
+        "--sweep-seeds", type=int, nargs="+", default=[42, 43], help="one sweep per side each"
+    )
+    parser.add_argument(
+        "--sweep-pruner",
+        choices=("halving", "median"),
+        default="halving",
+        help="Optuna's pruner on the hyperparameter_search side",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
+    names = (
+        "train_rows",
+        "eval_rows",
+        "infer_rows",
+        "latency_requests",
+        "repeats",
+        "sweep_trials",
+        "sweep_epochs",
+        "sweep_rows",
+        "sweep_eval_rows",
+        "sweep_seeds",
+        "sweep_pruner",
+    )
     command = "python -m bench.compare" + "".join(
-        f" --{name.replace('_', '-')} {getattr(args, name)}"
-        for name in ("train_rows", "eval_rows", "infer_rows", "latency_requests", "repeats")
-        if getattr(args, name) != parser.get_default(name)
+        f" --{name.replace('_', '-')} "
+        + (" ".join(map(str, value)) if isinstance(value, list) else str(value))
+        for name in names
+        if (value := getattr(args, name)) != parser.get_default(name)
     )
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     try:
