@@ -19,6 +19,7 @@ from services.trainer.training.progress_sink import ProgressSink
 from services.trainer.training.resources import check_sequence_length
 from services.trainer.training.stages import Attempt
 from services.trainer.training.stopping import StopControl
+from services.trainer.training.token_cache import TokenCache
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
 from shared.onnx_export import MAX_CHECK_TEXTS, commit_exporter, write_check_texts
@@ -59,7 +60,7 @@ def fine_tune(
     tokenizer, model = load_for_fine_tuning(config.model_name, data.label_names)
     check_sequence_length(config.max_seq_length, config.model_name, model, tokenizer)
     train_set, eval_set = stages.tokenize_watched(
-        data, tokenizer, config.max_seq_length, reporter, stop
+        data, tokenizer, config.max_seq_length, reporter, stop, TokenCache(runs_root)
     )
     stop.check()
 

@@ -6,7 +6,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from services.trainer.training.evaluation import (
 from services.trainer.training.progress_sink import ProgressSink
 from services.trainer.training.resources import BatchPlan, with_batch_fallback
 from services.trainer.training.stopping import StopControl
+from services.trainer.training.token_cache import TokenCache, cache_key
 from shared import metrics
 from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
@@ -124,9 +125,11 @@ def tokenize(
     tokenizer: Any,
     max_seq_length: int,
     on_batch: Callable[[], None] | None = None,
+    cache: TokenCache | None = None,
 ) -> tuple[Any, Any]:
     """Token ids for both splits; ``on_batch`` runs before each batch of 1,000 rows (progress
-    for the watchdog, and a point to stop at)."""
+    for the watchdog, and a point to stop at). With a ``cache``, splits tokenized before by
+    any run or trial with the same data, tokenizer and length are read instead."""
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         if on_batch:
@@ -140,16 +143,20 @@ def tokenize(
         key = f"{data.fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_seq_length}"
         return hashlib.sha256(f"{key}|{split}".encode()).hexdigest()[:32]
 
-    train = data.train.map(
-        encode, batched=True, remove_columns=["text"], new_fingerprint=fingerprint("train")
-    )
-    evaluation = (
-        data.eval.map(
-            encode, batched=True, remove_columns=["text"], new_fingerprint=fingerprint("eval")
+    def split(rows: Any, name: str) -> Any:
+        def build() -> Any:
+            return rows.map(
+                encode, batched=True, remove_columns=["text"], new_fingerprint=fingerprint(name)
+            )
+
+        if cache is None:
+            return build()
+        return cache.get_or_build(
+            cache_key(data.fingerprint, tokenizer, max_seq_length), name, build
         )
-        if data.eval is not None
-        else None
-    )
+
+    train = split(data.train, "train")
+    evaluation = split(data.eval, "eval") if data.eval is not None else None
     return train, evaluation
 
 
@@ -159,6 +166,7 @@ def tokenize_watched(
     max_seq_length: int,
     reporter: ProgressSink,
     stop: StopControl,
+    cache: TokenCache | None = None,
 ) -> tuple[Any, Any]:
     """``tokenize`` with progress for the watchdog (tokenizing a large dataset takes long)
     and a stop point before each batch (a cancel or shutdown lands here, not at the end)."""
@@ -168,7 +176,7 @@ def tokenize_watched(
         stop.check()
 
     reporter.update(phase="tokenizing")
-    return tokenize(data, tokenizer, max_seq_length, on_batch=tokenized_batch)
+    return tokenize(data, tokenizer, max_seq_length, on_batch=tokenized_batch, cache=cache)
 
 
 def stop_epoch(request: BertFineTuneRequest) -> int | None:
@@ -322,9 +330,12 @@ class TrainingSession:
             metrics.RUNS_RESUMED.inc()
             log.info("training.resume", step=resume.step, checkpoint=str(resume.path))
             self._reporter.update(resumed_from_step=resume.step, latest_checkpoint=str(resume.path))
-        finish = self.request.finish_at_epoch
-        if resume and finish and resume.step >= finish * self._steps_per_epoch:
-            return self._take_checkpoint_as_trained(resume, finish)
+        # Never train past the epoch this segment stops at, whatever it resumes from: a
+        # segment that sealed its pause (or rung) checkpoint and was then lost resumes at
+        # that epoch and has nothing left to train.
+        ends_at = self._stop_epoch
+        if resume and ends_at is not None and resume.step >= ends_at * self._steps_per_epoch:
+            return self._take_checkpoint_as_trained(resume, ends_at)
         started = time.monotonic()
         output = self.trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         state = self.trainer.state
@@ -350,7 +361,10 @@ class TrainingSession:
         )
 
     def _take_checkpoint_as_trained(self, resume: checkpoints.Checkpoint, epochs: int) -> Trained:
-        """A pruned trial paused at exactly this epoch: its sealed checkpoint is the model."""
+        """The segment's stop epoch was already reached: a pruned trial paused at exactly this
+        epoch (its sealed checkpoint is the model), or a pause whose checkpoint was sealed by
+        an attempt lost before it returned (``paused_result`` then reports the evaluation
+        logged at ``epochs``, kept in the checkpoint's state)."""
         from safetensors.torch import load_model
         from transformers import TrainerState
 
@@ -546,7 +560,13 @@ def paused_result(
     trained: Trained,
     evaluation: Evaluation,
 ) -> BertFineTuneResult:
-    """Evaluated and checkpointed at the pause epoch; the run stays partial (no run.json)."""
+    """Evaluated and checkpointed at the pause epoch; the run stays partial (no run.json).
+
+    The evaluation is the one logged at the end of the pause epoch, whichever checkpoint
+    the attempt resumed from: the sweep's rung decision compares trials at that epoch."""
+    at_pause = [e for e in evaluation.history if e.epoch == trained.epochs_completed]
+    if at_pause and at_pause[-1].metrics != evaluation.metrics:
+        evaluation = replace(evaluation, metrics=at_pause[-1].metrics)
     refuse_diverged(request, trained, evaluation)  # a rung decision on NaN would be noise
     log.info("training.paused", epoch=trained.epochs_completed, eval_metrics=evaluation.metrics)
     return _result(request, run, data, trained, evaluation, paused=True)
