@@ -12,9 +12,19 @@ RoBERTa, DeBERTa-v2, DistilBERT, ...): a model family is a config change, not a 
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from shared.errors import MODEL_LOAD_ERROR, failure
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported here: the default inferencer image has none (ONNX
+    Runtime serves every run with an export; docs/deploy.md, "Images")."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked, or a stub module without a spec
+        return False
 
 
 def _first_line(err: Exception) -> str:
@@ -82,7 +92,16 @@ def load_for_fine_tuning(model_name: str, label_names: list[str]) -> tuple[Any, 
 
 
 def load_for_serving(model_dir: str, run_id: str) -> tuple[Any, Any]:
-    """Tokenizer and model of a finished run, for inference."""
+    """Tokenizer and model of a finished run, for inference with PyTorch (runs without an
+    ONNX export). Refused, naming the fix, where PyTorch is not installed."""
+    if not torch_available():
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"run {run_id!r} has no ONNX export, and this inferencer image has no PyTorch to "
+            f"serve it with (the torch-free image serves exports only): run `bert-finetune "
+            f"export {run_id}` to add its export (the next request is served by ONNX Runtime), "
+            "or run the inferencer's -torch image",
+        )
     fix = "retrain it or check the runs volume"
     subject = f"run {run_id!r}"
     tokenizer = load_tokenizer(model_dir, subject, fix)

