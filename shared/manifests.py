@@ -10,7 +10,8 @@ the file (named in each docstring, and in docs/architecture.md) is its one calle
 - ``FenceRecord``: ``{runs_root}/.fences/{run_id}.json`` (``run_folder/fencing.py``);
 - ``CheckpointManifest``: ``checkpoint-{step}/bert_finetune_checkpoint.json``
   (``run_folder/checkpoints.py``);
-- ``AliasPointer``: ``{runs_root}/_aliases/{alias}.json`` (``shared/aliases.py``).
+- ``AliasPointer``: ``{runs_root}/_aliases/{alias}.json`` (``shared/aliases.py``);
+- ``TrackingRecord``: ``{run_dir}/tracking.json`` (``tracking/trackers.py``).
 
 Versioning: every file carries ``version`` (the export manifest names it ``format_version``,
 its key since the first export). Files written before the field existed read as version 1.
@@ -33,8 +34,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from shared.runs import write_json_atomic
 
 
 def _plain_name(name: str) -> str:
@@ -102,6 +101,10 @@ class Manifest(BaseModel):
 
     def write(self, path: Path) -> None:
         """Replace ``path`` atomically (temporary sibling, fsync, rename)."""
+        # Imported here so that this module depends on pydantic alone: shared/runs.py may
+        # read and write manifests too.
+        from shared.runs import write_json_atomic
+
         write_json_atomic(path, self.to_json())
 
     def create(self, path: Path) -> None:
@@ -223,6 +226,17 @@ class AliasPointer(Manifest):
     promoted_by: str | None = None
 
 
+class TrackingRecord(Manifest):
+    """``{run_dir}/tracking.json``: ties every attempt of a run to one MLflow run, written by
+    the run's first tracked attempt (``services/trainer/tracking/trackers.py``)."""
+
+    KIND: ClassVar[str] = "run tracking file"
+
+    tracking_key: str = Field(min_length=1)
+    # The MLflow experiment the run is filed in (the experiment's or the sweep's name).
+    experiment: str | None = None
+
+
 # Every manifest kind (docs/architecture.md lists them; the tests check each one).
 MANIFESTS: tuple[type[Manifest], ...] = (
     ExportManifest,
@@ -231,4 +245,5 @@ MANIFESTS: tuple[type[Manifest], ...] = (
     FenceRecord,
     CheckpointManifest,
     AliasPointer,
+    TrackingRecord,
 )

@@ -10,6 +10,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from services.trainer.run_folder import checkpoints, fencing, ownership
+from services.trainer.tracking import trackers
 from shared import aliases, onnx_export
 from shared.errors import MODEL_LOAD_ERROR, RUN_NOT_FOUND
 from shared.manifests import (
@@ -24,6 +25,7 @@ from shared.manifests import (
     Manifest,
     ManifestError,
     OwnerRecord,
+    TrackingRecord,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,7 @@ SAMPLES: list[Manifest] = [
         files={"trainer_state.json": CheckpointFile(size=10, sha256="0" * 64)},
     ),
     AliasPointer(alias="production", run_id="exp-run-0-m", promoted_at="2025-01-01T00:00:00"),
+    TrackingRecord(tracking_key="0f" * 16, experiment="exp"),
 ]
 
 
@@ -269,6 +272,15 @@ def test_a_damaged_alias_pointer_is_run_not_found_and_left_out_of_listings(
     assert aliases.list_aliases(tmp_path) == {}
 
 
+def test_a_damaged_tracking_file_means_an_untracked_run(tmp_path: Path) -> None:
+    (tmp_path / trackers.TRACKING_FILE).write_text('{"tracking_key": "k1", "experiment": "e"}')
+    assert trackers.read_tracking_file(tmp_path) == TrackingRecord(
+        tracking_key="k1", experiment="e"
+    )
+    (tmp_path / trackers.TRACKING_FILE).write_text('{"tracking_key": "", "experiment": "e"}')
+    assert trackers.read_tracking_file(tmp_path) is None
+
+
 OWNERS = [
     "shared/onnx_export.py",
     "shared/aliases.py",
@@ -277,6 +289,8 @@ OWNERS = [
     "services/trainer/run_folder/ownership.py",
     "services/trainer/run_folder/fencing.py",
     "services/trainer/run_folder/checkpoints.py",
+    "services/trainer/tracking/trackers.py",
+    "services/trainer/tracking/model_registry.py",
 ]
 
 

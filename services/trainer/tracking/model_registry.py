@@ -18,6 +18,7 @@ from services.trainer.tracking.mlflow_logger import CLIENT_ENV_DEFAULTS, TRACKIN
 from services.trainer.tracking.trackers import TRACKING_FILE, read_tracking_file
 from shared import metrics
 from shared.logging import get_logger
+from shared.manifests import TrackingRecord
 
 log = get_logger(__name__)
 
@@ -85,17 +86,17 @@ def _mirror(
     alias: str,
     model_dir: Path,
     registered_model: str,
-    tracking: dict[str, str],
+    tracking: TrackingRecord,
 ) -> MirroredVersion | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(str(tracking.get("experiment", "")))
+    experiment = client.get_experiment_by_name(tracking.experiment or "")
     runs = (
         client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{TRACKING_KEY_TAG}` = '{tracking['tracking_key']}'",
+            filter_string=f"tags.`{TRACKING_KEY_TAG}` = '{tracking.tracking_key}'",
             max_results=1,
         )
         if experiment is not None

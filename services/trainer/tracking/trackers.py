@@ -21,7 +21,7 @@ from typing import Any
 
 from shared import metrics
 from shared.logging import get_logger
-from shared.runs import write_json_atomic
+from shared.manifests import ManifestError, TrackingRecord
 from shared.settings import Settings
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
@@ -88,14 +88,12 @@ def run_names(request: BertFineTuneRequest) -> RunNames:
     return RunNames(experiment=context.name, run_index=index)
 
 
-def read_tracking_file(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
+def read_tracking_file(run_dir: Path) -> TrackingRecord | None:
+    """The run's tracking file; None when the run was never tracked or the file is unreadable."""
     try:
-        content = json.loads((run_dir / TRACKING_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return TrackingRecord.read(run_dir / TRACKING_FILE)
+    except (OSError, ManifestError):
         return None
-    return content if isinstance(content, dict) and content.get("tracking_key") else None
 
 
 def close_cancelled_run(config: TrackingConfig, run_dir: Path) -> None:
@@ -112,8 +110,8 @@ def close_cancelled_run(config: TrackingConfig, run_dir: Path) -> None:
         target=mark_run_killed,
         args=(
             config.mlflow_tracking_uri,
-            str(tracking.get("experiment")),
-            tracking["tracking_key"],
+            tracking.experiment or "",
+            tracking.tracking_key,
         ),
         name="mlflow-cancelled",
         daemon=True,
@@ -309,17 +307,13 @@ class RunTracking:
         """The run folder's tracking key, created by the run's first attempt."""
         existing = read_tracking_file(self._run_dir)
         if existing is not None:
-            return str(existing["tracking_key"])
+            return existing.tracking_key
         key = uuid.uuid4().hex
         if self._run_dir.is_dir():  # never recreate a folder a cancel has just removed
             try:
-                write_json_atomic(
-                    self._run_dir / TRACKING_FILE,
-                    {
-                        "tracking_key": key,
-                        "experiment": self._names.sweep or self._names.experiment,
-                    },
-                )
+                TrackingRecord(
+                    tracking_key=key, experiment=self._names.sweep or self._names.experiment
+                ).write(self._run_dir / TRACKING_FILE)
             except OSError:
                 # Without the file a retry starts a new MLflow run; this attempt still logs.
                 self.count_error("tracking_file")
