@@ -22,6 +22,9 @@ NON_RETRYABLE_TYPES = [
     RESOURCE_EXHAUSTED,
     TRAINING_DIVERGED,
 ]
+# Internal, never a workflow's failure: the warm-only inference local activity found the model
+# not loaded on its worker; BertInferenceWorkflow falls back to the regular activity.
+MODEL_COLD = "ModelCold"
 # Retryable: a preempted trainer sealed a checkpoint and handed the run back.
 WORKER_SHUTDOWN = "WorkerShutdown"
 # Retryable: a newer attempt owns the run folder (this one lost its connection or paused);

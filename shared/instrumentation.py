@@ -98,6 +98,11 @@ class ExportRecorder:
         metrics.EXPORTS_IN_FLIGHT.dec()
 
 
+# The warm-only local activity found its model not loaded: the request is served by the
+# regular activity that follows, so this attempt is neither a success nor a failure.
+COLD_OUTCOME = "cold"
+
+
 class InferenceRecorder:
     """``bert_inference_*``: requests by outcome (``success`` or the error type), latency."""
 
@@ -105,6 +110,8 @@ class InferenceRecorder:
         """Requests are counted when they end, with their outcome."""
 
     def finished(self, outcome: Outcome, seconds: float) -> None:
+        if outcome.label == COLD_OUTCOME and outcome.error_type is None:
+            return
         label = outcome.error_type or outcome.label or "success"
         metrics.INFERENCE_REQUESTS.labels(outcome=label).inc()
         metrics.INFERENCE_LATENCY.observe(seconds)

@@ -59,6 +59,23 @@ _LATENCY_BUCKETS = (
     60,
     float("inf"),
 )
+# A warm HTTP request takes milliseconds: finer at the low end than _LATENCY_BUCKETS.
+_HTTP_LATENCY_BUCKETS = (
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    10,
+    float("inf"),
+)
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf"))
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
 
@@ -169,6 +186,35 @@ MODEL_LOAD_DURATION = Histogram(
 )
 MODELS_CACHED = Gauge("bert_inference_models_cached", "Models held in the inferencer's cache")
 
+# The inferencer's HTTP endpoint (Open Inference Protocol v2, services/inferencer/http_server.py).
+# ``code`` is the HTTP status; ``route`` one of HTTP_ROUTES.
+HTTP_ROUTES = ("infer", "metadata", "ready", "health")
+HTTP_CODES = ("200", "400", "404", "413", "500", "503")
+HTTP_REQUESTS = Counter(
+    "bert_inference_http_requests",
+    "HTTP requests answered by the inferencer, by route and status code",
+    ["route", "code"],
+)
+HTTP_LATENCY = Histogram(
+    "bert_inference_http_request_duration_seconds",
+    "Time to answer one HTTP infer request (body read to response built)",
+    buckets=_HTTP_LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "bert_inference_http_in_flight_requests",
+    "HTTP infer requests admitted and not yet answered (queued for a batch or classified)",
+)
+HTTP_BATCH_TEXTS = Histogram(
+    "bert_inference_http_batch_texts",
+    "Texts per dynamic batch: the infer requests for one model classified together",
+    buckets=_BATCH_BUCKETS,
+)
+HTTP_BATCH_REQUESTS = Histogram(
+    "bert_inference_http_batch_requests",
+    "Infer requests per dynamic batch",
+    buckets=_BATCH_BUCKETS,
+)
+
 # No value until a run reports one: NaN leaves a gap in a panel where 0 would read as a
 # perfect loss or a failed accuracy.
 for _gauge in (TRAINING_LOSS, EVAL_ACCURACY, SAMPLES_PER_SECOND):
@@ -181,6 +227,8 @@ for _outcome in EXPORT_OUTCOMES:
     EXPORTS.labels(outcome=_outcome)
 for _outcome in INFERENCE_OUTCOMES:
     INFERENCE_REQUESTS.labels(outcome=_outcome)
+for _code in HTTP_CODES:
+    HTTP_REQUESTS.labels(route="infer", code=_code)
 for _tracker in TRACKERS:
     TRACKING_ERRORS.labels(tracker=_tracker)
     TRACKING_RECORDS_DROPPED.labels(tracker=_tracker)

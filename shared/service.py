@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
@@ -45,6 +45,18 @@ FOREIGN_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {
 }
 
 T = TypeVar("T")
+
+
+class Sidecar(Protocol):
+    """A server the worker process runs beside its Temporal worker (the inferencer's HTTP
+    endpoint). It starts before Temporal is reached (it does not need it), stops taking new
+    work at SIGTERM (``draining``) and finishes what it admitted in ``stop``."""
+
+    async def start(self, health: WorkerHealth) -> None: ...
+
+    def draining(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def _package_version() -> str:
@@ -154,6 +166,7 @@ async def run_worker_service(
     settings: Settings,
     metrics_port: int,
     build_worker: Callable[[Client], Worker],
+    sidecars: Sequence[Sidecar] = (),
     precondition: Callable[[], str | None] | None = None,
 ) -> None:
     """Serve ``/metrics``, connect, run the worker until SIGTERM/SIGINT, then drain.
@@ -186,7 +199,12 @@ async def run_worker_service(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     background = [asyncio.create_task(_tick_liveness(health))]
+    # ``sidecars`` (the inferencer's HTTP endpoint) serve from the start: they need no Temporal.
+    started: list[Sidecar] = []
     try:
+        for sidecar in sidecars:
+            await sidecar.start(health)
+            started.append(sidecar)
         if precondition is not None and (blocked := precondition()) is not None:
             health.block(blocked)
             log.error("worker.not_ready", service=service, reason=blocked)
@@ -206,10 +224,15 @@ async def run_worker_service(
         health.set_worker_running(False)
         if stopping.is_set():
             log.info("worker.stopping", grace_seconds=settings.graceful_shutdown_seconds)
+            for sidecar in started:
+                sidecar.draining()
             await worker.shutdown()
         stop_task.cancel()
         await run_task
     finally:
+        for sidecar in reversed(started):
+            sidecar.draining()
+            await sidecar.stop()
         for task in background:
             task.cancel()
         server.close()

@@ -179,6 +179,54 @@ class TemporalSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The inferencer's Open Inference Protocol v2 endpoint (``BERT_HTTP_*``); off when
+    ``BERT_HTTP_PORT`` is unset (the chart sets it from ``inferencer.http.port``)."""
+
+    # None: no HTTP server; 0: any free port (tests).
+    port: int | None = None
+    bind_address: str = "0.0.0.0"
+    # Concurrent requests for one model arriving within this window are classified together.
+    batch_window_ms: float = 2.0
+    # The most texts one dynamic batch takes (requests are never split between batches).
+    max_batch_texts: int = 64
+    # Per request: the most texts, and the most body bytes (413 above either).
+    max_texts: int = 256
+    max_request_bytes: int = 1024 * 1024
+    # Infer requests admitted at once (queued for a batch or classified); 503 above.
+    max_in_flight: int = 64
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HttpSettings:
+        raw_port = (env.get("BERT_HTTP_PORT") or "").strip()
+        raw_window = (env.get("BERT_HTTP_BATCH_WINDOW_MS") or "").strip()
+        try:
+            window = float(raw_window) if raw_window else cls.batch_window_ms
+        except ValueError:
+            window = -1.0
+        if not 0 <= window <= 1000:
+            raise SettingsError(
+                f"BERT_HTTP_BATCH_WINDOW_MS={raw_window!r} must be milliseconds from 0 to 1000"
+            )
+        port = _int(env, "BERT_HTTP_PORT", 0) if raw_port else None
+        if port is not None and port > 65535:
+            raise SettingsError(f"BERT_HTTP_PORT={port} is not a TCP port (0-65535)")
+        return cls(
+            port=port,
+            bind_address=env.get("BERT_HTTP_BIND_ADDRESS") or "0.0.0.0",
+            batch_window_ms=window,
+            max_batch_texts=_int(env, "BERT_HTTP_MAX_BATCH_TEXTS", cls.max_batch_texts, 1),
+            max_texts=_int(env, "BERT_HTTP_MAX_TEXTS", cls.max_texts, 1),
+            max_request_bytes=_int(env, "BERT_HTTP_MAX_REQUEST_BYTES", cls.max_request_bytes, 1024),
+            max_in_flight=_int(env, "BERT_HTTP_MAX_IN_FLIGHT", cls.max_in_flight, 1),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     temporal: TemporalSettings
     runs_dir: Path
@@ -195,6 +243,8 @@ class Settings:
     trainer_processes: int | Literal["auto"] = 1
     inference_max_concurrent_activities: int = 4
     model_cache_size: int = 4
+    # The inferencer's HTTP endpoint (Open Inference Protocol v2); off unless BERT_HTTP_PORT.
+    http: HttpSettings = field(default_factory=HttpSettings)
     graceful_shutdown_seconds: int = 30
     progress_signal_interval_seconds: int = 10
     # Per phase, the most seconds without progress before the watchdog fails the attempt.
@@ -244,6 +294,7 @@ class Settings:
                 env, "BERT_INFERENCE_MAX_CONCURRENT_ACTIVITIES", 4, minimum=1
             ),
             model_cache_size=_int(env, "BERT_MODEL_CACHE_SIZE", 4, minimum=1),
+            http=HttpSettings.from_env(env),
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
             progress_signal_interval_seconds=_int(
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1

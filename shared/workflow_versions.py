@@ -68,6 +68,11 @@ SMALL_REQUEST_LOCAL_ACTIVITY = Patch(
     date(2026, 11, 29),
     "inference of at most 32 texts runs as a local activity",
 )
+RETRY_BUDGET_COUNTS_PROGRESS = Patch(
+    "retry-budget-counts-progress",
+    date(2026, 12, 7),
+    "a training execution whose retries ran out but sealed a newer checkpoint runs again",
+)
 
 ALL_PATCHES = (
     RUNS_AS_CHILDREN,
@@ -75,4 +80,5 @@ ALL_PATCHES = (
     SWEEP_CLOSES_TRACKING,
     SWEEP_EXPORTS_BEST_TRIAL,
     SMALL_REQUEST_LOCAL_ACTIVITY,
+    RETRY_BUDGET_COUNTS_PROGRESS,
 )

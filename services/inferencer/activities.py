@@ -6,17 +6,22 @@ import time
 from pathlib import Path
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
 from shared import metrics
 from shared.aliases import resolve_request_alias
-from shared.errors import RUN_NOT_FOUND, failure
-from shared.instrumentation import InferenceRecorder, activity_scope
+from shared.errors import MODEL_COLD, RUN_NOT_FOUND, failure
+from shared.instrumentation import COLD_OUTCOME, InferenceRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import ServedRun, resolve_served_run
-from shared.types import INFERENCE_ACTIVITY, BertInferenceRequest, BertInferenceResult
+from shared.types import (
+    INFERENCE_ACTIVITY,
+    INFERENCE_WARM_ACTIVITY,
+    BertInferenceRequest,
+    BertInferenceResult,
+)
 
 log = get_logger(__name__)
 
@@ -37,7 +42,7 @@ def _progress_callback() -> BatchCallback:
     return on_batch
 
 
-def _served_run(runs_root: Path, run_id: str, alias: str | None) -> ServedRun:
+def served_run(runs_root: Path, run_id: str, alias: str | None) -> ServedRun:
     """The run to serve; for a request by alias, an error names the alias and its fix."""
     try:
         return resolve_served_run(runs_root, run_id)
@@ -58,36 +63,63 @@ class InferenceActivities:
 
     @activity.defn(name=INFERENCE_ACTIVITY)
     def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
+        return self._infer(request, warm_only=False)
+
+    @activity.defn(name=INFERENCE_WARM_ACTIVITY)
+    def run_bert_inference_warm(self, request: BertInferenceRequest) -> BertInferenceResult:
+        """``run_bert_inference`` if the model is loaded on this worker; else ``ModelCold`` at
+        once, and the model starts loading here in the background (the workflow runs the
+        regular activity meanwhile)."""
+        return self._infer(request, warm_only=True)
+
+    def _infer(self, request: BertInferenceRequest, *, warm_only: bool) -> BertInferenceResult:
         named = request.run_id or f"@{request.alias}"
-        with activity_scope(InferenceRecorder(), "inference", run_id=named):
+        with activity_scope(InferenceRecorder(), "inference", run_id=named) as outcome:
             started = time.monotonic()
             # An alias is resolved on every request, so a re-promotion is served at once.
             alias = request.alias
             request = resolve_request_alias(self._runs_root, request)
             assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.
-            served = _served_run(self._runs_root, request.run_id, alias)
+            served = served_run(self._runs_root, request.run_id, alias)
             device = "cpu"
             if request.use_gpu:
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            loaded = self._cache.get(served.model_dir, device)
-            labels, confidences = loaded.classifier.classify(
-                request.texts, request.max_seq_length, request.batch_size, _progress_callback()
+            loaded = (
+                self._cache.peek(served.model_dir, device)
+                if warm_only
+                else self._cache.get(served.model_dir, device)
             )
-            metrics.INFERENCE_TEXTS.inc(len(request.texts))
-            log.info(
-                "inference.done",
-                run_id=request.run_id,
-                texts=len(request.texts),
-                backend=loaded.classifier.backend,
-                seconds=round(time.monotonic() - started, 4),
-            )
-            return BertInferenceResult(
-                run_id=request.run_id,
-                texts=request.texts,
-                labels=labels,
-                label_names=[loaded.label_names[label] for label in labels],
-                confidences=confidences,
-            )
+            if loaded is not None:
+                labels, confidences = loaded.classifier.classify(
+                    request.texts, request.max_seq_length, request.batch_size, _progress_callback()
+                )
+                metrics.INFERENCE_TEXTS.inc(len(request.texts))
+                log.info(
+                    "inference.done",
+                    run_id=request.run_id,
+                    texts=len(request.texts),
+                    backend=loaded.classifier.backend,
+                    seconds=round(time.monotonic() - started, 4),
+                )
+                return BertInferenceResult(
+                    run_id=request.run_id,
+                    texts=request.texts,
+                    labels=labels,
+                    label_names=[loaded.label_names[label] for label in labels],
+                    confidences=confidences,
+                )
+            # Cold: not a failed request (the regular activity serves it), so not counted.
+            outcome.label = COLD_OUTCOME
+            self._cache.warm(served.model_dir, device)
+            log.info("inference.cold", run_id=request.run_id, device=device)
+        raise ApplicationError(
+            f"run {request.run_id!r} is not loaded on this worker yet; it is loading",
+            type=MODEL_COLD,
+            non_retryable=True,
+            # Expected, not a failure: the SDK logs it at debug and leaves it out of its
+            # failure metrics.
+            category=ApplicationErrorCategory.BENIGN,
+        )

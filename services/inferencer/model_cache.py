@@ -8,6 +8,7 @@ ONNX Runtime as soon as its export (added after the commit) lands.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import OrderedDict
@@ -57,6 +58,7 @@ class ModelCache:
         self._lock = threading.Lock()
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
+        self._warming: set[tuple[str, str]] = set()
 
     def get(self, run_dir: Path, device: str) -> LoadedModel:
         key = (run_dir.name, device)
@@ -104,6 +106,41 @@ class ModelCache:
         self._models.move_to_end(key)
         metrics.MODEL_CACHE_HITS.inc()
         return cached
+
+    def peek(self, run_dir: Path, device: str) -> LoadedModel | None:
+        """The model if it is loaded from the run's current commit, else None; never loads.
+
+        What a caller that must not wait for a load (a local activity inside a workflow task,
+        the HTTP endpoint's event loop) asks first.
+        """
+        key = (run_dir.name, device)
+        current = _stamp(run_dir)
+        with self._lock:
+            return self._fresh(key, current)
+
+    def warm(self, run_dir: Path, device: str) -> None:
+        """Load the model on a background thread unless it is being warmed already; returns
+        at once. A failure is logged (the next request that loads it reports it)."""
+        key = (run_dir.name, device)
+        with self._lock:
+            if key in self._warming:
+                return
+            self._warming.add(key)
+
+        def load() -> None:
+            try:
+                self.get(run_dir, device)
+            except Exception as err:
+                log.warning("model.warm_failed", run_id=run_dir.name, error=str(err)[:300])
+            finally:
+                with self._lock:
+                    self._warming.discard(key)
+
+        # The caller's log context (the request that found the model cold) goes along.
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run, args=(load,), name=f"warm-{run_dir.name}"[:60], daemon=True
+        ).start()
 
     def __len__(self) -> int:
         with self._lock:

@@ -10,9 +10,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.inferencer.activities import InferenceActivities
+from services.inferencer.http_server import HttpEndpoint
 from services.inferencer.model_cache import ModelCache
 from services.inferencer.workflows import BertInferenceWorkflow
-from shared.service import run_worker_service
+from shared.service import Sidecar, run_worker_service
 from shared.settings import Settings
 
 
@@ -24,6 +25,7 @@ def build_inferencer_worker(
     model_cache_size: int = 4,
     max_concurrent_activities: int = 4,
     graceful_shutdown: timedelta = timedelta(seconds=30),
+    cache: ModelCache | None = None,
 ) -> Worker:
     """The inference worker.
 
@@ -35,13 +37,17 @@ def build_inferencer_worker(
             for each, so a few is enough to overlap loading with compute. Small requests run
             as local activities (``workflows.py``); they share the same thread pool.
         graceful_shutdown: time in-flight requests get to finish after SIGTERM.
+        cache: the model cache to serve from (the HTTP endpoint's, in the same process);
+            a new one of ``model_cache_size`` models by default.
     """
-    activities = InferenceActivities(runs_root, ModelCache(model_cache_size))
+    activities = InferenceActivities(
+        runs_root, cache if cache is not None else ModelCache(model_cache_size)
+    )
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[BertInferenceWorkflow],
-        activities=[activities.run_bert_inference],
+        activities=[activities.run_bert_inference, activities.run_bert_inference_warm],
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="inference"
         ),
@@ -52,6 +58,20 @@ def build_inferencer_worker(
 
 
 async def run_inferencer(settings: Settings) -> None:
+    # One cache for both paths: the workflow's activities and the HTTP endpoint serve the same
+    # loaded models (and load each once).
+    cache = ModelCache(settings.model_cache_size)
+    sidecars: list[Sidecar] = []
+    if settings.http.enabled:
+        sidecars.append(
+            HttpEndpoint(
+                settings.http,
+                settings.runs_dir,
+                cache,
+                classify_threads=settings.inference_max_concurrent_activities,
+                graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
+            )
+        )
     await run_worker_service(
         "inferencer",
         settings,
@@ -63,5 +83,7 @@ async def run_inferencer(settings: Settings) -> None:
             model_cache_size=settings.model_cache_size,
             max_concurrent_activities=settings.inference_max_concurrent_activities,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
+            cache=cache,
         ),
+        sidecars=sidecars,
     )

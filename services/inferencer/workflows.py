@@ -4,6 +4,11 @@ Small requests (one batch of texts) run the activity as a *local* activity on th
 that runs the workflow: no activity task round trip through the server, which is most of
 what a warm few-text request costs. Larger requests keep the regular activity, which
 heartbeats per batch and can run on any inference worker.
+
+A model is never loaded inside a workflow task (``WARM_LOCAL_ACTIVITY``): the local activity
+(``run_bert_inference_warm``) serves only a model already loaded on its worker and fails
+``ModelCold`` at once otherwise (starting a background load there), and the request then
+runs as the regular activity, which loads it.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from shared.errors import INVALID_CONFIG, NON_RETRYABLE_TYPES, failure
+    from shared.errors import INVALID_CONFIG, MODEL_COLD, NON_RETRYABLE_TYPES, failure
     from shared.types import (
         INFERENCE_ACTIVITY,
+        INFERENCE_WARM_ACTIVITY,
         INFERENCE_WORKFLOW,
         MAX_INFERENCE_PAYLOAD_BYTES,
         BertInferenceRequest,
         BertInferenceResult,
         inference_payload_bytes,
     )
-    from shared.workflow_versions import SMALL_REQUEST_LOCAL_ACTIVITY
+    from shared.workflow_versions import SMALL_REQUEST_LOCAL_ACTIVITY, WARM_LOCAL_ACTIVITY
 
 # At most one default batch: classified in well under a second once the model is loaded.
 SMALL_REQUEST_MAX_TEXTS = 32
@@ -55,15 +62,31 @@ class BertInferenceWorkflow:
             workflow.patched(SMALL_REQUEST_LOCAL_ACTIVITY.id)
             and len(request.texts) <= SMALL_REQUEST_MAX_TEXTS
         ):
-            return await workflow.execute_local_activity(
-                INFERENCE_ACTIVITY,
-                request,
-                result_type=BertInferenceResult,
-                # Covers loading a model into a cold cache; the SDK keeps the workflow task
-                # alive meanwhile.
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=INFERENCE_RETRY_POLICY,
-            )
+            if not workflow.patched(WARM_LOCAL_ACTIVITY.id):
+                return await workflow.execute_local_activity(
+                    INFERENCE_ACTIVITY,
+                    request,
+                    result_type=BertInferenceResult,
+                    # Covers loading a model into a cold cache; the SDK keeps the workflow
+                    # task alive meanwhile.
+                    start_to_close_timeout=timedelta(minutes=2),
+                    retry_policy=INFERENCE_RETRY_POLICY,
+                )
+            try:
+                return await workflow.execute_local_activity(
+                    INFERENCE_WARM_ACTIVITY,
+                    request,
+                    result_type=BertInferenceResult,
+                    # Classification only: the model is loaded already, or this fails fast.
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=INFERENCE_RETRY_POLICY,
+                )
+            except (ActivityError, ApplicationError) as err:
+                # (The SDK raises a local activity's ApplicationError as it is, or wrapped.)
+                cause = err.cause if isinstance(err, ActivityError) else err
+                if not (isinstance(cause, ApplicationError) and cause.type == MODEL_COLD):
+                    raise
+                # Not loaded on this worker: the regular activity below loads it.
         return await workflow.execute_activity(
             INFERENCE_ACTIVITY,
             request,

@@ -42,6 +42,7 @@ def orchestration_activities(
     """
     return [
         PartialRunActivities(runs_root, tracking).discard_partial_run,
+        PartialRunActivities(runs_root, tracking).newest_sealed_checkpoint,
         PromotionActivities(runs_root, tracking).promote_alias,
         SweepRunActivities(runs_root).check_sweep_runs,
         propose_sweep_trials,

@@ -1,8 +1,10 @@
 """Through Temporal: which backend serves a run, and the small-request call shape.
 
 A run with an ONNX export is served by ONNX Runtime, one without by PyTorch; a request of
-at most one batch runs as a local activity, a larger one as a regular activity. Both call
-shapes take the same plain JSON, from the Python client and from the ``temporal`` CLI.
+at most one batch runs as a local activity when its model is loaded on the worker (a cold
+one runs as a regular activity, which loads it: never inside a workflow task), a larger one
+as a regular activity. Both call shapes take the same plain JSON, from the Python client and
+from the ``temporal`` CLI.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ async def test_a_run_with_an_export_is_served_by_onnx_runtime_and_one_without_by
     assert set(from_pytorch.label_names) <= {"negative", "positive"}
 
 
-async def test_small_requests_run_as_a_local_activity_and_large_ones_as_an_activity(
+async def test_small_warm_requests_run_as_a_local_activity_cold_and_large_ones_as_an_activity(
     client: Client, trained_run: TrainedRun, runs_root: Path
 ) -> None:
     (run_dir,) = runs_without_export(trained_run, runs_root, "shapes")
@@ -91,6 +93,15 @@ async def test_small_requests_run_as_a_local_activity_and_large_ones_as_an_activ
     many = [text for text, _ in sentiment_rows(SMALL_REQUEST_MAX_TEXTS + 8, seed=22)]
 
     async with running_workers(client, runs_root, trainer=False) as queues:
+        # Cold: the local activity declines at once (ModelCold) and the regular activity
+        # loads the model; the worker that declined warms it meanwhile.
+        cold = await client.start_workflow(
+            INFERENCE_WORKFLOW,
+            {"run_id": "shapes", "texts": many[:2]},
+            id=f"cold-{uuid.uuid4()}",
+            task_queue=queues.inference,
+        )
+        cold_result = await cold.result()
         small = await client.start_workflow(
             INFERENCE_WORKFLOW,
             {"run_id": "shapes", "texts": many[:SMALL_REQUEST_MAX_TEXTS]},
@@ -105,6 +116,10 @@ async def test_small_requests_run_as_a_local_activity_and_large_ones_as_an_activ
         )
         small_result, large_result = await small.result(), await large.result()
 
+    cold_events = await event_types(client, cold.id)
+    assert EventType.EVENT_TYPE_MARKER_RECORDED in cold_events  # the declined local activity
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED in cold_events
+    assert cold_result["labels"] == large_result["labels"][:2]
     small_events = await event_types(client, small.id)
     assert EventType.EVENT_TYPE_MARKER_RECORDED in small_events  # the local activity's result
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in small_events
@@ -125,6 +140,7 @@ async def test_a_small_request_from_the_temporal_cli_with_plain_json(
     )
     workflow_id = f"cli-small-{uuid.uuid4()}"
     async with running_workers(client, runs_root, trainer=False) as queues:
+        await infer(client, queues.inference, "cli-small", ["warm it up"])  # loads the model
         executed = await run_temporal_cli(
             client.service_client.config.target_host,
             "workflow",

@@ -7,6 +7,7 @@ reads what it left behind (Prometheus data, worker logs, live endpoints).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -69,6 +70,8 @@ class ObservedStack:
     training_queue: str
     inference_queue: str
     started_at: float
+    # The inferencer's Open Inference Protocol endpoint.
+    http_url: str = ""
     run_id: str = ""
     failed_run_id: str = ""
     finished_at: float = 0.0
@@ -185,9 +188,19 @@ async def observed(
     }
     started_at = time.time()
     trainer = WorkerProcess.with_env("trainer", env, root / "trainer.log")
-    # DEBUG so the per-batch ``inference.batch`` events are emitted too.
+    # DEBUG so the per-batch ``inference.batch`` events are emitted too; the HTTP endpoint
+    # on, so its panels have data.
+    http_port = free_port()
     inferencer = WorkerProcess.with_env(
-        "inferencer", {**env, "LOG_LEVEL": "DEBUG"}, root / "inferencer.log"
+        "inferencer",
+        {
+            **env,
+            "LOG_LEVEL": "DEBUG",
+            "BERT_HTTP_PORT": str(http_port),
+            "BERT_HTTP_BIND_ADDRESS": "127.0.0.1",
+            "BERT_HTTP_BATCH_WINDOW_MS": "50",
+        },
+        root / "inferencer.log",
     )
     workers = [trainer, inferencer]
     try:
@@ -199,6 +212,7 @@ async def observed(
             training_queue=env["BERT_TRAINING_TASK_QUEUE"],
             inference_queue=env["BERT_INFERENCE_TASK_QUEUE"],
             started_at=started_at,
+            http_url=f"http://127.0.0.1:{http_port}",
         )
         for worker in workers:
 
@@ -314,4 +328,32 @@ async def run_scenario(
             task_queue=stack.inference_queue,
         )
     assert "RunNotFound" in failure_types(failed.value)
+    await asyncio.to_thread(http_scenario, stack, texts)
     stack.timings["inference_s"] = time.time() - started
+
+
+def http_post(url: str, body: bytes) -> int:
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (loopback)
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def http_scenario(stack: ObservedStack, texts: list[str]) -> None:
+    """Rounds of concurrent HTTP infer requests (batched together), a 404 and a 400."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def body(batch: list[str]) -> bytes:
+        tensor = {"name": "text", "datatype": "BYTES", "shape": [len(batch)], "data": batch}
+        return json.dumps({"inputs": [tensor]}).encode()
+
+    infer = f"{stack.http_url}/v2/models/{stack.run_id}/infer"
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            codes = list(pool.map(lambda i: http_post(infer, body(texts[: i + 1])), range(4)))
+            assert codes == [200] * 4, codes
+            time.sleep(SCRAPE_INTERVAL_SECONDS)
+    assert http_post(f"{stack.http_url}/v2/models/obs-no-such-run/infer", body(texts)) == 404
+    assert http_post(infer, b"{not json") == 400

@@ -12,7 +12,8 @@ from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack, http_get
 
 ROLES = ("trainer", "inferencer")
-ALLOWED_LABELS = {"error_type", "outcome", "worker", "version", "tracker"}
+# ``route`` and ``code``: the inferencer's HTTP requests (shared.metrics.HTTP_ROUTES, a status).
+ALLOWED_LABELS = {"error_type", "outcome", "worker", "version", "tracker", "route", "code"}
 _NAME = re.compile(r"^bert_[a-z][a-z0-9_]*[a-z0-9]$")
 _EXCEPTION_CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 # Units other than the base ones (seconds, bytes, ratios) have no place in our names.
@@ -71,6 +72,10 @@ def test_our_metrics_follow_the_naming_rules(observed: ObservedStack, role: str)
                     assert value == role
                 if key == "tracker":
                     assert value in metrics.TRACKERS, f"{family.name}: tracker {value!r}"
+                if key == "route":
+                    assert value in metrics.HTTP_ROUTES, f"{family.name}: route {value!r}"
+                if key == "code":
+                    assert re.fullmatch(r"[1-5][0-9][0-9]", value), f"{family.name}: code {value!r}"
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -110,3 +110,32 @@ def test_the_same_work_under_another_name_reuses_the_model_without_copying_it(
     retrained = _train(runs_root, "second-run-0-tiny", config)
     assert not retrained.reused and retrained.reused_from is None
     assert resolve_served_run(runs_root, "second-run-0-tiny").model_dir == pointer_dir.resolve()
+
+
+def test_a_segment_never_trains_past_its_pause_epoch_whatever_it_resumes_from(
+    tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    """A segment lost after sealing its pause checkpoint is retried: the retry resumes at
+    the pause epoch and reports that epoch's evaluation without training a step."""
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=4)
+    run_id = "guard-run-0-tiny"
+    run_dir = runs_root / run_id
+    paused = _train(runs_root, run_id, config, pause_at_epoch=1)
+    assert paused.paused and paused.resumed_from_step is None
+
+    # The retry of that segment (attempt 2) finds the pause checkpoint of attempt 1.
+    retried = _train(runs_root, run_id, config, pause_at_epoch=1, attempt_offset=1)
+    assert retried.paused and retried.epochs_completed == 1
+    assert retried.resumed_from_step == STEPS_PER_EPOCH
+    assert retried.eval_metrics == paused.eval_metrics, "the evaluation at the end of epoch 1"
+    assert [p.name for p in checkpoints.sealed_checkpoints(run_dir)] == ["checkpoint-10"]
+
+    # Even from a checkpoint past the pause epoch (the next rung's), a segment asked to
+    # pause at epoch 1 trains nothing and reports epoch 1's evaluation, as logged then.
+    later = _train(runs_root, run_id, config, pause_at_epoch=2, attempt_offset=5)
+    assert later.epochs_completed == 2 and later.eval_metrics != paused.eval_metrics
+    again = _train(runs_root, run_id, config, pause_at_epoch=1, attempt_offset=10)
+    assert again.paused and again.epochs_completed == 1
+    assert again.resumed_from_step == 2 * STEPS_PER_EPOCH
+    assert again.eval_metrics == paused.eval_metrics
+    assert checkpoints.sealed_checkpoints(run_dir)[0].name == "checkpoint-20", "none newer"

@@ -47,11 +47,13 @@ from shared.instrumentation import TrainingRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
 from shared.types import (
+    CHECKPOINT_PROGRESS_ACTIVITY,
     DISCARD_RUN_ACTIVITY,
     FINE_TUNE_ACTIVITY,
     PROGRESS_SIGNAL,
     BertFineTuneRequest,
     BertFineTuneResult,
+    CheckpointProgress,
     TrainingProgress,
 )
 
@@ -289,3 +291,19 @@ class PartialRunActivities:
         return await asyncio.to_thread(
             discard_if_incomplete, self._runs_root, run_id, _workflow_id(), self._tracking
         )
+
+    @activity.defn(name=CHECKPOINT_PROGRESS_ACTIVITY)
+    async def newest_sealed_checkpoint(self, run_id: str) -> CheckpointProgress:
+        """The run's newest sealed checkpoint (its manifest's attempt and step; not verified:
+        the run's lifecycle asks only whether failed attempts sealed one). Async, on the
+        loop's default executor, like ``discard_partial_run``."""
+        return await asyncio.to_thread(newest_sealed_checkpoint, self._runs_root, run_id)
+
+
+def newest_sealed_checkpoint(runs_root: Path, run_id: str) -> CheckpointProgress:
+    run_dir = resolve_run_dir(runs_root, run_id)
+    for path in checkpoints.sealed_checkpoints(run_dir):
+        sealed = checkpoints.read_seal(path)
+        if sealed is not None:
+            return CheckpointProgress(attempt=sealed.attempt, step=sealed.step)
+    return CheckpointProgress()

@@ -13,16 +13,19 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from shared.errors import NON_RETRYABLE_TYPES, WORKER_SHUTDOWN
     from shared.types import (
+        CHECKPOINT_PROGRESS_ACTIVITY,
         DISCARD_RUN_ACTIVITY,
         FINE_TUNE_ACTIVITY,
         BertFineTuneRequest,
         BertFineTuneResult,
+        CheckpointProgress,
     )
+    from shared.workflow_versions import RETRY_BUDGET_COUNTS_PROGRESS
 
 # No fixed limit on how long an attempt may train: a live attempt heartbeats, a lost one is
 # detected by the heartbeat timeout and a hung one by the trainer's watchdog. The SDK needs
@@ -39,6 +42,11 @@ TRAINING_RETRY_POLICY = RetryPolicy(
 # must not use up the retry budget meant for crashes: when the last attempt ended that way
 # the activity is executed again, up to this many times per run.
 MAX_PREEMPTION_REEXECUTIONS = 50
+# Worker loss that lets the run advance never exhausts it: the retry budget above counts
+# only attempts that add no checkpoint. When an execution's attempts have run out, the
+# activity is executed again (fresh budget, higher attempt numbers) if one of them sealed a
+# checkpoint newer than any seen before; so a run fails only after 5 attempts in a row of
+# one execution sealed none. Bounded: each re-execution needs a strictly newer step.
 
 # Called with the paused result at a rung; True: train on to the next rung or the end.
 RungCallback = Callable[[BertFineTuneResult, int], Awaitable[bool]]
@@ -52,6 +60,8 @@ class RunLifecycle:
         self._heartbeat_timeout = heartbeat_timeout
         self._executions = 0
         self._preemptions = 0
+        # The newest checkpoint step that earned a re-execution (see ``_made_progress``).
+        self._progress_step = -1
 
     async def train(
         self, rungs: Sequence[int] = (), on_rung: RungCallback | None = None
@@ -94,6 +104,16 @@ class RunLifecycle:
             except ActivityError as err:
                 cause = err.cause
                 preempted = isinstance(cause, ApplicationError) and cause.type == WORKER_SHUTDOWN
+                if not preempted and await self._made_progress(err, attempt_offset):
+                    workflow.logger.warning(
+                        "training.reexecuting_after_progress",
+                        extra={
+                            "run_id": self._request.run_id,
+                            "execution": self._executions,
+                            "checkpoint_step": self._progress_step,
+                        },
+                    )
+                    continue
                 if not preempted or self._preemptions >= MAX_PREEMPTION_REEXECUTIONS:
                     raise
                 self._preemptions += 1
@@ -101,6 +121,25 @@ class RunLifecycle:
                     "training.reexecuting_after_preemption",
                     extra={"run_id": self._request.run_id, "execution": self._executions},
                 )
+
+    async def _made_progress(self, err: ActivityError, attempt_offset: int) -> bool:
+        """Whether an execution whose retry budget ran out sealed a checkpoint in one of its
+        own attempts (numbered above ``attempt_offset``) at a step newer than any before.
+        (Behind a patch: executions recorded before it fail as they did.)"""
+        if err.retry_state not in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT):
+            return False  # non-retryable, cancelled: no budget question
+        if not workflow.patched(RETRY_BUDGET_COUNTS_PROGRESS.id):
+            return False
+        newest = await workflow.execute_local_activity(
+            CHECKPOINT_PROGRESS_ACTIVITY,
+            self._request.run_id,
+            result_type=CheckpointProgress,
+            start_to_close_timeout=timedelta(minutes=2),
+        )
+        if newest.attempt <= attempt_offset or newest.step <= self._progress_step:
+            return False
+        self._progress_step = newest.step
+        return True
 
     async def discard(self) -> None:
         """A cancelled run leaves no partial output, even when cancelled between attempts."""

@@ -105,6 +105,16 @@ def sealed_checkpoints(run_dir: Path) -> list[Path]:
     ]
 
 
+def read_seal(checkpoint: Path) -> Checkpoint | None:
+    """What a sealed checkpoint's manifest says (its step and attempt), without verifying
+    its files; None when it has no readable manifest."""
+    try:
+        manifest = CheckpointManifest.read(checkpoint / MANIFEST_NAME)
+    except (OSError, ManifestError):
+        return None
+    return Checkpoint(path=checkpoint, step=manifest.step, attempt=manifest.attempt)
+
+
 def find_resume_checkpoint(
     run_dir: Path, hint: str | None, config_digests: Collection[str]
 ) -> Checkpoint | None:
