@@ -68,6 +68,12 @@ SMALL_REQUEST_LOCAL_ACTIVITY = Patch(
     date(2026, 11, 29),
     "inference of at most 32 texts runs as a local activity",
 )
+WARM_LOCAL_ACTIVITY = Patch(
+    "warm-local-activity",
+    date(2026, 12, 7),
+    "a small request runs as a local activity only when its model is loaded on that worker; "
+    "a cold one runs as a regular activity (no model load inside a workflow task)",
+)
 RETRY_BUDGET_COUNTS_PROGRESS = Patch(
     "retry-budget-counts-progress",
     date(2026, 12, 7),
@@ -80,5 +86,6 @@ ALL_PATCHES = (
     SWEEP_CLOSES_TRACKING,
     SWEEP_EXPORTS_BEST_TRIAL,
     SMALL_REQUEST_LOCAL_ACTIVITY,
+    WARM_LOCAL_ACTIVITY,
     RETRY_BUDGET_COUNTS_PROGRESS,
 )
