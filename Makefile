@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install lock chart-readme system-deps tools demo dev test test-fast lint format bench bench-gpu clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-fast test-slow image-test lint format bench bench-gpu clean k8s-up k8s-down
 
 # Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
 # constraints.txt (the CPU build; the images pick their own build and index).
@@ -75,6 +75,18 @@ test: install system-deps tools
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra -m "not slow"
+
+# The slow tests, then the images built and run for real (not part of `make test`).
+test-slow: install system-deps tools
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra -m slow
+	$(MAKE) image-test
+
+# Build the CPU images from the Dockerfiles (Debian's docker.io and dockerd when no engine
+# runs; a local mmdebstrap base when Docker Hub is unreachable) and run them as the chart
+# does against a Temporal dev server: training, export, prediction, a promotion by the
+# controller. Sizes and build times go to docs/benchmarks.md. Heavy: tens of minutes on 2 cores.
+image-test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tools.image_test
 
 lint: install
 	$(BIN)/ruff check .

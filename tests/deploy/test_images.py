@@ -122,3 +122,20 @@ def test_dockerignore_keeps_only_what_the_build_copies() -> None:
                 f"{dockerfile} copies {source}, which .dockerignore drops"
             )
             assert (REPO_ROOT / source).exists(), f"{dockerfile} copies missing {source}"
+
+
+def test_image_test_runs_the_images_as_the_chart_runs_them() -> None:
+    """`make image-test` (tools/image_test.py) starts each container with the chart's user,
+    read-only root, writable /tmp and /cache, and the runs volume where the chart mounts it."""
+    values = yaml.safe_load((REPO_ROOT / "charts" / "bert-finetune" / "values.yaml").read_text())
+    source = (REPO_ROOT / "tools" / "image_test.py").read_text()
+    assert f'UID = "{values["podSecurityContext"]["runAsUser"]}"' in source
+    for flag in ('"--read-only"', '"--cap-drop=ALL"', '"/tmp:rw', '"/cache:rw'):
+        assert flag in source
+    assert f':{values["persistence"]["mountPath"]}"' in source
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "image-test: install\n\tHF_HUB_OFFLINE=1 $(BIN)/python -m tools.image_test" in makefile
+    test_slow = makefile[makefile.index("test-slow:") :].split("\n\n")[0]
+    assert "$(MAKE) image-test" in test_slow
+    test = makefile[makefile.index("\ntest:") :].split("\n\n")[0]
+    assert "image-test" not in test  # heavy: never part of `make test`

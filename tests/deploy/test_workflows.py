@@ -61,6 +61,8 @@ def test_ci_runs_make_test_and_builds_every_published_image() -> None:
     ci = workflow("ci.yml")
     assert set(ci[True]) == {"push", "pull_request", "workflow_call"}
     assert any(s.get("run", "").startswith("make test") for s in steps(ci["jobs"]["test"]))
+    image_test = " ".join(s.get("run", "") for s in steps(ci["jobs"]["image-test"]))
+    assert "make image-test" in image_test  # the images built and run, not only linted
     images = ci["jobs"]["images"]
     built = {i["name"] for i in images["strategy"]["matrix"]["image"]}
     assert built == {
