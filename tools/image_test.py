@@ -138,7 +138,7 @@ def local_base() -> str:
             "mmdebstrap",
         )
     say("Docker Hub unreachable: building a local Debian base with mmdebstrap")
-    packages = "python3,python3-venv,python-is-python3,tini,ca-certificates"
+    packages = "python3,python3-venv,python-is-python3,tini,ca-certificates,passwd"
     tarball = STATE / "bookworm.tar"
     run("mmdebstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(tarball))
     run("docker", "import", str(tarball), LOCAL_BASE)
