@@ -85,8 +85,11 @@ def schema_1_checkpoint_digest(config: BertFineTuneConfig, data_fingerprint: str
     """The config digest version 1 sealed checkpoints with, or None when the config uses a
     field version 1 did not have (no such checkpoint can exist)."""
     later = set(BertFineTuneConfig.model_fields) - set(SCHEMA_1_CONFIG_FIELDS)
-    defaults = BertFineTuneConfig()
-    if any(getattr(config, name) != getattr(defaults, name) for name in later):
+    # Fields of BEFORE_FIELD_EXISTED count at the value version 1 had (only the batch order
+    # differs), so a run of today's defaults still resumes a version 1 checkpoint.
+    config = config.model_copy(update=BEFORE_FIELD_EXISTED)
+    baseline = BertFineTuneConfig().model_copy(update=BEFORE_FIELD_EXISTED)
+    if any(getattr(config, name) != getattr(baseline, name) for name in later):
         return None
     payload = config.model_dump_json(include=set(SCHEMA_1_CONFIG_FIELDS)) + data_fingerprint
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -150,8 +153,22 @@ class RunRecord(BaseModel):
         return self
 
     def trained_epochs(self) -> int:
-        """Epochs the model was trained for (all of ``num_epochs`` unless stopped early)."""
+        """Epochs the run counts as trained for (what reuse compares): all of
+        ``num_epochs`` unless a sweep stopped it early. A run ended by its
+        ``early_stopping_patience`` is finished work for its config: it covers ``num_epochs``
+        (``epochs_completed`` says where it stopped)."""
+        if self.patience_stopped():
+            return self.config.num_epochs
         return self.epochs_completed or self.config.num_epochs
+
+    def patience_stopped(self) -> bool:
+        """Whether early stopping (``early_stopping_patience``) ended the run before
+        ``num_epochs``; a sweep's pruning sets ``stopped_early`` instead."""
+        return (
+            self.config.early_stopping_patience is not None
+            and not self.stopped_early
+            and 0 < self.epochs_completed < self.config.num_epochs
+        )
 
 
 def _upgrade_schema_1(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Run folders written by the first-round code (tests/fixtures/legacy_v1) keep working.
 
 A deploy that adds defaulted config fields must neither retrain (nor refuse) finished runs
-nor restart in-flight ones from step 0.
+nor restart in-flight ones from step 0. The one field whose default changed what training does,
+``group_by_length`` (true), counts as false for runs trained before it: such a run serves the
+config that says so, and a config asking for grouping is refused by name, not silently reused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from bert_finetune.cli import main as cli_main
@@ -53,8 +56,11 @@ def _legacy_config(runs_root: Path, run_id: str = FINISHED) -> dict:
 
 
 def _new_format(config: dict) -> BertFineTuneConfig:
-    """The same config as today's clients send it: every new field at its default."""
-    return BertFineTuneConfig.model_validate({**config, "weight_decay": 0.0, "warmup_ratio": 0.0})
+    """The same config as today's clients send it: every new field at its default, except
+    ``group_by_length``, which runs trained before it existed did without."""
+    return BertFineTuneConfig.model_validate(
+        {**config, "weight_decay": 0.0, "warmup_ratio": 0.0, "group_by_length": False}
+    )
 
 
 def _fine_tune(runs_root: Path, run_id: str, config: BertFineTuneConfig):
@@ -81,6 +87,18 @@ def test_a_finished_legacy_run_is_reused_by_the_same_config_in_the_new_format(
     assert not (legacy_runs / FINISHED / "checkpoints").exists(), "nothing was trained"
 
 
+def test_a_legacy_run_asked_for_with_grouped_batches_is_refused_naming_the_field(
+    legacy_runs: Path,
+) -> None:
+    grouped = BertFineTuneConfig.model_validate(_legacy_config(legacy_runs))
+    assert grouped.group_by_length  # today's default
+    with pytest.raises(ApplicationError) as refused:
+        _fine_tune(legacy_runs, FINISHED, grouped)
+    assert refused.value.type == "InvalidConfig"
+    assert "group_by_length" in refused.value.message
+    assert "overwrite" in refused.value.message
+
+
 def test_a_legacy_checkpoint_is_resumed_not_restarted(legacy_runs: Path) -> None:
     # The partial run's config: the finished one's with num_epochs 3.
     config = _new_format({**_legacy_config(legacy_runs, FINISHED), "num_epochs": 3})
@@ -96,7 +114,10 @@ async def test_a_legacy_run_is_reused_served_and_listed(
     client: Client, legacy_runs: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     experiment = BertExperimentInput.model_validate(
-        {"experiment_name": "legacy", "runs": [_legacy_config(legacy_runs)]}
+        {
+            "experiment_name": "legacy",
+            "runs": [{**_legacy_config(legacy_runs), "group_by_length": False}],
+        }
     )
     async with running_workers(client, legacy_runs) as queues:
         output = await client.execute_workflow(
