@@ -6,13 +6,15 @@ Temporal worker: it serves the same runs and ``@aliases`` from the same ``ModelC
 trip. Routes (``{name}``: a run id, or ``@alias``, ``%40alias`` accepted):
 
 - ``GET /v2/health/live``: the process and its event loop are alive;
-- ``GET /v2/health/ready``: alive, the runs volume is mounted, not shutting down;
+- ``GET /v2/health/ready``: alive and not shutting down (Temporal is not needed);
 - ``GET /v2/models/{name}``: metadata (``versions``: the run id serving the name now);
 - ``GET /v2/models/{name}/ready``: 200 when the model is loaded here; else 503 and it starts
   loading (poll it to warm a replica);
-- ``POST /v2/models/{name}/infer``: input ``text`` (BYTES, ``[n]`` or ``[n, 1]``), JSON or
-  binary tensors; outputs ``label`` (BYTES) and ``score`` (FP32); ``model_version`` is the
-  run id that answered.
+- ``POST /v2/models/{name}/infer``: input ``text`` (BYTES, ``[n]`` or ``[n, 1]``), and
+  ``text_pair`` for a run trained on pairs (required then, refused otherwise), JSON or
+  binary tensors; outputs by the run's task (``oip.TASKS``: single-label ``label`` and
+  ``score``, regression ``score``, multi-label ``scores``, token classification
+  ``entities``); ``model_version`` is the run id that answered.
 
 The ``versions/{version}`` forms of the model routes are accepted too (the version must be
 the run id serving the name). Errors are ``{"error": "..."}``: unknown model 404, bad request
@@ -48,7 +50,6 @@ from services.inferencer.classifiers import BatchCallback, LoadedModel
 from services.inferencer.model_cache import ModelCache
 from services.inferencer.oip import (
     HEADER_LENGTH,
-    SINGLE_LABEL,
     TASKS,
     InferRequest,
     Prediction,
@@ -104,8 +105,24 @@ def _on_batch() -> BatchCallback:
 
 
 def _task_of(served: ServedRun) -> TaskSpec:
-    """The run's task: every run trained today is single-label classification."""
-    return TASKS[SINGLE_LABEL]
+    """The outputs of the run's task (its ``run.json``; runs trained before tasks existed
+    are single-label)."""
+    return TASKS[served.record.config.task]
+
+
+def _check_pairs(parsed: InferRequest, served: ServedRun) -> None:
+    """``text_pair`` is required exactly for a run trained on pairs."""
+    column = served.record.config.text_pair_column
+    if parsed.pairs is not None and column is None:
+        raise ProtocolError(
+            f"input 'text_pair': run {served.run_id!r} classifies single texts (it was "
+            "trained without text pairs); send only 'text'"
+        )
+    if parsed.pairs is None and column is not None:
+        raise ProtocolError(
+            f"input 'text_pair' is missing: run {served.run_id!r} was trained on text pairs "
+            f"(text_pair_column {column[:100]!r}); send each pair's second text in 'text_pair'"
+        )
 
 
 class _NoSignals(uvicorn.Server):
@@ -289,8 +306,6 @@ class HttpEndpoint:
             return status, body
         if self._draining:
             return 503, {"error": "shutting down"}
-        if not self._runs_root.is_dir():
-            return 503, {"error": f"the runs volume {self._runs_root} (BERT_RUNS_DIR) is missing"}
         return 200, {"ready": True}
 
     # ---- models ----------------------------------------------------------------------
@@ -377,11 +392,7 @@ class HttpEndpoint:
                 body, request.headers.get(HEADER_LENGTH), self.settings.max_texts
             )
             served = self._resolve(name, model_version)
-            if parsed.pairs is not None:
-                raise ProtocolError(
-                    f"input 'text_pair': run {served.run_id!r} classifies single texts (it was "
-                    "trained without text pairs); send only 'text'"
-                )
+            _check_pairs(parsed, served)
             loaded = await self._loaded(served)
             response = await self._classify(parsed, name, served, loaded)
             status = 200
@@ -411,14 +422,16 @@ class HttpEndpoint:
     async def _classify(
         self, parsed: InferRequest, name: str, served: ServedRun, loaded: LoadedModel
     ) -> Response:
-        labels, scores = await self.batcher.classify(loaded, parsed.texts, parsed.max_seq_length)
+        predictions = await self.batcher.predict(
+            loaded, parsed.texts, parsed.max_seq_length, parsed.pairs
+        )
         metrics.INFERENCE_TEXTS.inc(len(parsed.texts))
         body, headers = encode_infer_response(
             parsed,
             name,
             served.run_id,
             _task_of(served),
-            Prediction(labels, scores, loaded.label_names),
+            Prediction(predictions, loaded.label_names),
         )
         media = "application/octet-stream" if HEADER_LENGTH in headers else "application/json"
         return Response(body, 200, headers=headers, media_type=media)

@@ -149,12 +149,22 @@ def test_gpu_fields_only_on_the_trainer_and_only_when_enabled(scenario: tuple) -
 
 
 def test_probes_hit_the_worker_endpoints_on_the_metrics_port(scenario: tuple) -> None:
-    _, objects = scenario
+    """...or, on an inferencer serving HTTP, its Open Inference Protocol health endpoints."""
+    values, objects = scenario
     for worker in WORKERS:
         deployment = only(objects, "Deployment", worker)
         ctr = container(deployment)
         ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
-        assert int(env_of(deployment, objects)["METRICS_PORT"]) == ports["metrics"]
+        env = env_of(deployment, objects)
+        assert int(env["METRICS_PORT"]) == ports["metrics"]
+        if worker == "inferencer" and values.get("inferencer", {}).get("http", {}).get(
+            "enabled", True
+        ):
+            assert int(env["BERT_HTTP_PORT"]) == ports["http"]
+            assert ctr["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+            assert ctr["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+            assert ctr["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+            continue
         assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -222,7 +232,10 @@ def test_each_worker_has_a_metrics_service_that_selects_only_it(scenario: tuple)
         service = only(objects, "Service", worker)
         pod_labels = only(objects, "Deployment", worker)["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
-        assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+        http = worker == "inferencer" and values.get("inferencer", {}).get("http", {}).get(
+            "enabled", True
+        )
+        assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"] + ["http"] * http
         annotated = "prometheus.io/scrape" in service["metadata"].get("annotations", {})
         assert annotated != monitor
     service_monitors = find(objects, "ServiceMonitor")
@@ -342,7 +355,9 @@ def test_temporal_address_defaults_to_the_temporal_release_frontend(render: Rend
 
 def test_network_policy_allows_only_metrics_in_and_temporal_and_dns_out(render: Render) -> None:
     policy = only(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
-    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["metrics"]
+    # (and the inferencer's HTTP port: tests/deploy/test_chart_http.py)
+    ingress_ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert ingress_ports == ["metrics", "http"]
     egress_ports = sorted(p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"])
     assert egress_ports == [53, 53, 5353, 5353, 7233]
     assert "to" not in policy["spec"]["egress"][0]  # DNS: wherever the resolver is

@@ -114,9 +114,14 @@ def start_worker(
     for var in container["env"]:
         if "value" in var:
             full_env[var["name"]] = var["value"]
+    if "BERT_HTTP_PORT" in full_env:  # the chart's fixed port: tests share the machine
+        full_env |= {"BERT_HTTP_PORT": str(free_port()), "BERT_HTTP_BIND_ADDRESS": "127.0.0.1"}
     full_env |= {"LOG_FORMAT": "json", **env}
     command = [bert_finetune(), *container["args"]]
-    return WorkerProcess.with_env(worker, full_env, log_path, command=command), container
+    process = WorkerProcess.with_env(worker, full_env, log_path, command=command)
+    # Where the probes that name the port "http" (the inferencer's) reach it.
+    process.http_url = f"http://127.0.0.1:{full_env.get('BERT_HTTP_PORT', 0)}"  # type: ignore[attr-defined]
+    return process, container
 
 
 def check_pollers(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -142,10 +147,15 @@ def test_probes_and_helm_test_against_running_workers(chart_env, tmp_path: Path)
         for worker in ("inferencer", "controller", "trainer"):
             process, container = start_worker(objects, env, worker, tmp_path / f"{worker}.log")
             processes.append(process)
-            base = process.base_url
-            ready = container["readinessProbe"]["httpGet"]["path"]
-            live = container["livenessProbe"]["httpGet"]["path"]
-            startup = container["startupProbe"]["httpGet"]["path"]
+            # The inferencer's probes ask its Open Inference Protocol endpoint (port "http").
+            ports = {"metrics": process.base_url, "http": process.http_url}  # type: ignore[attr-defined]
+            probes = {p: container[p]["httpGet"] for p in ("readinessProbe", "livenessProbe")}
+            probes["startupProbe"] = container["startupProbe"]["httpGet"]
+            base = ports[probes["readinessProbe"]["port"]]
+            ready = probes["readinessProbe"]["path"]
+            live = probes["livenessProbe"]["path"]
+            startup = probes["startupProbe"]["path"]
+            assert {p["port"] for p in probes.values()} <= set(ports)
 
             def answering(
                 base: str = base, process: WorkerProcess = process, ready: str = ready
@@ -159,7 +169,8 @@ def test_probes_and_helm_test_against_running_workers(chart_env, tmp_path: Path)
             wait_for(answering, 120, f"{worker} never became ready on {ready}")
             assert http_status(f"{base}{live}") == 200
             assert http_status(f"{base}{startup}") == 200
-            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:  # noqa: S310
+            metrics_url = f"{process.base_url}/metrics"
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310
                 assert b"# TYPE" in response.read()
             if worker == "controller":
                 wait_for(

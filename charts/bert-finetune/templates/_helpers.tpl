@@ -342,8 +342,16 @@ Checks of combinations the schema cannot express.
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
 {{- fail "inferencer.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
-{{- if and $hpa.enabled (kindIs "invalid" $hpa.targetCPUUtilizationPercentage) (kindIs "invalid" $hpa.targetMemoryUtilizationPercentage) }}
-{{- fail "inferencer.autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- $httpHpa := and $hpa.httpInFlight .Values.inferencer.http.enabled }}
+{{- if and $hpa.enabled (kindIs "invalid" $hpa.targetCPUUtilizationPercentage) (kindIs "invalid" $hpa.targetMemoryUtilizationPercentage) (not $httpHpa) }}
+{{- fail "inferencer.autoscaling needs targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or httpInFlight (with inferencer.http.enabled)" }}
+{{- end }}
+{{- $http := .Values.inferencer.http }}
+{{- if and $http.ingress.enabled (not $http.enabled) }}
+{{- fail "inferencer.http.ingress.enabled needs inferencer.http.enabled: the Ingress routes to the inferencer's HTTP port" }}
+{{- end }}
+{{- if and $http.enabled .Values.inferencer.keda.enabled (eq (int .Values.inferencer.keda.minReplicas) 0) }}
+{{- fail "inferencer.keda.minReplicas 0 leaves the HTTP endpoint (inferencer.http.enabled) with no pod to answer, and an HTTP request cannot wake one: set minReplicas to 1 or more, or disable inferencer.http" }}
 {{- end }}
 {{- if and $hpa.enabled .Values.inferencer.keda.enabled }}
 {{- fail "inferencer.keda replaces the CPU autoscaler: enable inferencer.keda or inferencer.autoscaling, not both" }}

@@ -7,6 +7,7 @@ Usage: include "bert-finetune.workerDeployment" (dict
   "image" .Values.trainer.image   (resolved: repository, tag, digest, pullPolicy)
   "imageSuffix" "-cpu"  appended to the chart's appVersion when the image has no tag
   "env" (list ...)    EnvVars before the secret ones and extraEnv
+  "ports" (list ...)  container ports after `metrics` (the inferencer's `http`); optional
   "gpu" true          GPU fields (trainer with gpu.enabled)
   "shmSizeLimit" ""   a memory-backed /dev/shm of this size when set
   "autoscaled" false  leave replicas to an autoscaler)
@@ -142,6 +143,9 @@ spec:
             - name: metrics
               containerPort: {{ $worker.metricsPort }}
               protocol: TCP
+            {{- with .ports }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ include "bert-finetune.componentName" (list $ "env") }}
