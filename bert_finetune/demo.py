@@ -125,6 +125,7 @@ def run_demo(
     console: Console,
     trainer_metrics_port: int = 9464,
     inferencer_metrics_port: int = 9465,
+    inferencer_http_port: int = 8080,
 ) -> int:
     stack = LocalStack(
         state_dir=state_dir,
@@ -134,6 +135,7 @@ def run_demo(
         quiet_workers=True,
         trainer_metrics_port=trainer_metrics_port,
         inferencer_metrics_port=inferencer_metrics_port,
+        inferencer_http_port=inferencer_http_port,
         # The staged model and the tweet splits live in the state folder.
         extra_local_path_roots=(state_dir,),
     )

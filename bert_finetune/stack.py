@@ -96,6 +96,8 @@ class LocalStack:
     start_workers: bool = True
     trainer_metrics_port: int = 9464
     inferencer_metrics_port: int = 9465
+    # The inferencer's Open Inference Protocol endpoint (BERT_HTTP_PORT), on localhost.
+    inferencer_http_port: int = 8080
     quiet_workers: bool = False
     # Folders the trainer may read besides BERT_LOCAL_PATH_ROOTS (the demo's model and data).
     extra_local_path_roots: tuple[Path, ...] = ()
@@ -113,6 +115,11 @@ class LocalStack:
     @property
     def ui_url(self) -> str:
         return f"http://localhost:{self.ui_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Where the inferencer answers the Open Inference Protocol (``/v2/...``)."""
+        return f"http://localhost:{self.inferencer_http_port}"
 
     @property
     def mlflow_url(self) -> str | None:
@@ -161,6 +168,9 @@ class LocalStack:
             )
             self.inferencer_metrics_port = self._free_or_substitute(
                 self.inferencer_metrics_port, "inferencer metrics", taken
+            )
+            self.inferencer_http_port = self._free_or_substitute(
+                self.inferencer_http_port, "inferencer HTTP", taken
             )
         env = dict(os.environ)
         self._spawn(
@@ -212,10 +222,16 @@ class LocalStack:
                 ("trainer", self.trainer_metrics_port),
                 ("inferencer", self.inferencer_metrics_port),
             ):
+                service_env = {**worker_env, "METRICS_PORT": str(metrics_port)}
+                if service == "inferencer":
+                    service_env |= {
+                        "BERT_HTTP_PORT": str(self.inferencer_http_port),
+                        "BERT_HTTP_BIND_ADDRESS": "127.0.0.1",
+                    }
                 self._spawn(
                     service,
                     [sys.executable, "-m", "bert_finetune.cli", "worker", service],
-                    {**worker_env, "METRICS_PORT": str(metrics_port)},
+                    service_env,
                     quiet=self.quiet_workers,
                 )
         return self

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,8 @@ def _start_dev(tmp_path: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]
             str(ports["trainer"]),
             "--inferencer-metrics-port",
             str(ports["inferencer"]),
+            "--inferencer-http-port",
+            str(ports["http"]),
         ],
         env={**os.environ, "BERT_RUNS_DIR": str(tmp_path / "runs"), "LOG_FORMAT": "json"},
         stdout=subprocess.PIPE,
@@ -65,7 +69,8 @@ def _stop(process: subprocess.Popen[bytes]) -> str:
 
 @pytest.mark.slow
 def test_dev_stack_runs_keeps_history_and_stops_cleanly(tmp_path: Path) -> None:
-    ports = {name: free_loopback_port() for name in ("temporal", "ui", "trainer", "inferencer")}
+    names = ("temporal", "ui", "trainer", "inferencer", "http")
+    ports = {name: free_loopback_port() for name in names}
     address = f"localhost:{ports['temporal']}"
     dev = _start_dev(tmp_path, ports)
     try:
@@ -80,9 +85,17 @@ def test_dev_stack_runs_keeps_history_and_stops_cleanly(tmp_path: Path) -> None:
         )
         assert predict.returncode == 1
         assert "[RunNotFound]" in predict.stderr and "Traceback" not in predict.stderr
+        # The inferencer's HTTP endpoint answers on the port the stack printed.
+        http = f"http://localhost:{ports['http']}"
+        with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=10) as ready:  # noqa: S310
+            assert ready.status == 200
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{http}/v2/models/missing-run", timeout=10)  # noqa: S310
+        assert missing.value.code == 404
     finally:
         output = _stop(dev)
     assert "Local stack up" in output
+    assert f"http://localhost:{ports['http']}/v2/models/@ALIAS/infer" in output
     for port in ports.values():
         assert not port_open("127.0.0.1", port), f"port {port} still open after Ctrl-C"
 
