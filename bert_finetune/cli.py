@@ -80,6 +80,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         runs_dir=settings.runs_dir,
         trainer_metrics_port=args.trainer_metrics_port,
         inferencer_metrics_port=args.inferencer_metrics_port,
+        inferencer_http_port=args.inferencer_http_port,
         mlflow_port=args.mlflow_port if args.mlflow else None,
     )
     stack.start()
@@ -95,7 +96,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         f"runs in {settings.runs_dir}, history in {Path(args.state_dir) / 'temporal.db'}.\n"
         f"{tracking}"
         f"Metrics: trainer http://localhost:{stack.trainer_metrics_port}/metrics, "
-        f"inferencer http://localhost:{stack.inferencer_metrics_port}/metrics."
+        f"inferencer http://localhost:{stack.inferencer_metrics_port}/metrics.\n"
+        f"HTTP inference (Open Inference Protocol v2): {stack.http_url}, e.g. POST "
+        f"{stack.http_url}/v2/models/@ALIAS/infer (docs/inference.md)."
         " Ctrl-C stops everything."
     )
     try:
@@ -340,6 +343,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console=console,
         trainer_metrics_port=args.trainer_metrics_port,
         inferencer_metrics_port=args.inferencer_metrics_port,
+        inferencer_http_port=args.inferencer_http_port,
     )
 
 
@@ -360,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ui-port", type=int, default=8233, help="Temporal Web UI port")
         p.add_argument("--trainer-metrics-port", type=int, default=9464)
         p.add_argument("--inferencer-metrics-port", type=int, default=9465)
+        p.add_argument(
+            "--inferencer-http-port",
+            type=int,
+            default=8080,
+            help="the inferencer's HTTP inference port (Open Inference Protocol v2)",
+        )
 
     p = sub.add_parser("dev", help="run the Temporal dev server and both workers")
     stack_options(p)
