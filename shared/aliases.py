@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,17 +102,24 @@ def _promotion_lock(runs_root: Path) -> Iterator[None]:
 
 
 def promote(
-    runs_root: Path, run_id: str, alias: str, promoted_by: str | None = None
+    runs_root: Path,
+    run_id: str,
+    alias: str,
+    promoted_by: str | None = None,
+    servable: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> BertPromoteOutput:
     """Point ``alias`` at the complete run ``run_id``, atomically.
 
     ``RunNotFound`` when the run is missing or incomplete, ``InvalidConfig`` for a bad alias
     or run id. Repeating a promotion with the same ``promoted_by`` (a retried activity)
     returns the first answer instead of reporting the run as its own predecessor.
+    ``servable``: entered under the promotion lock before the pointer moves, held while it
+    is written; it raises when the run cannot be served, so a refused promotion never moves
+    the alias (the promotion activity resolves the served run there, under the run's lock).
     """
     check_alias(alias)
     require_complete_run(runs_root, run_id)
-    with _promotion_lock(runs_root):
+    with _promotion_lock(runs_root), servable() if servable else nullcontext():
         try:
             current = read_pointer(runs_root, alias)
         except ApplicationError:  # a damaged pointer is repaired by promoting over it

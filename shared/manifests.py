@@ -188,6 +188,9 @@ class FenceRecord(Manifest):
     workflow_id: str
     workflow_run_id: str
     attempt: int
+    # An overwrite: the commit (digest of ``run.json``) the attempt replaces; the run stays
+    # complete and served until the attempt's commit swaps it (``run_folder/swap.py``).
+    replaces: str | None = None
 
 
 class CheckpointFile(BaseModel):

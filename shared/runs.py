@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -23,6 +25,8 @@ from shared.file_cache import StampCache
 from shared.run_record import RunRecord
 from shared.types import is_safe_run_id
 
+T = TypeVar("T")
+
 RUN_MANIFEST = "run.json"
 CHECKPOINTS_DIR = "checkpoints"
 # The confusion matrix of the run's final evaluation, next to the model (runs committed
@@ -30,6 +34,12 @@ CHECKPOINTS_DIR = "checkpoints"
 CONFUSION_MATRIX_FILE = "confusion_matrix.json"
 # Records and commit digests, parsed once per version of each ``run.json``.
 _RECORDS = StampCache()
+# Present in a complete run's folder while an overwrite swaps its files for the new
+# commit's (under the run's lock); ``run.json`` is replaced last, then the marker goes.
+SWAP_MARKER = ".swap.json"
+# How long a reader waits for a swap in progress (a few renames) before giving up.
+SWAP_WAIT_SECONDS = 10.0
+_SWAP_POLL_SECONDS = 0.02
 
 
 def resolve_run_dir(runs_root: Path, run_id: str) -> Path:
@@ -70,12 +80,83 @@ def read_record(run_dir: Path) -> RunRecord:
     except FileNotFoundError:
         raise failure(RUN_NOT_FOUND, f"run {run_dir.name!r} has no {RUN_MANIFEST}") from None
     except (OSError, ValueError) as err:
-        reason = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
         raise failure(
             RUN_NOT_FOUND,
-            f"run {run_dir.name!r} has an unreadable {RUN_MANIFEST} ({reason}); it may have been "
-            "written by a newer version (upgrade this worker) or be damaged (train it again)",
+            f"run {run_dir.name!r} has an unreadable {RUN_MANIFEST} ({_reason(err)}); it may "
+            "have been written by a newer version (upgrade this worker) or be damaged (replace "
+            "it: train it again with overwrite: true)",
         ) from None
+
+
+def _reason(err: Exception) -> str:
+    return err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
+
+
+def unreadable_reason(run_dir: Path) -> str | None:
+    """Why a complete run's ``run.json`` cannot be read; None when it can (or is absent)."""
+    try:
+        RunRecord.from_json((run_dir / RUN_MANIFEST).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return _reason(err)
+    return None
+
+
+def swap_pending(run_dir: Path) -> bool:
+    """Whether an overwrite is swapping the run's files (or was cut off while it did)."""
+    return (run_dir / SWAP_MARKER).exists()
+
+
+def _commit_stamp(run_dir: Path) -> str | None:
+    """The commit in place now (the digest of ``run.json``: an inode and a timestamp may
+    come back for the next commit); None while files are being swapped, or incomplete."""
+    if swap_pending(run_dir):
+        return None
+    try:
+        digest = file_sha256(run_dir / RUN_MANIFEST)  # not cached by stamp: read it now
+    except FileNotFoundError:
+        return None
+    if swap_pending(run_dir):
+        return None
+    return digest
+
+
+def read_committed(
+    run_dir: Path, read: Callable[[], T], wait_seconds: float = SWAP_WAIT_SECONDS
+) -> T:
+    """``read()`` of a complete run's files, all from one commit.
+
+    An overwrite swaps a run's files under the run's lock with ``SWAP_MARKER`` present and
+    replaces ``run.json`` last, so a read that began and ended with the same ``run.json``
+    and no marker saw one commit only; a read that overlapped a swap is done again once the
+    swap is over (a swap is a few renames). ``RunNotFound`` when the run is incomplete, or
+    still being swapped after ``wait_seconds``.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        before = _commit_stamp(run_dir)
+        if before is None and not swap_pending(run_dir) and not is_complete(run_dir):
+            raise failure(
+                RUN_NOT_FOUND,
+                f"run {run_dir.name!r} was removed or is incomplete (it has no "
+                f"{RUN_MANIFEST}); try again when it finishes",
+            )
+        if before is not None:
+            try:
+                value = read()
+            except Exception:
+                if _commit_stamp(run_dir) == before:
+                    raise  # a real error, not a swap under the read
+            else:
+                if _commit_stamp(run_dir) == before:
+                    return value
+        if time.monotonic() > deadline:
+            raise failure(
+                RUN_NOT_FOUND,
+                f"run {run_dir.name!r} is being replaced by an overwrite; try again in a moment",
+            )
+        time.sleep(_SWAP_POLL_SECONDS)
 
 
 def write_record(run_dir: Path, record: RunRecord) -> None:

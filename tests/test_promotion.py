@@ -35,7 +35,7 @@ from shared import aliases
 from shared.converter import data_converter
 from shared.export_types import export_workflow_id
 from shared.onnx_export import EXPORT_DIR, has_export
-from shared.runs import RUN_MANIFEST, list_runs
+from shared.runs import RUN_MANIFEST, commit_digest, list_runs
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -166,6 +166,43 @@ async def test_inference_by_alias_follows_every_promotion_at_once(
             await infer(client, queues.inference, alias="staging")
     assert "RunNotFound" in client_ops.failure_message(unknown.value)
     assert [run.run_id for run in list_runs(runs_root)] == [run_a, run_b]
+
+
+def reuse_of(runs_root: Path, run_id: str, source: str) -> str:
+    """A complete run that reused ``source``'s model (a pointer pinning its commit)."""
+    record = json.loads((runs_root / source / RUN_MANIFEST).read_text(encoding="utf-8"))
+    record.update(
+        run_id=run_id, reused_from=source, source_commit=commit_digest(runs_root / source)
+    )
+    (runs_root / run_id).mkdir()
+    (runs_root / run_id / RUN_MANIFEST).write_text(json.dumps(record), encoding="utf-8")
+    return run_id
+
+
+async def test_a_refused_promotion_never_moves_the_alias(
+    client: Client, runs_root: Path, two_runs: tuple[str, str]
+) -> None:
+    """A run that reused run-a's model cannot be served once run-a is committed anew
+    (overwritten): promoting it is refused with RunNotFound before the pointer moves, and
+    the alias keeps serving the run it pointed at."""
+    run_a, run_b = two_runs
+    reusing = reuse_of(runs_root, "run-reuse", run_a)
+    async with running_workers(client, runs_root) as queues:
+        await promote(client, queues.training, run_b, "prod")
+        pointer = (runs_root / "_aliases" / "prod.json").read_bytes()
+        # run-a is overwritten: a new commit, so not the model run-reuse was made from.
+        record = json.loads((runs_root / run_a / RUN_MANIFEST).read_text(encoding="utf-8"))
+        record["result"]["train_loss"] = 0.123
+        (runs_root / run_a / RUN_MANIFEST).write_text(json.dumps(record), encoding="utf-8")
+
+        with pytest.raises(WorkflowFailureError) as refused:
+            await promote(client, queues.training, reusing, "prod")
+        message = client_ops.failure_message(refused.value)
+        assert "RunNotFound" in message and f"reused the model of run {run_a!r}" in message
+        assert (runs_root / "_aliases" / "prod.json").read_bytes() == pointer
+        assert aliases.resolve_alias(runs_root, "prod") == run_b
+        served = await infer(client, queues.inference, alias="prod")
+        assert (served.run_id, served.label_names) == (run_b, ["POSITIVE", "NEGATIVE"])
 
 
 async def test_the_cli_promotes_and_predicts_by_alias(

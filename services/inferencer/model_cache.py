@@ -1,7 +1,8 @@
 """A small LRU cache of loaded models, keyed by run id and the run's on-disk identity.
 
 A run directory that is replaced (retrained with overwrite) gets a new ``run.json``, so
-its (inode, mtime) stamp changes and the stale model is reloaded rather than served. The
+its (inode, mtime) stamp changes and the stale model is reloaded rather than served; a load
+never mixes the files of two commits (``load_model``). The
 stamp includes the ONNX export's manifest too: a run first served by PyTorch switches to
 ONNX Runtime as soon as its export (added after the commit) lands.
 """
@@ -20,7 +21,7 @@ from shared.errors import MODEL_LOAD_ERROR, RUN_NOT_FOUND, failure
 from shared.logging import get_logger
 from shared.model_files import check_model_folder
 from shared.onnx_export import EXPORT_DIR, EXPORT_MANIFEST
-from shared.runs import RUN_MANIFEST
+from shared.runs import RUN_MANIFEST, read_committed
 
 log = get_logger(__name__)
 _LOAD_FIX = "retrain it or check the runs volume"
@@ -43,13 +44,20 @@ def _stamp(run_dir: Path) -> tuple[int, ...]:
 
 
 def load_model(run_dir: Path, device: str) -> LoadedModel:
-    """Load a saved run (its ONNX export on CPU when it has one); never runs code from it."""
-    stamp = _stamp(run_dir)
-    # Only the run folder's own plain files: no link out of it, no metadata naming others.
-    check_model_folder(
-        run_dir, f"run {run_dir.name!r}", MODEL_LOAD_ERROR, _LOAD_FIX, links_inside=True
-    )
-    return LoadedModel(load_classifier(run_dir, device), stamp)
+    """Load a saved run (its ONNX export on CPU when it has one); never runs code from it.
+
+    Every file comes from one commit: a load that overlapped an overwrite's swap of the
+    run's files is done again (``shared.runs.read_committed``)."""
+
+    def load() -> LoadedModel:
+        stamp = _stamp(run_dir)
+        # Only the run folder's own plain files: no link out of it, no metadata naming others.
+        check_model_folder(
+            run_dir, f"run {run_dir.name!r}", MODEL_LOAD_ERROR, _LOAD_FIX, links_inside=True
+        )
+        return LoadedModel(load_classifier(run_dir, device), stamp)
+
+    return read_committed(run_dir, load)
 
 
 class ModelCache:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from shared.onnx_export import EXPORT_DIR
 from shared.runs import RUN_MANIFEST
 from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 from tests.durability.harness import (
@@ -27,6 +28,7 @@ from tests.durability.harness import (
     wait_for,
 )
 from tests.durability.proxy import partition_proxy
+from tests.helpers.exports import wait_for_export
 from tests.helpers.processes import WorkerProcess
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
@@ -121,7 +123,12 @@ async def test_a_partitioned_attempt_never_touches_the_newer_attempts_run(
 
                 output = await asyncio.wait_for(handle.result(), timeout=2 * STALLED_SAVE_SECONDS)
                 (run,) = output.runs
+                # The commit is followed by its export (BertExportWorkflow), which adds onnx/:
+                # the one change a complete run gets. Compare the folder once it has landed.
+                export = await wait_for_export(client, run.run_id, timeout=4 * STALLED_SAVE_SECONDS)
+                assert export.outcome == "exported", export
                 finished_tree = _tree(run_dir)
+                assert any(name.startswith(f"{EXPORT_DIR}/") for name in finished_tree)
                 # The stale save returns: its attempt ends one way or another.
                 await wait_for(
                     lambda: _event(stale, "model.saved", "fence.superseded", "training.crashed"),

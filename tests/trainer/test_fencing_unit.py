@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.run_folder.fencing import AttemptToken, RunFence, Superseded, holder
-from shared.runs import RUN_MANIFEST, write_json_atomic
+from services.trainer.run_folder.fencing import (
+    AttemptToken,
+    RunFence,
+    Superseded,
+    holder,
+    replaced_commit,
+)
+from shared.runs import RUN_MANIFEST, commit_digest, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,18 +50,24 @@ def test_a_complete_run_is_only_replaced_by_an_explicit_overwrite(tmp_path: Path
         write_json_atomic(run_dir / RUN_MANIFEST, {"attempt": 1})
     with pytest.raises(Superseded), first.exclusive():
         pytest.fail("wrote into a complete run")
-    retired: list[Path] = []
+    prepared: list[Path] = []
     # A later attempt without the right to replace it (no overwrite) may not...
     with pytest.raises(Superseded):
         RunFence(run_dir, _token(2)).claim()
     with pytest.raises(Superseded):
         RunFence(run_dir, _token(1, run="run-b")).claim()
     assert holder(run_dir) == _token(1)
-    # ...with it, the finished run is retired under the lock, then the folder is its own.
-    RunFence(run_dir, _token(1, run="run-b")).claim(
-        retire_finished_run=lambda: (retired.append(run_dir), (run_dir / RUN_MANIFEST).unlink())
-    )
-    assert retired == [run_dir] and holder(run_dir) == _token(1, run="run-b")
+    # ...with it, the folder is its own while the finished run stays in place (served until
+    # the overwrite's commit swaps it), and only while it still holds that very commit.
+    overwrite = RunFence(run_dir, _token(1, run="run-b"))
+    overwrite.claim(replace_finished_run=lambda: prepared.append(run_dir))
+    assert prepared == [run_dir] and holder(run_dir) == _token(1, run="run-b")
+    assert overwrite.replaces == commit_digest(run_dir) == replaced_commit(run_dir)
+    assert (run_dir / RUN_MANIFEST).is_file()
+    with overwrite.exclusive():
+        write_json_atomic(run_dir / RUN_MANIFEST, {"attempt": 1, "run": "run-b"})  # its commit
+    with pytest.raises(Superseded), overwrite.exclusive():
+        pytest.fail("wrote into the run it had already committed")
 
 
 def test_the_lock_excludes_another_process(tmp_path: Path) -> None:

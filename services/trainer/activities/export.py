@@ -38,7 +38,7 @@ from shared.onnx_export import (
     read_check_texts,
     read_manifest,
 )
-from shared.runs import resolve_served_run
+from shared.runs import resolve_served_run, swap_pending
 
 log = get_logger(__name__)
 
@@ -67,7 +67,7 @@ def export_run(
     started = time.monotonic()
     for _ in range(MAX_COMMITS_FOLLOWED):
         source_commit = commit_of(model_dir)
-        if source_commit is None:  # being overwritten: that run's commit exports it
+        if source_commit is None:  # removed meanwhile: nothing committed to export
             return _finished(output, "superseded")
         if is_current_export(model_dir):
             return _finished(output, "already_exported", _served_graph(model_dir))
@@ -100,7 +100,8 @@ def _export_commit(
         with run_lock(model_dir):
             if abandoned is not None and abandoned.is_set():
                 return "abandoned", None
-            if commit_of(model_dir) != source_commit:
+            # A swap cut off midway (swap.py) may have mixed the files the build read.
+            if swap_pending(model_dir) or commit_of(model_dir) != source_commit:
                 return "superseded", None
             if is_current_export(model_dir):  # a concurrent export of this commit landed
                 return "already_exported", _served_graph(model_dir)

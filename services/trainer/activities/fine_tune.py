@@ -31,7 +31,7 @@ from services.trainer.activities.watchdog import PhaseWatchdog
 from services.trainer.run_folder import checkpoints, ownership
 from services.trainer.run_folder.fencing import Superseded
 from services.trainer.run_folder.paths import LocalPathRoots, default_roots
-from services.trainer.run_folder.run_directory import Ownership
+from services.trainer.run_folder.run_directory import Ownership, RunDirectory
 from services.trainer.tracking.trackers import RunTracking, TrackingConfig, close_cancelled_run
 from services.trainer.training.fine_tune import fine_tune
 from services.trainer.training.stages import Attempt
@@ -259,9 +259,16 @@ def discard_if_incomplete(
 ) -> bool:
     """Remove an unfinished run folder, but never one another workflow is training.
 
+    A complete run is never removed: when this workflow was overwriting it, only the
+    overwrite's leftovers go and the run stays as it was, still served (``swap.py``).
     With ``tracking``, the run's MLflow run is closed as KILLED too (nobody else will)."""
     run_dir = resolve_run_dir(runs_root, run_id)
-    if not run_dir.is_dir() or is_complete(run_dir):
+    if not run_dir.is_dir():
+        return False
+    if is_complete(run_dir):
+        if ownership.owner_of(run_dir) == workflow_id:
+            close_cancelled_run(tracking, run_dir)
+            RunDirectory(runs_root, run_id).abandon_replacement(workflow_id)
         return False
     if not ownership.owned_by(run_dir, workflow_id):
         log.info("training.partial_run_kept", owner=ownership.owner_of(run_dir))

@@ -6,10 +6,12 @@ attempt therefore claims the folder with its token (workflow id, workflow run id
 number) in ``$BERT_RUNS_DIR/.fences/{run_id}.json`` before it writes anything, and performs
 every write that other attempts can see (sealing or pruning checkpoints, the final save,
 ``run.json``) inside ``exclusive()``, which holds the run's lock and refuses unless the
-folder is still its own and not yet complete. The fence lives beside the run folders (a
-name no run id can take), so run folders hold only what was trained. An older attempt can
-thus never overwrite or delete a newer one's work, and a finished run's files are never
-modified except through an explicit overwrite, which claims the folder like any attempt.
+folder is still its own and not yet complete (an overwrite: still holding the commit it
+replaces, which stays served until the overwrite's commit swaps it: ``swap.py``). The fence
+lives beside the run folders (a name no run id can take), so run folders hold only what was
+trained. An older attempt can thus never overwrite or delete a newer one's work, and a
+finished run's files are never modified except through an explicit overwrite, which claims
+the folder like any attempt.
 (The ONNX export adds ``onnx/`` to a finished run under the same lock, only while the run
 still holds the commit it was built from: ``export.py``.)
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from shared.logging import get_logger
 from shared.manifests import FenceRecord, ManifestError
-from shared.runs import is_complete
+from shared.runs import commit_digest, is_complete
 
 log = get_logger(__name__)
 
@@ -84,6 +86,28 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
+def _commit_now(run_dir: Path) -> str | None:
+    """The commit the folder holds (the digest of its ``run.json``); None: incomplete."""
+    try:
+        return commit_digest(run_dir) if is_complete(run_dir) else None
+    except FileNotFoundError:
+        return None
+
+
+def replaced_commit(run_dir: Path) -> str | None:
+    """The commit the attempt that last claimed ``run_dir`` set out to replace, if any."""
+    try:
+        return FenceRecord.read(_fence_path(run_dir, ".json")).replaces
+    except (OSError, ManifestError):
+        return None
+
+
+def release(run_dir: Path) -> None:
+    """Drop the claim (an abandoned overwrite; call under the run's lock): whichever
+    attempt held it writes nothing more, and the next claim takes the folder afresh."""
+    _fence_path(run_dir, ".json").unlink(missing_ok=True)
+
+
 def holder(run_dir: Path) -> AttemptToken | None:
     """The attempt that last claimed ``run_dir``; None when none did or the fence file is
     unreadable (the next claim then rewrites it)."""
@@ -102,15 +126,20 @@ class RunFence:
         self.token = token
         self._checked_at = 0.0
         self._current = False
+        # The commit this attempt replaces (an overwrite); None: the run must stay incomplete.
+        self.replaces: str | None = None
 
-    def claim(self, retire_finished_run: Callable[[], None] | None = None) -> None:
+    def claim(self, replace_finished_run: Callable[[], None] | None = None) -> None:
         """Take the folder for this attempt before writing anything into it.
 
         Raises ``Superseded`` when a newer attempt of the same workflow run holds it, or
-        when the run is complete and ``retire_finished_run`` is None (it may not be
-        replaced); otherwise ``retire_finished_run()`` clears the finished run under the
-        lock. A different workflow run holding the folder is taken over: the owner check
-        lets a workflow take a folder only from one that is no longer running.
+        when the run is complete and ``replace_finished_run`` is None (it may not be
+        replaced). Otherwise the complete run stays in place, served, until this attempt's
+        commit swaps it (``swap.py``): ``replace_finished_run()`` runs under the lock, and
+        the fence remembers the commit it replaces (``replaces``), so this attempt may write
+        only while the folder still holds that very commit. A different workflow run
+        holding the folder is taken over: the owner check lets a workflow take a folder
+        only from one that is no longer running.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with run_lock(self.run_dir):
@@ -122,12 +151,15 @@ class RunFence:
                     f"{self.token.attempt})"
                 )
             if is_complete(self.run_dir):
-                if retire_finished_run is None:
+                if replace_finished_run is None:
                     raise Superseded("the run is already complete")
-                retire_finished_run()
+                replace_finished_run()
+            self.replaces = _commit_now(self.run_dir)
             if current is not None and current != self.token:
                 log.info("fence.taken_over", previous=asdict(current))
-            FenceRecord(**asdict(self.token)).write(_fence_path(self.run_dir, ".json"))
+            FenceRecord(**asdict(self.token), replaces=self.replaces).write(
+                _fence_path(self.run_dir, ".json")
+            )
         self._current = True
         self._checked_at = time.monotonic()
         log.info("fence.claimed", attempt=self.token.attempt)
@@ -139,7 +171,7 @@ class RunFence:
             if current and not current.same_workflow_run(self.token):
                 owner += f" of workflow {current.workflow_id!r}"
             raise Superseded(f"{owner} owns the run now, not attempt {self.token.attempt}")
-        if is_complete(self.run_dir):
+        if _commit_now(self.run_dir) not in (None, self.replaces):
             raise Superseded("the run is already complete")
 
     @contextmanager

@@ -2,9 +2,12 @@
 
 A run folder is complete exactly when its ``run.json`` (a ``RunRecord``) exists; it is
 written last, atomically, after the model files. A complete run's files are never modified
-again except by an explicit ``overwrite``, which retires its record first (its ONNX export,
-``onnx/``, is added after the commit under the run's lock: ``export.py``). Every write happens
-through the attempt's fence (``fencing``), so a stale attempt never writes at all.
+again except by an explicit ``overwrite`` (its ONNX export, ``onnx/``, is added after the
+commit under the run's lock: ``export.py``). An overwrite keeps the old run complete and
+served while it trains beside it; its commit stages the new files and ``run.json`` and swaps
+them in under the run's lock (``swap.py``), so a failed or cancelled overwrite leaves the old
+run as it was. Every write happens through the attempt's fence (``fencing``), so a stale
+attempt never writes at all.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer.run_folder import checkpoints, fencing, ownership
+from services.trainer.run_folder import checkpoints, fencing, ownership, swap
 from services.trainer.run_folder.fencing import AttemptToken, RunFence
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
@@ -27,12 +30,12 @@ from shared.run_record import (
 )
 from shared.runs import (
     CHECKPOINTS_DIR,
-    RUN_MANIFEST,
     commit_digest,
     is_complete,
     list_runs,
     read_record,
     resolve_run_dir,
+    unreadable_reason,
     write_record,
 )
 from shared.types import BertFineTuneRequest, BertFineTuneResult
@@ -46,6 +49,23 @@ STAGING_DIR = ".staging"
 # Files a saved model folder must not keep: a pickle of the TrainingArguments (the run's
 # settings live in run.json, and run folders hold no pickles).
 _NOT_COMMITTED = ("training_args.bin",)
+
+# While an overwrite trains, the training logs of the run it replaces (its MLflow key, its
+# TensorBoard events) wait here, so the new training starts its own; an abandoned overwrite
+# puts them back, a commit drops them.
+REPLACED_DIR = ".replaced"
+_REPLACED_PARTIAL = f"{REPLACED_DIR}.partial"
+# Tracking files a training attempt keeps in its run folder (``tracking/trackers.py``'s
+# ``TRACKING_FILE`` and ``tensorboard_logger.py``'s ``EVENTS_DIR``).
+TRACKING_FILES = ("tracking.json", "tensorboard")
+# Not part of a commit: a swap leaves them in place (``swap.install``).
+TRAINING_FILES = (
+    CHECKPOINTS_DIR,
+    ownership.OWNER_FILE,
+    REPLACED_DIR,
+    _REPLACED_PARTIAL,
+    *TRACKING_FILES,
+)
 
 
 @dataclass(frozen=True)
@@ -87,9 +107,19 @@ class RunDirectory:
 
     def refuse_conflicting_rerun(self, request: BertFineTuneRequest) -> None:
         """Before loading any data: a finished run under this id with another config (or
-        fewer epochs than asked) is refused unless ``overwrite``."""
+        fewer epochs than asked, or a ``run.json`` that cannot be read) is refused unless
+        ``overwrite``."""
+        if request.overwrite:
+            return
+        if (reason := unreadable_reason(self.path)) is not None:
+            raise failure(
+                INVALID_CONFIG,
+                f"run {self.run_id!r} is finished but its run.json cannot be read ({reason}: "
+                "written by a newer version, or damaged); set overwrite: true to replace it, or "
+                "use another experiment_name",
+            )
         record = self.finished_record()
-        if record is None or request.overwrite:
+        if record is None:
             return
         if identity_fields(record.config) != identity_fields(request.config):
             raise failure(
@@ -107,8 +137,10 @@ class RunDirectory:
     def reusable(self, request: BertFineTuneRequest, identity: str) -> RunRecord | None:
         """This run's own finished record when it is the same work, else None; a finished
         run on other data is refused."""
+        if request.overwrite:
+            return None
         record = self.finished_record()
-        if record is None or request.overwrite:
+        if record is None:
             return None
         if record.reused_from and not self._source_unchanged(record):
             log.info("training.reuse_source_changed", reused_from=record.reused_from)
@@ -149,40 +181,91 @@ class RunDirectory:
         """Make this workflow the folder's trainer and this attempt its only writer.
 
         Raises ``fencing.Superseded`` when a newer attempt holds the folder, or when the run
-        is complete and may not be replaced. A finished run is retired under the run's lock
+        is complete and may not be replaced. A finished run (readable or not) is replaced
         for an ``overwrite`` (unless an earlier attempt of this same workflow run finished
         this very work: it lost its connection, and its result is reused), and so is a
-        reuse pointer whose source changed (the work is done again).
+        reuse pointer whose source changed (the work is done again). Replaced means: it
+        stays complete and served until this attempt's commit swaps it (``swap``).
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        self._settle()
         if owner is not None:
             ownership.claim(self.path, owner.workflow_id, owner.is_running)
-        record = self.finished_record()
-        replace = record is not None and (
-            bool(record.reused_from and not self._source_unchanged(record))
-            or (overwrite and not self._finished_here(record, token, identity))
-        )
+        if unreadable_reason(self.path) is not None:
+            replace = overwrite
+        else:
+            record = self.finished_record()
+            replace = record is not None and (
+                bool(record.reused_from and not self._source_unchanged(record))
+                or (overwrite and not self._finished_here(record, token, identity))
+            )
         fence = RunFence(self.path, token)
-        fence.claim(retire_finished_run=self._clear_finished_run if replace else None)
+        fence.claim(replace_finished_run=self._set_aside_tracking if replace else None)
         self._fence = fence
         # Staging folders that older attempts of this run left behind (they crashed while
         # saving, or are stale and will find the fence closed).
-        for leftover in (self.runs_root / STAGING_DIR).glob(f"{self.run_id}.attempt-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        self._settle(drop_staging=True)
+
+    def _settle(self, drop_staging: bool = False) -> None:
+        """Under the run's lock: finish a swap that was cut off (``swap``); then, with
+        ``drop_staging``, remove the staging folders older attempts of this run left."""
+        with fencing.run_lock(self.path):
+            leftovers = [swap.finish_interrupted(self.path)]
+            if drop_staging:
+                leftovers += (self.runs_root / STAGING_DIR).glob(f"{self.run_id}.attempt-*")
+        for leftover in leftovers:
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def _finished_here(self, record: RunRecord, token: AttemptToken, identity: str) -> bool:
-        """Whether an earlier attempt of this workflow run completed this same work."""
+        """Whether an earlier attempt of this workflow run completed this same work (and
+        not merely set out to replace it: the folder no longer holds the commit it
+        replaced)."""
         holder = fencing.holder(self.path)
         return (
-            record.identity == identity and holder is not None and holder.same_workflow_run(token)
+            record.identity == identity
+            and holder is not None
+            and holder.same_workflow_run(token)
+            and fencing.replaced_commit(self.path) != commit_digest(self.path)
         )
 
-    def _clear_finished_run(self) -> None:
-        """The record goes first, so a reader never sees a complete run with missing files."""
-        (self.path / RUN_MANIFEST).unlink(missing_ok=True)
-        for entry in self.path.iterdir():
-            if entry.name not in (CHECKPOINTS_DIR, ownership.OWNER_FILE):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    def _set_aside_tracking(self) -> None:
+        """Under the lock, at an overwrite's claim: the replaced run's training logs wait in
+        ``REPLACED_DIR`` (the new training starts its own; see ``abandon_replacement``).
+        An earlier attempt of the overwrite already did it when the folder exists."""
+        aside, partial = self.path / REPLACED_DIR, self.path / _REPLACED_PARTIAL
+        if aside.exists():
+            return
+        present = [name for name in TRACKING_FILES if (self.path / name).exists()]
+        if not present and not partial.exists():
+            return
+        partial.mkdir(exist_ok=True)  # it exists when a claim was cut off here: finish it
+        for name in present:
+            (self.path / name).replace(partial / name)
+        partial.replace(aside)
+
+    def abandon_replacement(self, workflow_id: str) -> bool:
+        """After a cancelled or failed overwrite by ``workflow_id``: remove its training
+        leftovers (checkpoints, claim, logs) and put the replaced run's logs back; the
+        complete run it was replacing stays exactly as it was. True when there was one."""
+        with fencing.run_lock(self.path):
+            retired = swap.finish_interrupted(self.path)
+            abandoned = is_complete(self.path) and ownership.owner_of(self.path) == workflow_id
+            if abandoned:
+                fencing.release(self.path)  # a stale attempt of it writes nothing more
+                for name in (CHECKPOINTS_DIR, *TRACKING_FILES):
+                    _remove(self.path / name)
+                for aside in (self.path / _REPLACED_PARTIAL, self.path / REPLACED_DIR):
+                    if aside.is_dir():
+                        for entry in list(aside.iterdir()):
+                            entry.replace(self.path / entry.name)
+                        aside.rmdir()
+                (self.path / ownership.OWNER_FILE).unlink(missing_ok=True)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+        if abandoned:
+            log.info("training.overwrite_abandoned", run_id=self.run_id)
+        return abandoned
 
     def checkpoint_digests(
         self, identity: str, request: BertFineTuneRequest, data: str
@@ -203,34 +286,25 @@ class RunDirectory:
         attempt: int,
         export: Callable[[Path], None] | None = None,
     ) -> None:
-        """Model files first (saved to a staging folder), ``run.json`` last and atomically,
-        then the checkpoints and the owner claim go: the record now guards the folder.
+        """Model files and ``run.json`` are staged first, then swapped in under the fence
+        (``swap.install``: ``run.json`` last, the commit it replaces, if any, retired in the
+        same step); the checkpoints and the owner claim go: the record now guards the folder.
 
-        The move into the run folder happens under the fence: if a newer attempt took the
-        folder while this one was saving, nothing is moved and ``Superseded`` is raised.
+        If a newer attempt took the folder while this one was saving, nothing is moved and
+        ``Superseded`` is raised.
         """
         if not self.fence.still_current(force=True):
             raise fencing.Superseded("a newer attempt owns the run; not saving")
-        staging = self.runs_root / STAGING_DIR / f"{self.run_id}.attempt-{attempt}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+
+        def stage(staging: Path) -> None:
             save_model(staging)
             for name in _NOT_COMMITTED:
                 (staging / name).unlink(missing_ok=True)
             if export is not None:
                 export(staging)
-            with self.fence.exclusive():
-                for entry in staging.iterdir():
-                    target = self.path / entry.name
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    entry.replace(target)
-                write_record(self.path, record)
-                self._drop_training_leftovers()
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            with contextlib.suppress(OSError):  # another run may be staging there too
-                staging.parent.rmdir()
+            write_record(staging, record)
+
+        self._stage_and_swap(stage, f"attempt-{attempt}")
 
     def commit_reuse(self, record: RunRecord, source: RunRecord) -> RunRecord:
         """Complete this run as a pointer to ``source``'s model: no weights are copied; the
@@ -239,14 +313,40 @@ class RunDirectory:
         pointer = record.model_copy(
             update={"reused_from": source.run_id, "source_commit": commit_digest(source_dir)}
         )
-        with self.fence.exclusive():
-            write_record(self.path, pointer)
-            self._drop_training_leftovers()
+        self._stage_and_swap(lambda staging: write_record(staging, pointer), "attempt-reuse")
         return pointer
+
+    def _stage_and_swap(self, stage: Callable[[Path], None], name: str) -> None:
+        staging = self.runs_root / STAGING_DIR / f"{self.run_id}.{name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        retired: Path | None = None
+        try:
+            stage(staging)
+            with self.fence.exclusive():
+                retired = swap.install(self.path, staging, keep=TRAINING_FILES)
+                self._drop_training_leftovers()
+        finally:
+            # A swap cut off midway still needs its staged files: the next writer finishes it.
+            pending = swap.pending_staging(self.path)
+            if pending is None or pending.resolve() != staging.resolve():
+                shutil.rmtree(staging, ignore_errors=True)
+            if retired is not None:
+                shutil.rmtree(retired, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another run may be staging there too
+                staging.parent.rmdir()
 
     def _drop_training_leftovers(self) -> None:
         shutil.rmtree(self.path / CHECKPOINTS_DIR, ignore_errors=True)
+        shutil.rmtree(self.path / REPLACED_DIR, ignore_errors=True)
+        shutil.rmtree(self.path / _REPLACED_PARTIAL, ignore_errors=True)
         (self.path / ownership.OWNER_FILE).unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def reuse_record(request: BertFineTuneRequest, source: RunRecord, model_dir: Path) -> RunRecord:
