@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install lock chart-readme system-deps tools demo dev test test-fast test-slow image-test lint format bench bench-gpu clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-fast test-slow image-test lint format bench bench-http bench-gpu clean k8s-up k8s-down
 
 # Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
 # constraints.txt (the CPU build; the images pick their own build and index).
@@ -101,6 +101,12 @@ format: install
 # the table to docs/benchmarks.md. About 5 minutes on 2 idle cores: run it on a quiet machine.
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.compare
+
+# HTTP serving (the inferencer's Open Inference Protocol endpoint): 8-text p50/p95 vs in-process
+# classification and the workflow path, throughput with 32 clients vs `pipeline`, per batching
+# window; writes its section of docs/benchmarks.md. A few minutes on 2 idle cores.
+bench-http: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.http_serving --write
 
 # BERT-base fine-tuning samples/s, MFU and inference texts/s on a CUDA GPU (exits 0 without one).
 bench-gpu: install
