@@ -126,6 +126,14 @@ class ExportCheck(BaseModel):
     # None when no int8 graph was built (no check texts).
     int8_disagreements: int | None = None
     max_int8_disagreement: float
+    # What the int8 check compared, per task (absent from exports made before tasks): the
+    # texts' labels, label sets or scores, or the words' tags (token classification).
+    int8_compared: int | None = None
+    int8_unit: str | None = None
+    # Regression: a score agrees within this distance of fp32's (a share of the scores'
+    # spread on the check texts), and the largest distance measured.
+    int8_score_tolerance: float | None = None
+    max_int8_score_difference: float | None = None
 
 
 class ExportManifest(Manifest):
@@ -134,6 +142,9 @@ class ExportManifest(Manifest):
     (the inferencer's ``OnnxClassifier``, the export activity, ``bert-finetune runs``)."""
 
     KIND: ClassVar[str] = "ONNX export manifest"
+    # 2: the export of a task other than single-label classification (``task``), which a
+    # release before tasks would misread; single-label exports are still written as 1.
+    VERSION: ClassVar[int] = 2
 
     # Named ``format_version`` on disk since the first export (older inferencers check it).
     version: int = Field(default=1, alias="format_version")
@@ -152,6 +163,9 @@ class ExportManifest(Manifest):
     # The digest of the run.json the export was built from; None for exports made inside
     # the commit itself (they are part of it).
     source_commit: str | None = None
+    # What the graph's ``logits`` are (``shared.tasks``): [n, labels] for the sequence
+    # tasks, [n, tokens, labels] for token classification. Version 1 files: single-label.
+    task: str = "single_label_classification"
 
     @field_validator("pad_token_id", mode="before")
     @classmethod
@@ -166,6 +180,11 @@ class CheckTexts(Manifest):
     KIND: ClassVar[str] = "export check texts file"
 
     texts: list[str]
+    # The second text of each pair, for runs trained on pairs (same length as ``texts``).
+    text_pairs: list[str] | None = None
+    # The sweep whose trial this run is: only a sweep's best trial is exported after the
+    # sweep (the others on request, ``bert-finetune export``).
+    sweep: str | None = None
 
 
 class OwnerRecord(Manifest):

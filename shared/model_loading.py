@@ -16,6 +16,7 @@ import importlib.util
 from typing import Any
 
 from shared.errors import MODEL_LOAD_ERROR, failure
+from shared.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION
 
 
 def torch_available() -> bool:
@@ -69,8 +70,54 @@ def load_classification_model(source: str, subject: str, fix: str, **overrides: 
         ) from None
 
 
-def load_for_fine_tuning(model_name: str, label_names: list[str]) -> tuple[Any, Any]:
-    """Tokenizer and model to fine-tune, with a classification head for ``label_names``."""
+def load_token_classification_model(source: str, subject: str, fix: str, **overrides: Any) -> Any:
+    """The transformers token-classification model at ``source`` (one tag per token)."""
+    from transformers import AutoModelForTokenClassification
+
+    try:
+        return AutoModelForTokenClassification.from_pretrained(
+            source, trust_remote_code=False, use_safetensors=True, **overrides
+        )
+    except Exception as err:
+        raise failure(
+            MODEL_LOAD_ERROR,
+            f"{subject} could not be loaded for token classification ({_first_line(err)}); {fix}",
+        ) from None
+
+
+def load_task_model(source: str, subject: str, fix: str, task: str, **overrides: Any) -> Any:
+    """The model of ``task`` at ``source``: a token-classification model for
+    ``token_classification``, a sequence classifier otherwise (its saved ``problem_type``
+    says whether it is single-label, multi-label or a regression)."""
+    if task == TOKEN_CLASSIFICATION:
+        return load_token_classification_model(source, subject, fix, **overrides)
+    return load_classification_model(source, subject, fix, **overrides)
+
+
+def head_overrides(task: str, label_names: list[str]) -> dict[str, Any]:
+    """How a new head is set up for ``task``: one output per label (a regression: one
+    output, no label names), the loss by ``problem_type``."""
+    if task == REGRESSION:
+        return {
+            "num_labels": 1,
+            "problem_type": "regression",
+            "id2label": {0: "score"},
+            "label2id": {"score": 0},
+        }
+    overrides: dict[str, Any] = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    if task == MULTI_LABEL:  # (single-label leaves it to transformers, as before the tasks)
+        overrides["problem_type"] = task
+    return overrides
+
+
+def load_for_fine_tuning(
+    model_name: str, label_names: list[str], task: str = SINGLE_LABEL
+) -> tuple[Any, Any]:
+    """Tokenizer and model to fine-tune, with a new head for ``task`` and ``label_names``."""
     subject = f"model_name {model_name!r}"
     tokenizer = load_tokenizer(
         model_name,
@@ -78,20 +125,19 @@ def load_for_fine_tuning(model_name: str, label_names: list[str]) -> tuple[Any, 
         "give a hub id or a directory with a saved model and its tokenizer "
         "(tokenizer.save_pretrained)",
     )
-    model = load_classification_model(
+    model = load_task_model(
         model_name,
         subject,
         "it must be a checkpoint saved with safetensors (no pickles, no remote code) of an "
         "architecture transformers can classify with",
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
+        task,
         ignore_mismatched_sizes=True,
+        **head_overrides(task, label_names),
     )
     return tokenizer, model
 
 
-def load_for_serving(model_dir: str, run_id: str) -> tuple[Any, Any]:
+def load_for_serving(model_dir: str, run_id: str, task: str = SINGLE_LABEL) -> tuple[Any, Any]:
     """Tokenizer and model of a finished run, for inference with PyTorch (runs without an
     ONNX export). Refused, naming the fix, where PyTorch is not installed."""
     if not torch_available():
@@ -105,4 +151,4 @@ def load_for_serving(model_dir: str, run_id: str) -> tuple[Any, Any]:
     fix = "retrain it or check the runs volume"
     subject = f"run {run_id!r}"
     tokenizer = load_tokenizer(model_dir, subject, fix)
-    return tokenizer, load_classification_model(model_dir, subject, fix)
+    return tokenizer, load_task_model(model_dir, subject, fix, task)

@@ -52,14 +52,36 @@ PROMOTE_ACTIVITY = "promote_alias"
 # per text, so many short texts are refused as surely as a few huge ones.
 MAX_INFERENCE_PAYLOAD_BYTES = 1024 * 1024
 RESULT_BYTES_PER_TEXT = 96
+# Multi-label: each label's probability in ``scores`` (and its name in ``labels``), per text.
+RESULT_BYTES_PER_LABEL = 40
+# Token classification: each word's tag, and its share of an entity (offsets, score, and
+# the word's text again, counted on top).
+RESULT_BYTES_PER_WORD = 64
 
 
-def inference_payload_bytes(texts: list[str]) -> int:
-    """Estimated size of a ``BertInferenceResult`` for ``texts`` (JSON-encoded texts + extras)."""
-    return sum(
-        len(json.dumps(text, ensure_ascii=False).encode("utf-8")) + RESULT_BYTES_PER_TEXT
-        for text in texts
-    )
+def _json_bytes(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+
+
+def inference_payload_bytes(
+    texts: list[str],
+    text_pairs: list[str] | None = None,
+    *,
+    labels: list[str] | None = None,
+    per_word: bool = False,
+) -> int:
+    """Estimated size of a ``BertInferenceResult`` for ``texts`` (JSON-encoded texts + extras),
+    and of the request's second texts. What only the served run knows is counted when given:
+    ``labels`` (a multi-label run's names, in every text's scores) and ``per_word`` (a token
+    classification run: a tag per word, the words again in the entities)."""
+    size = sum(_json_bytes(text) + RESULT_BYTES_PER_TEXT for text in texts)
+    if text_pairs is not None:
+        size += sum(_json_bytes(pair) for pair in text_pairs)
+    if labels:
+        size += len(texts) * sum(_json_bytes(name) + RESULT_BYTES_PER_LABEL for name in labels)
+    if per_word:
+        size += sum(_json_bytes(text) + RESULT_BYTES_PER_WORD * len(text.split()) for text in texts)
+    return size
 
 
 PROGRESS_QUERY = "progress"

@@ -79,6 +79,12 @@ RETRY_BUDGET_COUNTS_PROGRESS = Patch(
     date(2026, 12, 7),
     "a training execution whose retries ran out but sealed a newer checkpoint runs again",
 )
+INFERENCE_PAYLOAD_COUNTS_PAIRS = Patch(
+    "inference-payload-counts-pairs",
+    date(2026, 12, 7),
+    "an inference request's size check counts its text_pairs (consulted only for requests "
+    "with pairs: without them the estimate is unchanged)",
+)
 
 ALL_PATCHES = (
     RUNS_AS_CHILDREN,
@@ -88,4 +94,5 @@ ALL_PATCHES = (
     SMALL_REQUEST_LOCAL_ACTIVITY,
     WARM_LOCAL_ACTIVITY,
     RETRY_BUDGET_COUNTS_PROGRESS,
+    INFERENCE_PAYLOAD_COUNTS_PAIRS,
 )

@@ -1,4 +1,4 @@
-"""The ``run_bert_inference`` activity: batched, length-sorted classification of texts."""
+"""The ``run_bert_inference`` activity: batched, length-sorted predictions of the run's task."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
 from shared import metrics
 from shared.aliases import resolve_request_alias
-from shared.errors import MODEL_COLD, RUN_NOT_FOUND, failure
+from shared.errors import INVALID_CONFIG, MODEL_COLD, RUN_NOT_FOUND, failure
 from shared.instrumentation import COLD_OUTCOME, InferenceRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import ServedRun, resolve_served_run
+from shared.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN_CLASSIFICATION
 from shared.types import (
     INFERENCE_ACTIVITY,
     INFERENCE_WARM_ACTIVITY,
+    MAX_INFERENCE_PAYLOAD_BYTES,
     BertInferenceRequest,
     BertInferenceResult,
+    inference_payload_bytes,
 )
 
 log = get_logger(__name__)
@@ -56,6 +59,48 @@ def served_run(runs_root: Path, run_id: str, alias: str | None) -> ServedRun:
         ) from None
 
 
+def check_text_pairs(served: ServedRun, text_pairs: list[str] | None) -> None:
+    """``text_pairs`` are required exactly when the run was trained on pairs
+    (``text_pair_column``); ``InvalidConfig`` naming the fix otherwise."""
+    column = served.record.config.text_pair_column
+    if column is not None and text_pairs is None:
+        raise failure(
+            INVALID_CONFIG,
+            f"text_pairs: run {served.run_id!r} was trained on text pairs (text_pair_column "
+            f"{column[:100]!r}); give text_pairs, the second text of each pair, one per text",
+        )
+    if column is None and text_pairs is not None:
+        raise failure(
+            INVALID_CONFIG,
+            f"text_pairs: run {served.run_id!r} was trained on single texts "
+            f"({served.record.config.task}, no text_pair_column); remove text_pairs",
+        )
+
+
+def check_result_size(request: BertInferenceRequest, task: str, label_names: list[str]) -> None:
+    """The result fits the payload budget with what the run's task adds per text: every
+    label's probability (multi-label), a tag per word and the entities (token
+    classification). The workflow counted the texts and pairs only."""
+    size = inference_payload_bytes(
+        request.texts,
+        request.text_pairs,
+        labels=label_names if task == MULTI_LABEL else None,
+        per_word=task == TOKEN_CLASSIFICATION,
+    )
+    if size > MAX_INFERENCE_PAYLOAD_BYTES:
+        what = (
+            f"a probability for each of its {len(label_names)} labels"
+            if task == MULTI_LABEL
+            else "a tag per word and the entities"
+        )
+        raise failure(
+            INVALID_CONFIG,
+            f"texts: {len(request.texts)} texts make a result of about {size} bytes with "
+            f"{what} ({task}), over the {MAX_INFERENCE_PAYLOAD_BYTES}-byte limit per request; "
+            "split them over several requests (`bert-finetune predict --file` does this)",
+        )
+
+
 class InferenceActivities:
     def __init__(self, runs_root: Path, cache: ModelCache) -> None:
         self._runs_root = runs_root
@@ -82,6 +127,7 @@ class InferenceActivities:
             assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.
             served = served_run(self._runs_root, request.run_id, alias)
+            check_text_pairs(served, request.text_pairs)
             device = "cpu"
             if request.use_gpu:
                 import torch
@@ -93,23 +139,35 @@ class InferenceActivities:
                 else self._cache.get(served.model_dir, device)
             )
             if loaded is not None:
-                labels, confidences = loaded.classifier.classify(
-                    request.texts, request.max_seq_length, request.batch_size, _progress_callback()
+                classifier = loaded.classifier
+                task = classifier.task
+                if task != SINGLE_LABEL:
+                    check_result_size(request, task, loaded.label_names)
+                predictions = classifier.predict(
+                    request.texts,
+                    request.max_seq_length,
+                    request.batch_size,
+                    _progress_callback(),
+                    request.text_pairs,
                 )
                 metrics.INFERENCE_TEXTS.inc(len(request.texts))
                 log.info(
                     "inference.done",
                     run_id=request.run_id,
                     texts=len(request.texts),
-                    backend=loaded.classifier.backend,
+                    task=task,
+                    backend=classifier.backend,
                     seconds=round(time.monotonic() - started, 4),
                 )
+                single = task == SINGLE_LABEL
                 return BertInferenceResult(
                     run_id=request.run_id,
                     texts=request.texts,
-                    labels=labels,
-                    label_names=[loaded.label_names[label] for label in labels],
-                    confidences=confidences,
+                    labels=[p["label_id"] for p in predictions] if single else [],
+                    label_names=[p["label"] for p in predictions] if single else [],
+                    confidences=[p["score"] for p in predictions] if single else [],
+                    task=task,
+                    predictions=predictions,
                 )
             # Cold: not a failed request (the regular activity serves it), so not counted.
             outcome.label = COLD_OUTCOME

@@ -1,6 +1,7 @@
 """Dynamic batching for the HTTP endpoint: concurrent requests for one model, one forward pass.
 
-Requests for the same loaded model (and ``max_seq_length``) queue together. A batch starts
+Requests for the same loaded model (and ``max_seq_length``, and whether they send text pairs)
+queue together. A batch starts
 when its oldest request has waited ``window`` seconds, or at once when the queue holds
 ``max_batch_texts`` texts; while a batch runs, the next one fills up, so under load the
 batches grow by themselves and an idle endpoint adds at most ``window`` to a request. A
@@ -21,16 +22,19 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.inferencer.classifiers import BatchCallback, LoadedModel
 from shared import metrics
 
-Result = tuple[list[int], list[float]]
+# One prediction per text, in the run's task's shape (``Classifier.predict``).
+Result = list[dict[str, Any]]
 
 
 @dataclass
 class _Waiting:
     texts: list[str]
+    pairs: list[str] | None
     future: asyncio.Future[Result]
     arrived: float
 
@@ -60,17 +64,23 @@ class DynamicBatcher:
         self._max_texts = max_batch_texts
         self._batch_size = batch_size
         self._on_batch = on_batch or (lambda: _ignore)
-        self._queues: dict[tuple[int, int], _Queue] = {}
+        self._queues: dict[tuple[int, int, bool], _Queue] = {}
 
-    async def classify(self, model: LoadedModel, texts: list[str], max_seq_length: int) -> Result:
-        """Labels and confidences for ``texts`` (input order), classified with whatever other
-        requests for ``model`` arrive within the window."""
-        key = (id(model), max_seq_length)
+    async def predict(
+        self,
+        model: LoadedModel,
+        texts: list[str],
+        max_seq_length: int,
+        pairs: list[str] | None = None,
+    ) -> Result:
+        """Predictions for ``texts`` (input order; ``pairs``: their second texts), made with
+        whatever other requests for ``model`` arrive within the window."""
+        key = (id(model), max_seq_length, pairs is not None)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(model, max_seq_length)
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(texts, loop.create_future(), time.monotonic())
+        waiting = _Waiting(texts, pairs, loop.create_future(), time.monotonic())
         queue.waiting.append(waiting)
         queue.texts += len(texts)
         if queue.texts >= self._max_texts:
@@ -80,7 +90,7 @@ class DynamicBatcher:
             loop.create_task(self._drain(key, queue))
         return await waiting.future
 
-    async def _drain(self, key: tuple[int, int], queue: _Queue) -> None:
+    async def _drain(self, key: tuple[int, int, bool], queue: _Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
             while queue.waiting:
@@ -100,16 +110,20 @@ class DynamicBatcher:
                 if not batch:
                     continue
                 texts = [text for item in batch for text in item.texts]
+                pairs = None
+                if key[2]:  # a queue of requests with pairs: every item has them
+                    pairs = [pair for item in batch for pair in item.pairs or []]
                 metrics.HTTP_BATCH_TEXTS.observe(len(texts))
                 metrics.HTTP_BATCH_REQUESTS.observe(len(batch))
                 try:
-                    labels, scores = await loop.run_in_executor(
+                    predictions = await loop.run_in_executor(
                         self._executor,
-                        queue.model.classifier.classify,
+                        queue.model.classifier.predict,
                         texts,
                         queue.max_seq_length,
                         self._batch_size,
                         self._on_batch(),
+                        pairs,
                     )
                 except Exception as err:
                     for item in batch:
@@ -120,7 +134,7 @@ class DynamicBatcher:
                 for item in batch:
                     end = start + len(item.texts)
                     if not item.future.done():
-                        item.future.set_result((labels[start:end], scores[start:end]))
+                        item.future.set_result(predictions[start:end])
                     start = end
         except BaseException as err:  # a bug or a cancelled loop: no request waits forever
             while queue.waiting:

@@ -8,10 +8,13 @@ JSON, or binary for the outputs the request asks so (``binary_data_output`` for 
 ``outputs[].parameters.binary_data`` for one).
 
 What a run returns is decided by its task (``TASKS``): one ``TaskSpec`` lists the outputs
-its metadata declares and builds them from a ``Prediction``. Single-label classification is
-the only task trained today (outputs ``label`` and ``score``); another task adds a spec and a
-builder, e.g. regression (``score`` FP32 ``[n]``), multi-label (``scores`` FP32 ``[n, L]``
-with ``parameters.labels``) or token classification (``entities``, BYTES JSON per text).
+its metadata declares and builds them from a ``Prediction`` (the run's predictions, as
+``BertInferenceResult.predictions``): single-label ``label`` (BYTES ``[n]``) and ``score``
+(FP32 ``[n]``); regression ``score`` (FP32 ``[n]``); multi-label ``scores`` (FP32 ``[n, L]``,
+every label's probability, the label names in the output's ``parameters.labels``); token
+classification ``entities`` (BYTES ``[n]``, each a JSON list of ``{label, start, end,
+text, score}``). The input ``text_pair`` is optional like ``text``: the second texts of a
+run trained on pairs.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TEXT = "text"
 TEXT_PAIR = "text_pair"
 INPUT_NAMES = (TEXT, TEXT_PAIR)
-SINGLE_LABEL = "single_label_classification"
 # Same bounds as BertInferenceRequest.max_seq_length (the workflow path's default is 128).
 DEFAULT_MAX_SEQ_LENGTH = 128
 MIN_MAX_SEQ_LENGTH, MAX_MAX_SEQ_LENGTH = 8, 512
@@ -55,10 +59,10 @@ class InferRequest:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a classifier returned for n texts, in input order."""
+    """What a classifier returned for n texts, in input order: one prediction per text (the
+    task's shape, ``BertInferenceResult.predictions``) and the run's label names."""
 
-    labels: list[int]
-    scores: list[float]
+    predictions: list[dict[str, Any]]
     label_names: list[str]
 
 
@@ -100,10 +104,46 @@ class TaskSpec:
 
 
 def _single_label_outputs(prediction: Prediction) -> list[Tensor]:
-    n = len(prediction.labels)
+    n = len(prediction.predictions)
     return [
-        Tensor("label", "BYTES", [n], [prediction.label_names[i] for i in prediction.labels]),
-        Tensor("score", "FP32", [n], prediction.scores),
+        Tensor("label", "BYTES", [n], [p["label"] for p in prediction.predictions]),
+        Tensor("score", "FP32", [n], [p["score"] for p in prediction.predictions]),
+    ]
+
+
+def _regression_outputs(prediction: Prediction) -> list[Tensor]:
+    n = len(prediction.predictions)
+    return [Tensor("score", "FP32", [n], [p["score"] for p in prediction.predictions])]
+
+
+def _multi_label_outputs(prediction: Prediction) -> list[Tensor]:
+    """Every label's probability per text, row-major; the label of each column named in
+    ``parameters.labels`` (the labels predicted are those at 0.5 or more)."""
+    names = prediction.label_names
+    rows = prediction.predictions
+    return [
+        Tensor(
+            "scores",
+            "FP32",
+            [len(rows), len(names)],
+            [p["scores"][name] for p in rows for name in names],
+            {"labels": list(names)},
+        )
+    ]
+
+
+def _token_outputs(prediction: Prediction) -> list[Tensor]:
+    n = len(prediction.predictions)
+    return [
+        Tensor(
+            "entities",
+            "BYTES",
+            [n],
+            [
+                json.dumps(p["entities"], ensure_ascii=False, separators=(",", ":"))
+                for p in prediction.predictions
+            ],
+        )
     ]
 
 
@@ -112,6 +152,11 @@ TASKS: dict[str, TaskSpec] = {
         SINGLE_LABEL,
         (("label", "BYTES", (-1,)), ("score", "FP32", (-1,))),
         _single_label_outputs,
+    ),
+    REGRESSION: TaskSpec(REGRESSION, (("score", "FP32", (-1,)),), _regression_outputs),
+    MULTI_LABEL: TaskSpec(MULTI_LABEL, (("scores", "FP32", (-1, -1)),), _multi_label_outputs),
+    TOKEN_CLASSIFICATION: TaskSpec(
+        TOKEN_CLASSIFICATION, (("entities", "BYTES", (-1,)),), _token_outputs
     ),
 }
 

@@ -30,7 +30,11 @@ with workflow.unsafe.imports_passed_through():
         BertInferenceResult,
         inference_payload_bytes,
     )
-    from shared.workflow_versions import SMALL_REQUEST_LOCAL_ACTIVITY, WARM_LOCAL_ACTIVITY
+    from shared.workflow_versions import (
+        INFERENCE_PAYLOAD_COUNTS_PAIRS,
+        SMALL_REQUEST_LOCAL_ACTIVITY,
+        WARM_LOCAL_ACTIVITY,
+    )
 
 # At most one default batch: classified in well under a second once the model is loaded.
 SMALL_REQUEST_MAX_TEXTS = 32
@@ -48,7 +52,12 @@ INFERENCE_RETRY_POLICY = RetryPolicy(
 class BertInferenceWorkflow:
     @workflow.run
     async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
-        size = inference_payload_bytes(request.texts)
+        # Requests without pairs are estimated as they always were; the run's task (labels
+        # per text, tags per word) is counted by the activity, which knows it.
+        pairs = request.text_pairs
+        if pairs is not None and not workflow.patched(INFERENCE_PAYLOAD_COUNTS_PAIRS.id):
+            pairs = None
+        size = inference_payload_bytes(request.texts, pairs)
         if size > MAX_INFERENCE_PAYLOAD_BYTES:
             raise failure(
                 INVALID_CONFIG,
