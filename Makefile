@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install lock chart-readme system-deps tools demo dev test test-fast test-slow image-test lint format bench bench-http bench-gpu clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-slow image-test lint format bench bench-http bench-gpu clean k8s-up k8s-down
 
 # Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
 # constraints.txt (the CPU build; the images pick their own build and index).
@@ -67,18 +67,21 @@ demo: install
 dev: install
 	$(BIN)/bert-finetune dev
 
+# Two tiers, both run by CI (.ci/run). `make test`: lint, types and every test not marked
+# slow, two at a time (pytest-xdist; each test file, and each package with a session-wide
+# fixture, stays on one worker: tests/conftest.py). Budget: 12 minutes of pytest on 2 idle
+# cores. `make test-slow`: the long fault-finding runs (chaos and soak, the real MiniLM, dev
+# stacks, health probes over minutes), then the images built and run for real. Both print
+# their 15 slowest tests.
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra --durations=15
 test: install system-deps tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra
+	$(PYTEST) -m "not slow" -n 2 --dist loadgroup
 
-test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra -m "not slow"
-
-# The slow tests, then the images built and run for real (not part of `make test`).
 test-slow: install system-deps tools
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra -m slow
+	$(PYTEST) -m slow
 	$(MAKE) image-test
 
 # Build the CPU images from the Dockerfiles (Debian's docker.io and dockerd when no engine

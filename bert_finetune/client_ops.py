@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.live import Live

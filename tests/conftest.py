@@ -58,6 +58,30 @@ async def run_temporal_cli(address: str, *args: str) -> dict:
     return json.loads(stdout)
 
 
+# Packages whose conftest starts something expensive once per session (or package): under
+# pytest-xdist each worker process has its own session, so such a package runs on one worker.
+ONE_WORKER_PACKAGES = {
+    "hardening": "one trained tiny run",
+    "observability": "one Prometheus scraping real workers through a fine-tune",
+    "tracking": "one MLflow server",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The safe grouping for ``pytest -n 2 --dist loadgroup`` (`make test`): every test file
+    runs whole on one worker, so its module fixtures start once; the packages above too.
+    Without xdist the ``xdist_group`` marks do nothing."""
+    tests_root = Path(__file__).resolve().parent
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        relative = item.path.resolve().relative_to(tests_root)
+        package = relative.parts[0] if len(relative.parts) > 1 else ""
+        group = package if package in ONE_WORKER_PACKAGES else relative.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging("INFO", "json")
