@@ -245,6 +245,9 @@ class Settings:
     model_cache_size: int = 4
     # The inferencer's HTTP endpoint (Open Inference Protocol v2); off unless BERT_HTTP_PORT.
     http: HttpSettings = field(default_factory=HttpSettings)
+    # Seconds between the inferencer's looks at the aliases, to load promoted runs ahead of
+    # traffic (services/inferencer/warming.py); 0: never.
+    warm_aliases_seconds: int = 10
     graceful_shutdown_seconds: int = 30
     progress_signal_interval_seconds: int = 10
     # Per phase, the most seconds without progress before the watchdog fails the attempt.
@@ -295,6 +298,7 @@ class Settings:
             ),
             model_cache_size=_int(env, "BERT_MODEL_CACHE_SIZE", 4, minimum=1),
             http=HttpSettings.from_env(env),
+            warm_aliases_seconds=_int(env, "BERT_WARM_ALIASES_SECONDS", 10),
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
             progress_signal_interval_seconds=_int(
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1

@@ -126,6 +126,20 @@ class ModelCache:
         with self._lock:
             return self._fresh(key, current)
 
+    def is_current(self, run_dir: Path, device: str) -> bool:
+        """Whether the run's current commit is loaded (no metrics, no LRU touch)."""
+        key, current = (run_dir.name, device), _stamp(run_dir)
+        with self._lock:
+            cached = self._models.get(key)
+            return cached is not None and cached.stamp == current
+
+    def stale(self, run_dir: Path, device: str) -> bool:
+        """Whether the run is loaded from files that changed since (an export landed)."""
+        key, current = (run_dir.name, device), _stamp(run_dir)
+        with self._lock:
+            cached = self._models.get(key)
+            return cached is not None and cached.stamp != current
+
     def warm(self, run_dir: Path, device: str) -> None:
         """Load the model on a background thread unless it is being warmed already; returns
         at once. A failure is logged (the next request that loads it reports it)."""

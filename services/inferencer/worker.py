@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from services.inferencer.activities import InferenceActivities
 from services.inferencer.http_server import HttpEndpoint
 from services.inferencer.model_cache import ModelCache
+from services.inferencer.warming import AliasWarmer
 from services.inferencer.workflows import BertInferenceWorkflow
 from shared.service import Sidecar, run_worker_service
 from shared.settings import Settings
@@ -70,6 +71,16 @@ async def run_inferencer(settings: Settings) -> None:
                 cache,
                 classify_threads=settings.inference_max_concurrent_activities,
                 graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
+            )
+        )
+    if settings.warm_aliases_seconds > 0:
+        # Promoted runs (and their exports) are loaded ahead of their first request.
+        sidecars.append(
+            AliasWarmer(
+                settings.runs_dir,
+                cache,
+                interval_seconds=settings.warm_aliases_seconds,
+                limit=settings.model_cache_size,
             )
         )
     await run_worker_service(
