@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from shared.tasks import MINIMIZED_METRICS, SWEEP_DEFAULT_METRIC, check_metric
 from shared.types import (
     EXPERIMENT_NAME_PATTERN,
     MAX_RUN_ID_LENGTH,
@@ -50,8 +51,10 @@ TunableField = Literal[
 ]
 TUNABLE_FIELDS: tuple[str, ...] = get_args(TunableField)
 INTEGER_FIELDS = frozenset({"batch_size", "num_epochs", "max_seq_length", "seed"})
-SweepMetric = Literal["eval_accuracy", "eval_f1_macro", "eval_loss"]
-MINIMISED_METRICS = frozenset({"eval_loss"})
+# Any ``eval_metrics`` key of the sweep's task (``shared.tasks.TASK_METRICS``), checked by
+# ``BertSweepInput``; lower is better for losses and errors (``shared.tasks.is_minimized``).
+SweepMetric = str
+MINIMISED_METRICS = MINIMIZED_METRICS
 Strategy = Literal["grid", "random", "tpe"]
 TrialState = Literal["succeeded", "pruned", "failed"]
 LiveTrialState = Literal["pending", "running", "succeeded", "pruned", "failed", "cancelled"]
@@ -105,6 +108,8 @@ class BertSweepInput(_Strict):
     strategy: Strategy = "random"
     num_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 8
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 4
+    # Default: the task's (``shared.tasks.SWEEP_DEFAULT_METRIC``: eval_accuracy for
+    # single-label, as before the tasks).
     metric: SweepMetric = "eval_accuracy"
     early_stopping: SuccessiveHalving | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
@@ -123,6 +128,13 @@ class BertSweepInput(_Strict):
                         f"{', '.join(TUNABLE_FIELDS)} (set other fields in base)"
                     )
         return value
+
+    @model_validator(mode="after")
+    def _metric_of_the_task(self) -> BertSweepInput:
+        if "metric" not in self.model_fields_set:
+            self.metric = SWEEP_DEFAULT_METRIC[self.base.task]
+        check_metric(self.base.task, self.metric, "metric")
+        return self
 
     @model_validator(mode="after")
     def _space_fits_the_config(self) -> BertSweepInput:
@@ -158,8 +170,16 @@ class BertSweepInput(_Strict):
         return self.num_trials
 
     def trial_config(self, params: dict[str, Any]) -> BertFineTuneConfig:
-        """``base`` with the searched fields taken from ``params``."""
-        return BertFineTuneConfig.model_validate({**self.base.model_dump(), **params})
+        """``base`` with the searched fields taken from ``params``. A trial that stops early
+        or keeps its best epoch judges epochs by the sweep's metric unless the base names
+        its own ``metric_for_best_model``."""
+        fields = {**self.base.model_dump(), **params}
+        base = self.base
+        if base.metric_for_best_model is None and (
+            base.early_stopping_patience is not None or base.keep_best_epoch
+        ):
+            fields["metric_for_best_model"] = self.metric
+        return BertFineTuneConfig.model_validate(fields)
 
     def trial_run_id(self, index: int, params: dict[str, Any]) -> str:
         model_name = params.get("model_name", self.base.model_name)

@@ -11,30 +11,51 @@ NEGATIVE = ["bad", "awful", "sad", "hate", "terrible", "poor", "horrible", "bori
 FILLER = ["the", "movie", "was", "really", "a", "day", "film", "it", "so", "very", "and", "this"]
 
 
-def build_tiny_bert(path: Path, num_labels: int = 2) -> Path:
-    """Save a 2-layer, 32-wide BERT with a WordPiece tokenizer to ``path``."""
+def build_tiny_bert(
+    path: Path, num_labels: int = 2, words: list[str] | None = None, hidden_size: int = 32
+) -> Path:
+    """Save a 2-layer, 32-wide BERT with a WordPiece tokenizer to ``path``; ``words``: its
+    vocabulary (default: the sentiment words of ``sentiment_rows``), each a whole token."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     torch.manual_seed(0)  # the same tiny model every time, so tests learn reproducibly
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = [*specials, *(words if words is not None else [*POSITIVE, *NEGATIVE, *FILLER])]
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=128,
         num_labels=num_labels,
     )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def vocabulary(texts: list[str], limit: int) -> list[str]:
+    """The ``limit`` most frequent words of ``texts`` as BERT's basic tokenizer splits them
+    (lower-cased, punctuation apart), most frequent first: a tiny model's vocabulary."""
+    from collections import Counter
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, splitter = BertNormalizer(lowercase=True), BertPreTokenizer()
+    counts = Counter(
+        word
+        for text in texts
+        for word, _span in splitter.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+    return [word for word, _ in counts.most_common(limit)]
 
 
 def sentiment_rows(

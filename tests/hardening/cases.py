@@ -1223,7 +1223,10 @@ CASES: list[Case] = [
         S,
         sweep(metric="accuracy"),
         IC,
-        ("metric", "Input should be 'eval_accuracy', 'eval_f1_macro' or 'eval_loss'"),
+        (
+            "metric: 'accuracy' is not a metric of task single_label_classification",
+            "choose one of eval_accuracy, eval_f1_macro, eval_precision_macro",
+        ),
     ),
     Case(
         "sweep-unknown-strategy",

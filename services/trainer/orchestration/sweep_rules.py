@@ -10,7 +10,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from shared.sweep_types import MINIMISED_METRICS, ParamSpec, SuccessiveHalving, TunableField
+from shared.sweep_types import ParamSpec, SuccessiveHalving, TunableField
+from shared.tasks import is_minimized
 
 # TPE proposes at random until this many trials have finished; Optuna's own default (10)
 # would leave a small sweep with no guided trial at all.
@@ -51,12 +52,12 @@ def halving_rungs(early_stopping: SuccessiveHalving | None, num_epochs: int) -> 
 
 
 def is_better(metric: str, candidate: float, incumbent: float) -> bool:
-    return candidate < incumbent if metric in MINIMISED_METRICS else candidate > incumbent
+    return candidate < incumbent if is_minimized(metric) else candidate > incumbent
 
 
 def ranking_key(metric: str, trial_index: int, value: float) -> tuple[float, int]:
     """Sorts best first; equal values favour the lower trial index."""
-    return (value if metric in MINIMISED_METRICS else -value, trial_index)
+    return (value if is_minimized(metric) else -value, trial_index)
 
 
 def keeps_training(

@@ -7,9 +7,11 @@ Each reads the Trainer's ``state`` and sets flags on its ``control``; none patch
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from transformers import TrainerCallback
@@ -21,6 +23,7 @@ from services.trainer.training.progress_sink import ProgressSink
 from services.trainer.training.stopping import StopControl, TrainingCancelled
 from shared import metrics
 from shared.logging import get_logger
+from shared.tasks import is_minimized
 from shared.types import BertFineTuneRequest
 
 if TYPE_CHECKING:
@@ -272,6 +275,131 @@ class EpochEvaluationCallback(TrainerCallback):
             control.should_evaluate = True
 
 
+BEST_WEIGHTS_FILE = "best-epoch.safetensors"
+BEST_EPOCH_FILE = "best-epoch.json"
+
+
+class BestEpochCallback(TrainerCallback):
+    """Early stopping and the best epoch, by one metric (``metric_for_best_model``; its
+    direction from ``shared.tasks.is_minimized``).
+
+    The evaluations are read from the Trainer's log history, which every checkpoint carries,
+    so a resumed attempt counts the epochs evaluated before it. ``patience``: stop training
+    once the metric has not improved (strictly) for that many evaluations (one per epoch).
+    ``keep_best``: keep a copy of the best epoch's weights (on the CPU), and write it into
+    each checkpoint the Trainer saves (before it is sealed), so a resumed attempt still has
+    them. Rung decisions never see any of this: a pause reports its own epoch's evaluation.
+    """
+
+    def __init__(
+        self,
+        metric: str,
+        patience: int | None,
+        keep_best: bool,
+        confusion_matrix: Callable[[], list[list[int]] | None],
+        write_checkpoints: bool,
+    ) -> None:
+        self.metric = metric
+        self._patience = patience
+        self._keep_best = keep_best
+        self._confusion_matrix = confusion_matrix
+        self._write_checkpoints = write_checkpoints
+        self.patience_stopped = False
+        self._training = False
+        # The best evaluation's step, its weights (keep_best) and confusion matrix.
+        self.best_step: int | None = None
+        self.best_weights: dict[str, Any] | None = None
+        self.best_confusion_matrix: list[list[int]] | None = None
+        self._resume_from: Path | None = None
+
+    def evaluations(self, log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+        """(step, metric) of every evaluation logged, one per step, in step order."""
+        by_step = {
+            int(entry.get("step", 0)): float(entry[self.metric])
+            for entry in log_history
+            if self.metric in entry and "eval_loss" in entry
+        }
+        return sorted(by_step.items())
+
+    def best_of(self, log_history: list[dict[str, Any]]) -> tuple[int | None, int]:
+        """The best evaluation's step (the first to reach the best value) and how many
+        evaluations came after it."""
+        best: tuple[int, float] | None = None
+        since = 0
+        for step, value in self.evaluations(log_history):
+            if best is None or (value < best[1] if is_minimized(self.metric) else value > best[1]):
+                best, since = (step, value), 0
+            else:
+                since += 1
+        return (best[0] if best else None), since
+
+    def resume_from(self, checkpoint: Path | None) -> None:
+        """The checkpoint this attempt resumes from: its copy of the best weights, if any."""
+        self._resume_from = checkpoint
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._training = True
+        if not self._keep_best or self._resume_from is None:
+            return
+        marker = self._resume_from / BEST_EPOCH_FILE
+        weights = self._resume_from / BEST_WEIGHTS_FILE
+        best_step, _ = self.best_of(state.log_history)
+        if marker.is_file() and weights.is_file():
+            saved = json.loads(marker.read_text(encoding="utf-8"))
+            if saved.get("step") == best_step:
+                from safetensors.torch import load_file
+
+                self.best_step = best_step
+                self.best_weights = load_file(str(weights))
+                self.best_confusion_matrix = saved.get("confusion_matrix")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._training = False
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        best_step, since = self.best_of(state.log_history)
+        if best_step is None:
+            return
+        if best_step == state.global_step and best_step != self.best_step:
+            self.best_step = best_step
+            self.best_confusion_matrix = self._confusion_matrix()
+            if self._keep_best and model is not None:
+                self.best_weights = {
+                    name: tensor.detach().to("cpu", copy=True)
+                    for name, tensor in model.state_dict().items()
+                }
+        if (
+            self._training
+            and self._patience is not None
+            and since >= self._patience
+            and state.global_step < state.max_steps
+        ):
+            log.info(
+                "training.early_stopping",
+                metric=self.metric,
+                best_step=best_step,
+                evaluations_without_improvement=since,
+            )
+            self.patience_stopped = True
+            control.should_training_stop = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not (self._keep_best and self._write_checkpoints and self.best_weights is not None):
+            return
+        from safetensors.torch import save_file
+
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not path.is_dir():
+            return
+        save_file(self.best_weights, str(path / BEST_WEIGHTS_FILE))
+        (path / BEST_EPOCH_FILE).write_text(
+            json.dumps({"step": self.best_step, "confusion_matrix": self.best_confusion_matrix}),
+            encoding="utf-8",
+        )
+
+
 class LoggingCallback(TrainerCallback):
     """Structured log events instead of the Trainer's printed dicts."""
 
@@ -412,12 +540,15 @@ def build_callbacks(
     evaluates: bool,
     stop_at_epoch: int | None,
     confusion_matrix: Callable[[], list[list[int]] | None],
+    best_epoch: BestEpochCallback | None = None,
 ) -> list[TrainerCallback]:
     """Every callback of one attempt, in the order the Trainer calls them. The order matters:
     - observers and the stop request first, so every later callback sees this step counted
       and a cancel asked for;
     - the fence (leader only) before anything that saves, so a superseded attempt never
-      writes; the checkpoint seal next (between ranks, behind a barrier);
+      writes; the best epoch (early stopping, ``keep_best_epoch``) next: it writes its copy
+      of the best weights into a checkpoint before the checkpoint seal seals it (between
+      ranks, behind a barrier);
     - the evaluation and checkpoint schedules, then the epoch stop (a pause seals);
     - tracking after them, so it logs what they decided;
     - the evaluation phase after the others: it reads the evaluation they asked for;
@@ -429,6 +560,7 @@ def build_callbacks(
         LoggingCallback(),
         StopCallback(stop),
         *([FenceCallback(run)] if ranks.is_leader else []),
+        *([best_epoch] if best_epoch is not None and evaluates else []),
         *ranks.sealing(CheckpointSealCallback(run, attempt.number, identity[:16], reporter)),
     ]
     if evaluates:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ from typing import Any
 from temporalio.exceptions import ApplicationError
 
 from services.trainer.run_folder.paths import LocalPathRoots, names_local_path
+from services.trainer.training.evaluation import baseline_metrics
 from shared import settings
 from shared.errors import DATASET_ERROR, INVALID_CONFIG, failure
 from shared.runs import file_sha256
+from shared.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION, Task
 from shared.types import BertFineTuneConfig
 
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -40,17 +44,29 @@ _DATASET_FILE_FIELDS = ("data_files", "data_dir")
 
 @dataclass
 class PreparedData:
-    train: Any  # datasets.Dataset with columns text, labels
+    """Both splits as rows of ``text`` (``text_pair`` for pairs; ``words`` for token
+    classification, whose ``text`` is the words joined by spaces) and ``labels``: a class id
+    (single-label), a multi-hot list (multi-label), a number (regression) or one tag id per
+    word (token classification)."""
+
+    train: Any  # datasets.Dataset
     eval: Any | None
     label_names: list[str]
     fingerprint: str
     notes: list[str] = field(default_factory=list)
+    task: Task = SINGLE_LABEL
+    has_pairs: bool = False
+    # The trivial predictor's metrics on the eval split (``evaluation.baseline_metrics``).
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def majority_baseline(self) -> float | None:
-        """Accuracy of always predicting the most common training label, on the eval split."""
+        """Accuracy of the trivial predictor (single-label: always the most common training
+        label) on the eval split; None where the task has no accuracy or there is no eval."""
         if self.eval is None or len(self.eval) == 0:
             return None
+        if self.task != SINGLE_LABEL:
+            return self.baseline_metrics.get("eval_accuracy")
         train_labels = self.train["labels"]
         majority = max(set(train_labels), key=train_labels.count)
         eval_labels = self.eval["labels"]
@@ -301,10 +317,10 @@ def _label_kind(values: list[Any], split: str, column: str) -> str:
 
 
 def _check_columns(split_name: str, dataset: Any, config: BertFineTuneConfig) -> None:
-    for field_name, column in (
-        ("text_column", config.text_column),
-        ("label_column", config.label_column),
-    ):
+    named = [("text_column", config.text_column), ("label_column", config.label_column)]
+    if config.text_pair_column is not None:
+        named.append(("text_pair_column", config.text_pair_column))
+    for field_name, column in named:
         if column not in dataset.column_names:
             # The header is the file's own text (its first row when it has no header): say
             # how many columns there are, never what they are called.
@@ -362,6 +378,96 @@ def prepare_data(
     if evaluation is not None and len(evaluation) == 0:
         evaluation = None
 
+    encoder = _LABEL_ENCODERS[config.task]
+    names, train_encoded, eval_encoded = encoder(config, train, evaluation, max_classes)
+    words: dict[str, list[list[str]]] = {}
+    if config.task == TOKEN_CLASSIFICATION:
+        words["train"], train_encoded = train_encoded
+        if evaluation is not None:
+            words["validation"], eval_encoded = eval_encoded
+
+    def convert(dataset: Any, split: str, labels: list[Any]) -> Any:
+        def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+            encoded: dict[str, list[Any]] = {"labels": [labels[i] for i in indices]}
+            if split in words:
+                rows = [words[split][i] for i in indices]
+                encoded["words"] = rows
+                encoded["text"] = [" ".join(row) for row in rows]
+                return encoded
+            encoded["text"] = _texts(batch, config.text_column, "text_column", indices, split)
+            if config.text_pair_column is not None:
+                encoded["text_pair"] = _texts(
+                    batch, config.text_pair_column, "text_pair_column", indices, split
+                )
+            return encoded
+
+        try:
+            return dataset.map(
+                encode, batched=True, with_indices=True, remove_columns=dataset.column_names
+            )
+        except ValueError as err:
+            raise failure(DATASET_ERROR, str(err)) from None
+
+    train = convert(train, "train", train_encoded)
+    evaluation = convert(evaluation, "validation", eval_encoded) if evaluation is not None else None
+    described: dict[str, Any] = {
+        "source": source_fingerprint,
+        "train_rows": len(train),
+        "eval_rows": len(evaluation) if evaluation is not None else 0,
+        "labels": names,
+    }
+    # What else shapes the rows, only when set (single-label fingerprints stay as they were).
+    if config.task != SINGLE_LABEL:
+        described["task"] = config.task
+    if config.task == TOKEN_CLASSIFICATION:
+        described["columns"] = [config.text_column, config.label_column]
+    if config.text_pair_column is not None:
+        described["columns"] = [config.text_column, config.text_pair_column]
+    if config.label_separator is not None:
+        described["label_separator"] = config.label_separator
+    fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    baseline = baseline_metrics(
+        config.task,
+        train["labels"],
+        evaluation["labels"] if evaluation is not None else [],
+        names,
+    )
+    return PreparedData(
+        train,
+        evaluation,
+        names,
+        fingerprint,
+        notes,
+        task=config.task,
+        has_pairs=config.text_pair_column is not None,
+        baseline_metrics=baseline,
+    )
+
+
+def _texts(
+    batch: dict[str, list[Any]], column: str, field_name: str, indices: list[int], split: str
+) -> list[str]:
+    """The column's texts; a row without text (or an empty second text) is refused by row."""
+    texts = batch[column]
+    for row, value in zip(indices, texts, strict=True):
+        if not isinstance(value, str):
+            where = f"in row {row}" if field_name == "text_column" else f"in {split} row {row}"
+            raise ValueError(
+                f"{field_name} {column!r} holds a {type(value).__name__} value {where}; every "
+                f"row needs {'text' if field_name == 'text_column' else 'a second text'}"
+            )
+        if field_name == "text_pair_column" and not value.strip():
+            raise ValueError(
+                f"{split} row {row}: text_pair_column {column!r} is empty; every pair needs a "
+                "second text (drop the row, or train on single texts without text_pair_column)"
+            )
+    return texts
+
+
+def _single_labels(
+    config: BertFineTuneConfig, train: Any, evaluation: Any | None, max_classes: int
+) -> tuple[list[str], list[Any], list[Any]]:
+    """Class names and ids of both splits (one label per row)."""
     label_feature = train.features.get(config.label_column)
     train_labels = train[config.label_column]
     eval_labels = evaluation[config.label_column] if evaluation is not None else []
@@ -411,36 +517,263 @@ def prepare_data(
             "class",
         )
 
-    def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
-        texts = batch[config.text_column]
-        for row, value in zip(indices, texts, strict=True):
-            if not isinstance(value, str):
-                raise ValueError(
-                    f"text_column {config.text_column!r} holds a {type(value).__name__} value "
-                    f"in row {row}; every row needs text"
+    def encode(labels: list[Any]) -> list[int]:
+        return [to_id[v if kind == "int" else str(v)] for v in labels]
+
+    return names, encode(train_labels), encode(eval_labels)
+
+
+def _feature_names(dataset: Any, column: str) -> list[str] | None:
+    """Class names of a list column's items (a hub dataset's ``Sequence(ClassLabel)``)."""
+    feature = dataset.features.get(column)
+    names = getattr(getattr(feature, "feature", None), "names", None)
+    return list(names) if names else None
+
+
+def _unseen_in_validation(rows: list[int], what: str) -> ApplicationError:
+    return failure(
+        DATASET_ERROR,
+        f"the validation split has {len(rows)} rows with {what} that never occurs in the train "
+        f"split (the first: validation row {rows[0]}); use a train_file that covers every "
+        f"{'tag' if what == 'a tag' else 'label'}",
+    )
+
+
+def _label_list(value: Any, row: int, split: str, config: BertFineTuneConfig) -> list[Any]:
+    """One multi-label cell: a list of labels or a string split on ``label_separator``; an
+    empty list, string or cell means no label applies."""
+    column = config.label_column
+    if value is None:  # an empty CSV cell: no label applies
+        return []
+    if isinstance(value, str):
+        parts = value.split(config.label_separator) if config.label_separator else [value]
+        return [part.strip() for part in parts if part.strip()]
+    if isinstance(value, list | tuple):
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, str | int):
+                raise failure(
+                    DATASET_ERROR,
+                    f"label_column {column!r} holds a {type(item).__name__} inside the label "
+                    f"list of {split} row {row}; labels must be strings or integers",
                 )
-        labels = [to_id[v if kind == "int" else str(v)] for v in batch[config.label_column]]
-        return {"text": texts, "labels": labels}
+        return list(value)
+    raise failure(
+        DATASET_ERROR,
+        f"label_column {column!r} holds a {type(value).__name__} value in {split} row {row}; "
+        "multi_label_classification needs a list of labels per row, or a string split on "
+        "label_separator",
+    )
 
-    def convert(dataset: Any) -> Any:
-        try:
-            return dataset.map(
-                encode, batched=True, with_indices=True, remove_columns=dataset.column_names
+
+def _multi_labels(
+    config: BertFineTuneConfig, train: Any, evaluation: Any | None, max_classes: int
+) -> tuple[list[str], list[Any], list[Any]]:
+    """Label names (sorted) and multi-hot rows of both splits."""
+    column = config.label_column
+    feature_names = _feature_names(train, column)
+
+    def decode(dataset: Any, split: str) -> list[list[Any]]:
+        rows = [_label_list(v, row, split, config) for row, v in enumerate(dataset[column])]
+        if feature_names is None:
+            return rows
+        bad = [
+            row
+            for row, labels in enumerate(rows)
+            if any(not isinstance(v, int) or not 0 <= v < len(feature_names) for v in labels)
+        ]
+        if bad:
+            raise failure(
+                DATASET_ERROR,
+                f"label_column {column!r} has {len(bad)} rows with ids outside the dataset's "
+                f"{len(feature_names)} classes (the first: {split} row {bad[0]})",
             )
-        except ValueError as err:
-            raise failure(DATASET_ERROR, str(err)) from None
+        return [[feature_names[v] for v in labels] for labels in rows]
 
-    train = convert(train)
-    evaluation = convert(evaluation) if evaluation is not None else None
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "source": source_fingerprint,
-                "train_rows": len(train),
-                "eval_rows": len(evaluation) if evaluation is not None else 0,
-                "labels": names,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    return PreparedData(train, evaluation, names, fingerprint, notes)
+    train_rows = decode(train, "train")
+    eval_rows = decode(evaluation, "validation") if evaluation is not None else []
+    if feature_names is not None:
+        names = feature_names
+    else:
+        seen = {v for labels in train_rows for v in labels}
+        if all(isinstance(v, int) for v in seen):
+            names = [str(v) for v in sorted(seen)]
+        else:
+            names = sorted(str(v) for v in seen)
+    if not names:
+        raise failure(
+            DATASET_ERROR,
+            f"the train split has no labels at all ({len(train_rows)} rows, every label list "
+            "empty); multi_label_classification needs rows with labels",
+        )
+    _check_class_count(column, len(names), max_classes)
+    to_id = {name: i for i, name in enumerate(names)}
+    unseen = [
+        row for row, labels in enumerate(eval_rows) if any(str(v) not in to_id for v in labels)
+    ]
+    if unseen:
+        raise _unseen_in_validation(unseen, "a label")
+
+    def encode(rows: list[list[Any]]) -> list[list[float]]:
+        encoded = []
+        for labels in rows:
+            hot = [0.0] * len(names)
+            for v in labels:
+                hot[to_id[str(v)]] = 1.0
+            encoded.append(hot)
+        return encoded
+
+    return names, encode(train_rows), encode(eval_rows)
+
+
+def _number(value: Any, row: int, split: str, column: str) -> float:
+    if value is None:
+        raise failure(
+            DATASET_ERROR,
+            f"{split} row {row}: label_column {column!r} is empty; regression needs a number in "
+            "every row",
+        )
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None:
+        raise failure(
+            DATASET_ERROR,
+            f"{split} row {row}: label_column {column!r} is not a number; regression needs a "
+            "number in every row (e.g. 3.5)",
+        )
+    if not math.isfinite(number):
+        raise failure(
+            DATASET_ERROR,
+            f"{split} row {row}: label_column {column!r} is empty or not a finite number; "
+            "regression needs a number in every row (e.g. 3.5)",
+        )
+    return number
+
+
+def _regression_labels(
+    config: BertFineTuneConfig, train: Any, evaluation: Any | None, max_classes: int
+) -> tuple[list[str], list[Any], list[Any]]:
+    """No label names; each row's number."""
+    column = config.label_column
+
+    def decode(dataset: Any, split: str) -> list[float]:
+        return [_number(v, row, split, column) for row, v in enumerate(dataset[column])]
+
+    evaluated = decode(evaluation, "validation") if evaluation is not None else []
+    return [], decode(train, "train"), evaluated
+
+
+_IOB2_TAG = re.compile(r"^(O|[BI]-\S+)$")
+
+
+def _words(value: Any, row: int, split: str, column: str) -> list[str]:
+    if isinstance(value, str):
+        words = value.split()
+    elif isinstance(value, list | tuple) and all(isinstance(w, str) for w in value):
+        words = list(value)
+    else:
+        raise failure(
+            DATASET_ERROR,
+            f"text_column {column!r} holds a {type(value).__name__} value in {split} row {row}; "
+            "token_classification needs a list of words per row (or a string of words)",
+        )
+    if not words:
+        raise failure(
+            DATASET_ERROR, f"{split} row {row}: text_column {column!r} has no words to tag"
+        )
+    return words
+
+
+def _tags(
+    value: Any, row: int, split: str, column: str, feature_names: list[str] | None
+) -> list[str]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list | tuple):
+        raise failure(
+            DATASET_ERROR,
+            f"label_column {column!r} holds a {type(value).__name__} value in {split} row {row}; "
+            "token_classification needs a list of IOB2 tags per row, one per word",
+        )
+    tags = []
+    for position, tag in enumerate(value):
+        if feature_names is not None and isinstance(tag, int) and not isinstance(tag, bool):
+            if not 0 <= tag < len(feature_names):
+                raise failure(
+                    DATASET_ERROR,
+                    f"{split} row {row}: tag {position} of label_column {column!r} is an id "
+                    f"outside the dataset's {len(feature_names)} tags",
+                )
+            tag = feature_names[tag]
+        if not isinstance(tag, str) or _IOB2_TAG.match(tag) is None:
+            raise failure(
+                DATASET_ERROR,
+                f"{split} row {row}: tag {position} of label_column {column!r} is not an IOB2 "
+                "tag; use O, B-TYPE or I-TYPE (e.g. B-PER, I-PER)",
+            )
+        tags.append(tag)
+    return tags
+
+
+def _token_tags(
+    config: BertFineTuneConfig, train: Any, evaluation: Any | None, max_classes: int
+) -> tuple[list[str], Any, Any]:
+    """Tag names (sorted, or the dataset's own) and, per split, (words, tag ids) by row."""
+    text, label = config.text_column, config.label_column
+    feature_names = _feature_names(train, label)
+
+    def decode(dataset: Any, split: str) -> tuple[list[list[str]], list[list[str]]]:
+        all_words, all_tags = [], []
+        for row, (cell, tag_cell) in enumerate(zip(dataset[text], dataset[label], strict=True)):
+            words = _words(cell, row, split, text)
+            tags = _tags(tag_cell, row, split, label, feature_names)
+            if len(words) != len(tags):
+                raise failure(
+                    DATASET_ERROR,
+                    f"{split} row {row}: text_column {text!r} has {len(words)} words but "
+                    f"label_column {label!r} has {len(tags)} tags; give one IOB2 tag per word",
+                )
+            all_words.append(words)
+            all_tags.append(tags)
+        return all_words, all_tags
+
+    train_words, train_tags = decode(train, "train")
+    eval_words, eval_tags = decode(evaluation, "validation") if evaluation is not None else ([], [])
+    if feature_names is not None:
+        for position, name in enumerate(feature_names):
+            if _IOB2_TAG.match(name) is None:
+                raise failure(
+                    DATASET_ERROR,
+                    f"label_column {label!r}: the dataset's tag {position} is not an IOB2 tag; "
+                    "use O, B-TYPE or I-TYPE",
+                )
+        names = feature_names
+    else:
+        names = sorted({tag for tags in train_tags for tag in tags})
+    _check_class_count(label, len(names), max_classes)
+    to_id = {name: i for i, name in enumerate(names)}
+    unseen = [row for row, tags in enumerate(eval_tags) if any(t not in to_id for t in tags)]
+    if unseen:
+        raise _unseen_in_validation(unseen, "a tag")
+
+    def encode(rows: list[list[str]]) -> list[list[int]]:
+        return [[to_id[tag] for tag in tags] for tags in rows]
+
+    return (
+        names,
+        (train_words, encode(train_tags)),
+        (eval_words, encode(eval_tags)),
+    )
+
+
+_LABEL_ENCODERS: dict[Task, Callable[..., tuple[list[str], Any, Any]]] = {
+    SINGLE_LABEL: _single_labels,
+    MULTI_LABEL: _multi_labels,
+    REGRESSION: _regression_labels,
+    TOKEN_CLASSIFICATION: _token_tags,
+}

@@ -16,7 +16,7 @@ from services.trainer.run_folder.run_directory import RunDirectory
 from services.trainer.training import stages
 from services.trainer.training.data import PreparedData, prepare_data
 from services.trainer.training.progress_sink import ProgressSink
-from services.trainer.training.resources import check_sequence_length
+from services.trainer.training.resources import check_sequence_length, check_task_tokenizer
 from services.trainer.training.stages import Attempt
 from services.trainer.training.stopping import StopControl
 from services.trainer.training.token_cache import TokenCache
@@ -57,8 +57,9 @@ def fine_tune(
 
     # Model and tokenization.
     reporter.update(phase="loading_model")
-    tokenizer, model = load_for_fine_tuning(config.model_name, data.label_names)
+    tokenizer, model = load_for_fine_tuning(config.model_name, data.label_names, config.task)
     check_sequence_length(config.max_seq_length, config.model_name, model, tokenizer)
+    check_task_tokenizer(config, tokenizer)
     train_set, eval_set = stages.tokenize_watched(
         data, tokenizer, config.max_seq_length, reporter, stop, TokenCache(runs_root)
     )
@@ -83,14 +84,16 @@ def fine_tune(
         evaluation = session.evaluate()
         stop.check(trained=True)
 
-        # Pause (successive halving) or commit the model, run.json last.
+        # Pause (successive halving) or commit the model (the best epoch's, when
+        # keep_best_epoch), run.json last.
         if session.pausing(trained):
             return stages.paused_result(request, run, data, trained, evaluation)
+        evaluation = session.keep_best_epoch(evaluation)
         reporter.update(phase="saving")
         stages.refuse_diverged(request, trained, evaluation)  # TrainingDiverged: no commit
         record = stages.run_record(request, run, data, identity, trained, evaluation, attempt)
         if ranks.is_leader:  # the leader commits the run; its result is every rank's
-            export = _exporter(data, at_commit=request.export_at_commit)
+            export = _exporter(data, request)
             run.commit(session.save_model, record, attempt.number, export=export)
             log.info("model.saved", run_dir=str(run.path), eval_metrics=evaluation.metrics)
         return record.result
@@ -98,13 +101,18 @@ def fine_tune(
         session.release()
 
 
-def _exporter(data: PreparedData, at_commit: bool) -> Callable[[Path], None]:
+def _exporter(data: PreparedData, request: BertFineTuneRequest) -> Callable[[Path], None]:
     """What the commit adds to the model files for its ONNX export: the export itself
-    (``at_commit``: requests from workflows that predate the export workflow), or the texts
-    from the run's own data that gate its int8 graph when ``BertExportWorkflow`` exports the
-    run after the commit, off the training's critical path."""
+    (``export_at_commit``: requests from workflows that predate the export workflow), or the
+    texts from the run's own data (with their second texts, for pairs) that gate its int8
+    graph when ``BertExportWorkflow`` exports the run after the commit, off the training's
+    critical path; a sweep's trial says so (only the sweep's best is exported)."""
     sample = data.eval if data.eval is not None else data.train
-    texts = sample[: min(MAX_CHECK_TEXTS, len(sample))]["text"]
-    if at_commit:
-        return commit_exporter(texts)
-    return lambda staging: write_check_texts(staging, texts)
+    rows = sample[: min(MAX_CHECK_TEXTS, len(sample))]
+    texts = rows["text"]
+    pairs = rows.get("text_pair")
+    if request.export_at_commit:
+        return commit_exporter(texts, pairs)
+    context = request.context
+    sweep = context.name if context is not None and context.kind == "sweep" else None
+    return lambda staging: write_check_texts(staging, texts, pairs, sweep=sweep)

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 from temporalio.exceptions import ApplicationError
 
-from shared.errors import INVALID_CONFIG, RESOURCE_EXHAUSTED, failure
+from shared.errors import INVALID_CONFIG, MODEL_LOAD_ERROR, RESOURCE_EXHAUSTED, failure
 from shared.logging import get_logger
+from shared.tasks import TOKEN_CLASSIFICATION
+from shared.types import BertFineTuneConfig
 
 log = get_logger(__name__)
 
@@ -86,6 +88,19 @@ _OUT_OF_MEMORY_MESSAGES = (
     "MPS backend out of memory",
     "DefaultCPUAllocator: can't allocate memory",
 )
+
+
+def check_task_tokenizer(config: BertFineTuneConfig, tokenizer: Any) -> None:
+    """Token classification puts each word's tag on its first token, which needs the
+    tokenizer's word ids: only fast (Rust) tokenizers have them (``ModelLoadError``)."""
+    if config.task != TOKEN_CLASSIFICATION or getattr(tokenizer, "is_fast", False):
+        return
+    raise failure(
+        MODEL_LOAD_ERROR,
+        f"model_name {config.model_name!r} has a slow (Python) tokenizer; token_classification "
+        "needs a fast one (a tokenizer.json next to the model: save it with "
+        "AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained)",
+    )
 
 
 def is_out_of_memory(err: BaseException) -> bool:

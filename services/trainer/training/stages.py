@@ -24,8 +24,11 @@ from services.trainer.run_folder.run_directory import (
 from services.trainer.training.arguments import training_arguments
 from services.trainer.training.data import PreparedData
 from services.trainer.training.evaluation import (
-    ClassificationMetrics,
+    IGNORED,
+    TaskMetrics,
     eval_metrics,
+    metrics_for,
+    reduce_logits,
     refuse_non_finite,
 )
 from services.trainer.training.progress_sink import ProgressSink
@@ -37,10 +40,12 @@ from shared.logging import get_logger
 from shared.model_loading import load_for_fine_tuning
 from shared.run_record import EpochEvaluation, RunRecord
 from shared.runs import write_confusion_matrix
+from shared.tasks import SINGLE_LABEL, TOKEN_CLASSIFICATION, Task
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
 if TYPE_CHECKING:
     from services.trainer.tracking.trackers import RunTracking
+    from services.trainer.training.callbacks import BestEpochCallback
 
 log = get_logger(__name__)
 
@@ -135,6 +140,22 @@ def tokenize(
         if on_batch:
             on_batch()
         # Truncate only: the collator pads each batch to its own longest row.
+        if "words" in batch:  # token classification: one tag per word, on its first token
+            encoded = tokenizer(
+                batch["words"],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_seq_length,
+            )
+            encoded["labels"] = [
+                align_tags(encoded.word_ids(index), tags)
+                for index, tags in enumerate(batch["labels"])
+            ]
+            return encoded
+        if "text_pair" in batch:  # the pair's two texts, separated as the model expects
+            return tokenizer(
+                batch["text"], batch["text_pair"], truncation=True, max_length=max_seq_length
+            )
         return tokenizer(batch["text"], truncation=True, max_length=max_seq_length)
 
     def fingerprint(split: str) -> str:
@@ -145,8 +166,9 @@ def tokenize(
 
     def split(rows: Any, name: str) -> Any:
         def build() -> Any:
+            dropped = [c for c in ("text", "text_pair", "words") if c in rows.column_names]
             return rows.map(
-                encode, batched=True, remove_columns=["text"], new_fingerprint=fingerprint(name)
+                encode, batched=True, remove_columns=dropped, new_fingerprint=fingerprint(name)
             )
 
         if cache is None:
@@ -158,6 +180,17 @@ def tokenize(
     train = split(data.train, "train")
     evaluation = split(data.eval, "eval") if data.eval is not None else None
     return train, evaluation
+
+
+def align_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:
+    """One label per token: a word's tag on its first token; its later tokens, special
+    tokens and padding are ignored by the loss and the metrics (-100)."""
+    aligned = []
+    previous: int | None = None
+    for word in word_ids:
+        aligned.append(IGNORED if word is None or word == previous else tags[word])
+        previous = word
+    return aligned
 
 
 def tokenize_watched(
@@ -187,8 +220,11 @@ def stop_epoch(request: BertFineTuneRequest) -> int | None:
     return min(asked)
 
 
-def evaluation_history(log_history: list[dict[str, Any]]) -> list[EpochEvaluation]:
-    """The evaluations in a Trainer's log history (earlier attempts' included), by epoch."""
+def evaluation_history(
+    log_history: list[dict[str, Any]], task: Task | None = None
+) -> list[EpochEvaluation]:
+    """The evaluations in a Trainer's log history (earlier attempts' included), by epoch;
+    each with the task's metrics in its order."""
     by_step: dict[int, EpochEvaluation] = {}
     for entry in log_history:
         if "eval_loss" in entry:
@@ -196,7 +232,7 @@ def evaluation_history(log_history: list[dict[str, Any]]) -> list[EpochEvaluatio
             by_step[step] = EpochEvaluation(
                 epoch=round(float(entry.get("epoch", 0))),
                 global_step=step,
-                metrics=eval_metrics(entry),
+                metrics=eval_metrics(entry, task),
             )
     return [by_step[step] for step in sorted(by_step)]
 
@@ -218,6 +254,8 @@ class Trained:
     num_parameters: int
     num_train_samples: int
     notes: list[str] = field(default_factory=list)
+    # Stopped by ``early_stopping_patience``: a finished run, not a pruned one.
+    patience_stopped: bool = False
 
 
 @dataclass
@@ -226,6 +264,8 @@ class Evaluation:
     confusion_matrix: list[list[int]] | None = None
     history: list[EpochEvaluation] = field(default_factory=list)
     num_samples: int = 0
+    # ``keep_best_epoch``: the epoch whose model (and metrics) the commit keeps.
+    best_epoch: int | None = None
 
 
 class TrainingSession:
@@ -235,14 +275,18 @@ class TrainingSession:
         self,
         request: BertFineTuneRequest,
         trainer: Any,
-        classification: ClassificationMetrics,
+        classification: TaskMetrics,
         steps_per_epoch: int,
         use_cuda: bool,
         reporter: ProgressSink,
+        best: BestEpochCallback | None = None,
     ) -> None:
         self.request = request
         self.trainer = trainer
         self._classification = classification
+        self._best = best
+        # The confusion matrix the commit saves when it keeps another epoch than the last.
+        self._kept_confusion_matrix: list[list[int]] | None = None
         self._steps_per_epoch = steps_per_epoch
         self._use_cuda = use_cuda
         self._reporter = reporter
@@ -265,7 +309,12 @@ class TrainingSession:
         batch: BatchPlan | None = None,
     ) -> TrainingSession:
         import torch
-        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+        from transformers import (
+            DataCollatorForTokenClassification,
+            DataCollatorWithPadding,
+            Trainer,
+            TrainingArguments,
+        )
         from transformers.trainer_callback import PrinterCallback
         from transformers.utils import logging as transformers_logging
 
@@ -287,7 +336,18 @@ class TrainingSession:
             world_size=ranks.world_size,
             batch=batch,
         )
-        classification = ClassificationMetrics(len(model.config.id2label))
+        id2label = model.config.id2label or {}
+        label_names = [str(id2label[i]) for i in sorted(id2label)]
+        classification = metrics_for(config.task, label_names)
+        best = None
+        if config.early_stopping_patience is not None or config.keep_best_epoch:
+            best = callbacks.BestEpochCallback(
+                config.best_model_metric(),
+                config.early_stopping_patience,
+                config.keep_best_epoch,
+                lambda: classification.confusion_matrix,
+                write_checkpoints=ranks.is_leader,
+            )
         hooks = callbacks.build_callbacks(
             request,
             run,
@@ -299,15 +359,21 @@ class TrainingSession:
             evaluates=eval_set is not None,
             stop_at_epoch=ends_at,
             confusion_matrix=lambda: classification.confusion_matrix,
+            best_epoch=best,
         )
+        if config.task == TOKEN_CLASSIFICATION:
+            collator: Any = DataCollatorForTokenClassification(tokenizer)
+        else:
+            collator = DataCollatorWithPadding(tokenizer)
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**args),
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=collator,
             compute_metrics=classification,
+            preprocess_logits_for_metrics=reduce_logits(config.task),
             callbacks=hooks,
         )
         trainer.remove_callback(PrinterCallback)  # LoggingCallback logs structured events
@@ -320,7 +386,7 @@ class TrainingSession:
             stop_epoch=ends_at,
             train_rows=len(train_set),
         )
-        return cls(request, trainer, classification, steps_per_epoch, use_cuda, reporter)
+        return cls(request, trainer, classification, steps_per_epoch, use_cuda, reporter, best)
 
     def train(self, resume: checkpoints.Checkpoint | None) -> Trained:
         """Train from ``resume`` (or from scratch) to the end or to the stop epoch."""
@@ -336,6 +402,8 @@ class TrainingSession:
         ends_at = self._stop_epoch
         if resume and ends_at is not None and resume.step >= ends_at * self._steps_per_epoch:
             return self._take_checkpoint_as_trained(resume, ends_at)
+        if self._best is not None:
+            self._best.resume_from(resume.path if resume else None)
         started = time.monotonic()
         output = self.trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         state = self.trainer.state
@@ -348,11 +416,14 @@ class TrainingSession:
             resumed_from_step=resumed_from,
             steps_trained=state.global_step - (resumed_from or 0),
         )
+        patience = self._best is not None and self._best.patience_stopped
         return Trained(
             train_loss=float(output.training_loss),
             global_step=state.global_step,
             epochs_completed=epochs,
-            stopped_early=epochs < config.num_epochs,
+            # Early stopping ends a run as finished: only a sweep's pruning stops it early.
+            stopped_early=epochs < config.num_epochs and not patience,
+            patience_stopped=patience,
             resumed_from_step=resumed_from,
             seconds=round(time.monotonic() - started, 3),
             samples_per_second=samples_per_second,
@@ -389,15 +460,19 @@ class TrainingSession:
         if self.trainer.eval_dataset is None:
             return Evaluation()
         state = self.trainer.state
-        history = evaluation_history(state.log_history)
-        latest = self._classification.confusion_matrix
+        history = evaluation_history(state.log_history, self.request.config.task)
+        # Single-label keeps the latest evaluation's confusion matrix in memory only: a
+        # resumed attempt evaluates again to have it.
+        latest = self._classification.confusion_matrix is not None or (
+            self.request.config.task != SINGLE_LABEL
+        )
         if not (history and history[-1].global_step == state.global_step and latest):
             self._reporter.update(phase="evaluating")
             args = self.trainer.args
             with_batch_fallback(
                 "evaluation", BatchPlan(args.per_device_eval_batch_size), self._evaluate_with
             )
-            history = evaluation_history(state.log_history)
+            history = evaluation_history(state.log_history, self.request.config.task)
         final = history[-1].metrics
         if "eval_accuracy" in final:
             metrics.EVAL_ACCURACY.set(final["eval_accuracy"])
@@ -407,6 +482,32 @@ class TrainingSession:
             confusion_matrix=self._classification.confusion_matrix,
             history=history,
             num_samples=len(self.trainer.eval_dataset),
+        )
+
+    def keep_best_epoch(self, evaluation: Evaluation) -> Evaluation:
+        """``keep_best_epoch``: the best epoch's weights back into the model (what the commit
+        saves) and its evaluation as the result's; the evaluation as it is otherwise, or
+        when the best is the last (or its weights were lost: noted)."""
+        best = self._best
+        if best is None or not self.request.config.keep_best_epoch or not evaluation.history:
+            return evaluation
+        best_step, _ = best.best_of(self.trainer.state.log_history)
+        kept = next((e for e in evaluation.history if e.global_step == best_step), None)
+        if kept is None:
+            return evaluation
+        if best_step == evaluation.history[-1].global_step:
+            return replace(evaluation, best_epoch=kept.epoch)
+        if best.best_weights is None or best.best_step != best_step:
+            log.warning("training.best_epoch_lost", best_step=best_step)
+            return evaluation
+        self.trainer.model.load_state_dict(best.best_weights)
+        self._kept_confusion_matrix = best.best_confusion_matrix
+        log.info("training.best_epoch_kept", epoch=kept.epoch, step=best_step)
+        return replace(
+            evaluation,
+            metrics=kept.metrics,
+            confusion_matrix=best.best_confusion_matrix,
+            best_epoch=kept.epoch,
         )
 
     def _evaluate_with(self, batch: BatchPlan) -> None:
@@ -423,7 +524,7 @@ class TrainingSession:
         """The model and tokenizer, and the final evaluation's confusion matrix in a file of
         its own (not in ``run.json``, which every inference request reads)."""
         self.trainer.save_model(str(target))
-        matrix = self._classification.confusion_matrix
+        matrix = self._kept_confusion_matrix or self._classification.confusion_matrix
         if matrix is not None and self.trainer.eval_dataset is not None:
             id2label = self.trainer.model.config.id2label or {}
             labels = [str(id2label.get(i, i)) for i in range(len(matrix))]
@@ -489,7 +590,8 @@ class SessionBuilder:
         # the newest checkpoint (if any) restores the trained ones.
         model = self.model
         if batch.reduced:
-            model = load_for_fine_tuning(self.request.config.model_name, self.label_names)[1]
+            config = self.request.config
+            model = load_for_fine_tuning(config.model_name, self.label_names, config.task)[1]
         return TrainingSession.build(
             self.request,
             self.run,
@@ -545,6 +647,9 @@ def _result(
         resumed_from_step=trained.resumed_from_step,
         num_eval_samples=evaluation.num_samples,
         majority_baseline_accuracy=data.majority_baseline,
+        baseline_metrics=data.baseline_metrics,
+        task=request.config.task,
+        best_epoch=evaluation.best_epoch,
         notes=[*data.notes, *trained.notes],
         epochs_completed=trained.epochs_completed,
         # A paused run has not stopped: it continues at the next execution.
