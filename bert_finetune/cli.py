@@ -153,35 +153,66 @@ async def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lines(option: str, name: str) -> list[str]:
+    """The non-blank lines of a UTF-8 file named by ``option``."""
+    from bert_finetune import client_ops
+
+    path = Path(name)
+    if not path.is_file():
+        raise client_ops.UserError(f"{option} {name!r} does not exist")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise client_ops.UserError(
+            f"{option} {name!r} is not UTF-8 ({err.reason} at byte {err.start}); "
+            "re-encode it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    return [line for line in content.splitlines() if line.strip()]
+
+
 async def _predict(args: argparse.Namespace) -> int:
     from bert_finetune import client_ops
 
     texts = list(args.texts)
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise client_ops.UserError(f"--file {args.file!r} does not exist")
-        try:
-            content = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise client_ops.UserError(
-                f"--file {args.file!r} is not UTF-8 ({err.reason} at byte {err.start}); "
-                "re-encode it, e.g. `iconv -f latin1 -t utf-8`"
-            ) from None
-        texts += [line for line in content.splitlines() if line.strip()]
+        texts += _lines("--file", args.file)
     if not texts:
         raise client_ops.UserError("give at least one TEXT or a --file with one text per line")
+    # The second texts of a run trained on pairs: --pair per TEXT, then --pair-file's lines
+    # for --file's, in order.
+    pairs: list[str] | None = None
+    if args.pair or args.pair_file:
+        pairs = list(args.pair or [])
+        if len(pairs) != len(args.texts):
+            raise client_ops.UserError(
+                f"{len(pairs)} --pair for {len(args.texts)} TEXT arguments: give one --pair "
+                "per TEXT, in order (and --pair-file for the lines of --file)"
+            )
+        if args.pair_file:
+            pairs += _lines("--pair-file", args.pair_file)
+        if len(pairs) != len(texts):
+            raise client_ops.UserError(
+                f"{len(pairs) - len(args.texts)} lines in --pair-file for "
+                f"{len(texts) - len(args.texts)} lines in --file: give one second text per "
+                "text, line by line (blank lines are skipped in both)"
+            )
     settings = _settings()
     # Validate before connecting: a bad request never reaches (or waits for) the server.
     requests = client_ops.inference_requests(
-        args.model, texts, max_seq_length=args.max_seq_length, batch_size=args.batch_size
+        args.model,
+        texts,
+        pairs,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
     )
     client = await _client(settings)
     result = await client_ops.run_inference(client, requests, settings.inference_task_queue)
     if args.json:
         console.print_json(result.model_dump_json())
     else:
-        console.print(client_ops.predictions_table(result, alias=requests[0].alias))
+        console.print(
+            client_ops.predictions_table(result, alias=requests[0].alias, text_pairs=pairs)
+        )
     return 0
 
 
@@ -405,10 +436,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=_async(_sweep))
 
-    p = sub.add_parser("predict", help="classify texts with a saved run or an alias")
+    p = sub.add_parser(
+        "predict",
+        help="predict texts with a saved run or an alias (labels, scores or entities, by the "
+        "run's task)",
+    )
     p.add_argument("model", metavar="RUN_ID|@ALIAS", help="a run id, or @ALIAS for an alias")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.add_argument(
+        "--pair",
+        action="append",
+        metavar="TEXT_PAIR",
+        help="the second text of a pair, for a run trained on pairs: once per TEXT, in order",
+    )
+    p.add_argument(
+        "--pair-file",
+        help="a UTF-8 file with the second text of each line of --file, line by line",
+    )
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -28,6 +28,7 @@ from shared.export_types import (
 )
 from shared.onnx_export import FP32_GRAPH, INT8_GRAPH
 from shared.sweep_types import SWEEP_WORKFLOW, BertSweepInput, BertSweepOutput, SweepProgress
+from shared.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
@@ -48,6 +49,9 @@ T = TypeVar("T", bound=BaseModel)
 
 # Keep each inference request well under the workflow's payload budget.
 PREDICT_CHUNK_BYTES = MAX_INFERENCE_PAYLOAD_BYTES // 2
+# The first request of a large input: one batch (a local activity on a warm worker), whose
+# result says the run's task; the others are sized for what that task returns per text.
+FIRST_CHUNK_TEXTS = 32
 
 
 class UserError(Exception):
@@ -224,17 +228,23 @@ async def watch_sweep(
 ) -> BertSweepOutput:
     """A live table of trials from the ``progress`` query until the sweep closes."""
     result_task = asyncio.create_task(handle.result())
+    progress: SweepProgress | None = None
     with Live(Table(title="waiting for the sweep to start"), console=console) as live:
         while not result_task.done():
             try:
-                progress = await handle.query(PROGRESS_QUERY, result_type=SweepProgress)
+                latest = await handle.query(PROGRESS_QUERY, result_type=SweepProgress)
             except Exception:  # the workflow may not have started its first task yet
-                progress = None
-            if progress is not None:
+                latest = None
+            if latest is not None:
+                progress = latest
                 live.update(sweep_table(progress))
             await asyncio.wait({result_task}, timeout=poll_seconds)
+        # The last frame stays on screen: without the "best:" caption, which the caller
+        # prints once with the sweep's result.
         with contextlib.suppress(Exception):
-            live.update(sweep_table(await handle.query(PROGRESS_QUERY, result_type=SweepProgress)))
+            progress = await handle.query(PROGRESS_QUERY, result_type=SweepProgress)
+        if progress is not None:
+            live.update(sweep_table(progress, caption=False))
     return result_task.result()
 
 
@@ -244,14 +254,15 @@ def _format_param(value: Any) -> str:
     return str(value)
 
 
-def sweep_table(progress: SweepProgress | BertSweepOutput) -> Table:
-    """One row per trial: state, params, epoch, metric; the best so far is marked."""
+def sweep_table(progress: SweepProgress | BertSweepOutput, caption: bool = True) -> Table:
+    """One row per trial: state, params, epoch, metric; the best so far is marked (and named
+    in the caption, while the sweep runs)."""
     metric = progress.metric
     done = sum(t.state in ("succeeded", "pruned", "failed") for t in progress.trials)
     total = progress.num_trials if isinstance(progress, SweepProgress) else len(progress.trials)
     table = Table(
         title=f"Sweep {progress.sweep_name}: {done}/{total} trials done",
-        caption=f"best: {progress.best_run_id or '-'}",
+        caption=f"best: {progress.best_run_id or '-'}" if caption else None,
         caption_justify="left",
     )
     for column in ("#", "state", "params", "epoch", metric, "best"):
@@ -273,17 +284,37 @@ def sweep_table(progress: SweepProgress | BertSweepOutput) -> Table:
     return table
 
 
-def chunk_texts(texts: list[str], max_bytes: int = PREDICT_CHUNK_BYTES) -> list[list[str]]:
-    chunks: list[list[str]] = [[]]
-    size = 0
-    for text in texts:
-        length = inference_payload_bytes([text])
-        if chunks[-1] and size + length > max_bytes:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(text)
+def chunk_bounds(
+    texts: list[str],
+    text_pairs: list[str] | None = None,
+    max_bytes: int = PREDICT_CHUNK_BYTES,
+    *,
+    labels: list[str] | None = None,
+    per_word: bool = False,
+    first_texts: int | None = None,
+) -> list[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks whose result fits ``max_bytes`` (what a text
+    returns: ``labels`` for multi-label, ``per_word`` for token classification); the first
+    chunk holds at most ``first_texts`` texts."""
+    bounds: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for index, text in enumerate(texts):
+        pair = [text_pairs[index]] if text_pairs is not None else None
+        length = inference_payload_bytes([text], pair, labels=labels, per_word=per_word)
+        full = size + length > max_bytes or (
+            not bounds and first_texts is not None and index - start >= first_texts
+        )
+        if index > start and full:
+            bounds.append((start, index))
+            start, size = index, 0
         size += length
-    return chunks
+    if start < len(texts) or not bounds:
+        bounds.append((start, len(texts)))
+    return bounds
+
+
+def chunk_texts(texts: list[str], max_bytes: int = PREDICT_CHUNK_BYTES) -> list[list[str]]:
+    return [texts[a:b] for a, b in chunk_bounds(texts, max_bytes=max_bytes)]
 
 
 # ``predict @production ...`` names an alias; anything else is a run id.
@@ -297,13 +328,28 @@ def model_reference(model: str) -> dict[str, str]:
     return {"run_id": model}
 
 
-def inference_requests(model: str, texts: list[str], **options: Any) -> list[BertInferenceRequest]:
+def inference_requests(
+    model: str, texts: list[str], text_pairs: list[str] | None = None, **options: Any
+) -> list[BertInferenceRequest]:
     """Validated requests for ``model`` (a run id or ``@ALIAS``), one per chunk of ``texts``
-    that fits the payload budget."""
+    (and their ``text_pairs``) that fits the payload budget whatever the run's task (a tag
+    per word counted); ``run_inference`` sizes the chunks after the first for the task."""
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise UserError(
+            f"{len(text_pairs)} second texts (--pair, --pair-file) for {len(texts)} texts: "
+            "give one per text",
+            INVALID_CONFIG,
+        )
+    bounds = chunk_bounds(texts, text_pairs, per_word=True, first_texts=FIRST_CHUNK_TEXTS)
     try:
         return [
-            BertInferenceRequest(**model_reference(model), texts=chunk, **options)
-            for chunk in chunk_texts(texts)
+            BertInferenceRequest(
+                **model_reference(model),
+                texts=texts[a:b],
+                text_pairs=text_pairs[a:b] if text_pairs is not None else None,
+                **options,
+            )
+            for a, b in bounds
         ]
     except ValidationError as err:
         raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
@@ -314,11 +360,40 @@ async def predict(
     model: str,
     texts: list[str],
     task_queue: str,
+    text_pairs: list[str] | None = None,
     **options: Any,
 ) -> BertInferenceResult:
-    """Classify ``texts`` with ``model`` (a run id or ``@ALIAS``); large inputs are split over
+    """Predict ``texts`` with ``model`` (a run id or ``@ALIAS``); large inputs are split over
     several workflow executions."""
-    return await run_inference(client, inference_requests(model, texts, **options), task_queue)
+    return await run_inference(
+        client, inference_requests(model, texts, text_pairs, **options), task_queue
+    )
+
+
+def _sized_for(
+    first: BertInferenceResult, rest: list[BertInferenceRequest]
+) -> list[BertInferenceRequest]:
+    """The requests after the first, cut again for what the run's task returns per text."""
+    if not rest:
+        return []
+    texts = [text for request in rest for text in request.texts]
+    pairs = None
+    if rest[0].text_pairs is not None:
+        pairs = [pair for request in rest for pair in request.text_pairs or []]
+    labels = None
+    if first.task == MULTI_LABEL and first.predictions:
+        labels = list(first.predictions[0].get("scores", {}))
+    bounds = chunk_bounds(texts, pairs, labels=labels, per_word=first.task == TOKEN_CLASSIFICATION)
+    template = rest[0]
+    return [
+        template.model_copy(
+            update={
+                "texts": texts[a:b],
+                "text_pairs": pairs[a:b] if pairs is not None else None,
+            }
+        )
+        for a, b in bounds
+    ]
 
 
 async def run_inference(
@@ -327,28 +402,34 @@ async def run_inference(
     """Execute the requests one after another and join the answers in input order.
 
     An alias is resolved once, by the first request: the later chunks name the run it
-    resolved to, so every text is classified by the same model even if the alias is
-    promoted meanwhile.
+    resolved to, so every text is predicted by the same model even if the alias is
+    promoted meanwhile. The first answer says the run's task; the later chunks are cut for
+    it (a multi-label run's probabilities per label, a tagger's tags per word).
     """
-    results: list[BertInferenceResult] = []
-    for request in requests:
-        if results and request.alias is not None:
-            request = request.model_copy(update={"run_id": results[0].run_id, "alias": None})
-        results.append(
-            await client.execute_workflow(
-                INFERENCE_WORKFLOW,
-                request,
-                id=f"bert-inference-{uuid.uuid4()}",
-                task_queue=task_queue,
-                result_type=BertInferenceResult,
-            )
+
+    async def execute(request: BertInferenceRequest) -> BertInferenceResult:
+        return await client.execute_workflow(
+            INFERENCE_WORKFLOW,
+            request,
+            id=f"bert-inference-{uuid.uuid4()}",
+            task_queue=task_queue,
+            result_type=BertInferenceResult,
         )
+
+    first = await execute(requests[0])
+    results = [first]
+    for request in _sized_for(first, requests[1:]):
+        if request.alias is not None:
+            request = request.model_copy(update={"run_id": first.run_id, "alias": None})
+        results.append(await execute(request))
     return BertInferenceResult(
-        run_id=results[0].run_id,
+        run_id=first.run_id,
         texts=[t for r in results for t in r.texts],
         labels=[label for r in results for label in r.labels],
         label_names=[name for r in results for name in r.label_names],
         confidences=[c for r in results for c in r.confidences],
+        task=first.task,
+        predictions=[p for r in results for p in r.predictions],
     )
 
 
@@ -442,16 +523,86 @@ def export_summary(output: BertExportOutput) -> str:
     )
 
 
-def predictions_table(result: BertInferenceResult, alias: str | None = None) -> Table:
+def _score(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _multi_labels(prediction: dict[str, Any]) -> str:
+    """The labels predicted with their probabilities; "none" and the most probable label
+    when no label reaches 0.5."""
+    scores: dict[str, float] = prediction.get("scores", {})
+    chosen = prediction.get("labels", [])
+    if chosen:
+        return ", ".join(f"{name} {_score(scores[name])}" for name in chosen)
+    if not scores:
+        return "none"
+    best = max(scores, key=lambda name: scores[name])
+    return f"none (most probable: {best} {_score(scores[best])})"
+
+
+def _entities(prediction: dict[str, Any]) -> str:
+    """One entity per line: its label, its text, where it is, its score."""
+    found = prediction.get("entities", [])
+    if not found:
+        return "-"
+    return "\n".join(
+        f"{entity['label']} {entity['text']!r} [{entity['start']}:{entity['end']}] "
+        f"{_score(entity['score'])}"
+        for entity in found
+    )
+
+
+def predictions_table(
+    result: BertInferenceResult, alias: str | None = None, text_pairs: list[str] | None = None
+) -> Table:
+    """One row per text, with what the run's task predicts: the label and its confidence,
+    the labels of a multi-label run with their probabilities, a regression's score, the
+    entities found by a tagger (with offsets into the text); the second text of each pair
+    next to the first."""
     caption = f"run {result.run_id}" + (f" (alias {alias})" if alias else "")
+    if result.task != SINGLE_LABEL:
+        caption += f"; {result.task}"
     table = Table(title="Predictions", caption=caption, caption_justify="left")
-    table.add_column("text", overflow="fold", max_width=70)
-    table.add_column("label")
-    table.add_column("confidence", justify="right")
-    for text, name, confidence in zip(
-        result.texts, result.label_names, result.confidences, strict=True
-    ):
-        table.add_row(text, name, f"{confidence:.3f}")
+    table.add_column("text", overflow="fold", max_width=70 if text_pairs is None else 40)
+    if text_pairs is not None:
+        table.add_column("text pair", overflow="fold", max_width=40)
+    pairs: list[str | None] = (
+        list(text_pairs) if text_pairs is not None else [None] * len(result.texts)
+    )
+    if result.task == SINGLE_LABEL and not result.predictions:  # an older worker's answer
+        table.add_column("label")
+        table.add_column("confidence", justify="right")
+        for text, pair, name, confidence in zip(
+            result.texts, pairs, result.label_names, result.confidences, strict=True
+        ):
+            table.add_row(
+                text, *([pair] if text_pairs is not None else []), name, _score(confidence)
+            )
+        return table
+    columns: dict[str, tuple[str, ...]] = {
+        SINGLE_LABEL: ("label", "confidence"),
+        MULTI_LABEL: ("labels",),
+        REGRESSION: ("score",),
+        TOKEN_CLASSIFICATION: ("entities",),
+    }
+    for column in columns.get(result.task, ("prediction",)):
+        table.add_column(
+            column,
+            justify="right" if column in ("confidence", "score") else "left",
+            overflow="fold",
+        )
+    for text, pair, prediction in zip(result.texts, pairs, result.predictions, strict=True):
+        if result.task == SINGLE_LABEL:
+            cells = [prediction["label"], _score(prediction["score"])]
+        elif result.task == MULTI_LABEL:
+            cells = [_multi_labels(prediction)]
+        elif result.task == REGRESSION:
+            cells = [f"{prediction['score']:.4f}"]
+        elif result.task == TOKEN_CLASSIFICATION:
+            cells = [_entities(prediction)]
+        else:
+            cells = [json.dumps(prediction)]
+        table.add_row(text, *([pair or ""] if text_pairs is not None else []), *cells)
     return table
 
 

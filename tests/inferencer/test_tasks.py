@@ -486,3 +486,31 @@ async def test_http_outputs_follow_the_task(
         assert [(o["name"], o["shape"]) for o in meta["outputs"]] == [("scores", [-1, -1])]
     finally:
         await endpoint.stop()
+
+
+def test_the_commit_keeps_pairs_and_the_sweep_for_the_export(tmp_path: Path) -> None:
+    """What a trial's commit writes for its export after the commit: its check texts with
+    their second texts, and its sweep (``runs`` shows ``none``: only the best is exported)."""
+    from datasets import Dataset
+
+    from services.trainer.training.data import PreparedData
+    from services.trainer.training.fine_tune import _exporter
+    from shared.onnx_export import read_check_sample
+    from shared.types import BertFineTuneConfig, BertFineTuneRequest, RunContext
+
+    rows = Dataset.from_dict({"text": TEXTS, "text_pair": PAIRS, "labels": [0] * len(TEXTS)})
+    data = PreparedData(rows, None, SENTIMENTS, "made-up", has_pairs=True)
+    config = BertFineTuneConfig(train_file="made-up.csv", text_pair_column="second")
+    request = BertFineTuneRequest(
+        run_id="trial-run", config=config, export_at_commit=False,
+        context=RunContext(kind="sweep", name="a-sweep", trial_index=3),
+    )  # fmt: skip
+    _exporter(data, request)(tmp_path)
+    sample = read_check_sample(tmp_path)
+    assert sample is not None
+    assert (sample.texts, sample.text_pairs, sample.sweep) == (TEXTS, PAIRS, "a-sweep")
+    experiment = request.model_copy(update={"context": RunContext(kind="experiment", name="e")})
+    single = PreparedData(rows.remove_columns("text_pair"), None, SENTIMENTS, "made-up")
+    _exporter(single, experiment)(tmp_path)
+    sample = read_check_sample(tmp_path)
+    assert sample is not None and (sample.text_pairs, sample.sweep) == (None, None)

@@ -35,7 +35,7 @@ from shared.onnx_export import (
     commit_of,
     is_current_export,
     publish_export,
-    read_check_texts,
+    read_check_sample,
     read_manifest,
 )
 from shared.runs import resolve_served_run, swap_pending
@@ -87,10 +87,16 @@ def _export_commit(
     _remove_stale_staging(staging_root, model_dir.name)
     staging = staging_root / f"{model_dir.name}.export-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
+    # The texts (and, for a run trained on pairs, their second texts) kept at commit.
+    sample = read_check_sample(model_dir)
     try:
         try:
             manifest = build_export(
-                model_dir, staging, read_check_texts(model_dir), source_commit=source_commit
+                model_dir,
+                staging,
+                sample.texts if sample is not None else None,
+                source_commit=source_commit,
+                check_pairs=sample.text_pairs if sample is not None else None,
             )
         except OnnxExportError as err:
             if commit_of(model_dir) != source_commit:
