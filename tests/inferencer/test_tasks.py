@@ -514,3 +514,67 @@ def test_the_commit_keeps_pairs_and_the_sweep_for_the_export(tmp_path: Path) -> 
     _exporter(single, experiment)(tmp_path)
     sample = read_check_sample(tmp_path)
     assert sample is not None and (sample.text_pairs, sample.sweep) == (None, None)
+
+
+# ---- through Temporal: plain JSON, the temporal CLI, recorded histories ----------------
+
+HISTORIES = Path(__file__).parents[1] / "histories"
+# Recorded by the test below: a request with text_pairs (its size check counts them, behind
+# the patch inference-payload-counts-pairs) and a tagger's request.
+TASK_HISTORIES = ("replay-infer-pairs", "replay-infer-tokens")
+
+
+async def test_tasks_through_the_workflow_with_plain_json(
+    client: Any, activities: InferenceActivities, runs_root: Path
+) -> None:
+    import os
+
+    from temporalio.client import WorkflowFailureError
+    from temporalio.worker import Replayer
+
+    from services.inferencer.workflows import BertInferenceWorkflow
+    from shared.converter import data_converter
+    from shared.types import INFERENCE_WORKFLOW
+    from tests.conftest import run_temporal_cli, running_workers
+
+    async with running_workers(client, runs_root, trainer=False) as queues:
+        pairs = await client.execute_workflow(
+            INFERENCE_WORKFLOW,
+            {"run_id": "scores-run", "texts": TEXTS, "text_pairs": PAIRS},
+            id=TASK_HISTORIES[0],
+            task_queue=queues.inference,
+        )
+        assert pairs["task"] == REGRESSION and pairs["labels"] == []
+        assert [set(p) for p in pairs["predictions"]] == [{"score"}] * len(TEXTS)
+        with pytest.raises(WorkflowFailureError):
+            await client.execute_workflow(
+                INFERENCE_WORKFLOW,
+                {"run_id": "scores-run", "texts": TEXTS},
+                id=f"{TASK_HISTORIES[0]}-missing",
+                task_queue=queues.inference,
+            )
+        # The temporal CLI, plain JSON in and out.
+        answer = await run_temporal_cli(
+            client.service_client.config.target_host,
+            "workflow",
+            "execute",
+            "--type",
+            INFERENCE_WORKFLOW,
+            "--task-queue",
+            queues.inference,
+            "--workflow-id",
+            TASK_HISTORIES[1],
+            "--input",
+            json.dumps({"run_id": "tagger-run", "texts": IRREGULAR_TEXTS[:3]}),
+        )
+        tagged = answer["result"]
+        assert tagged["task"] == TOKEN_CLASSIFICATION
+        assert_contract_shape(TOKEN_CLASSIFICATION, IRREGULAR_TEXTS[:3], tagged["predictions"])
+
+    replayer = Replayer(workflows=[BertInferenceWorkflow], data_converter=data_converter)
+    for workflow_id in TASK_HISTORIES:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        await replayer.replay_workflow(history)
+        path = HISTORIES / f"{workflow_id}.json"
+        if os.environ.get("RECORD_HISTORIES") and not path.exists():
+            path.write_text(history.to_json(), encoding="utf-8")
