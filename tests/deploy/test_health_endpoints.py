@@ -234,6 +234,9 @@ def test_liveness_outlasts_an_unreachable_temporal_and_a_missing_namespace(
 
         status, body = http_body(f"{unreachable_url}/readyz")
         assert status == 503 and "Temporal unreachable" in body, body
+        # The HTTP path needs no Temporal: the pod stays in its Service and serves.
+        http_ready = f"{unreachable.http_url}/v2/health/ready"  # type: ignore[attr-defined]
+        assert http_status(http_ready) == 200
         status, body = http_body(f"{missing_url}/readyz")
         assert status == 503 and f"namespace {namespace!r} does not exist" in body, body
         events = [
