@@ -18,13 +18,17 @@ BERT) and real tweets, one module per comparison:
    the tests' tiny BERT, with the tokenized-dataset cache on and off;
 5. sweeps (``bench.sweep_compare``): ``BertSweepWorkflow`` (TPE, successive halving) vs
    ``Trainer.hyperparameter_search(backend="optuna")`` with a pruner, same space, trials,
-   epochs and seeds (wall time, best accuracy, trials pruned, seconds per trained epoch).
+   epochs and seeds (wall time, best accuracy, trials pruned, seconds per trained epoch);
+6. token classification (``bench.token_inference``): a MiniLM tagger trained by the workflow
+   on WNUT-16 tweets, served from its ONNX export by ``BertInferenceWorkflow`` vs the
+   transformers ``token-classification`` pipeline on the same saved model (texts/s, word
+   tags agreeing, entity F1).
 
 It prints one table and writes it, with the command and the machine, to docs/benchmarks.md.
 
     python -m bench.compare [--train-rows 1024] [--infer-rows 1024] [--sweep-trials 6]
                             [--sweep-epochs 3] [--sweep-rows 512] [--sweep-seeds 42 43]
-                            [--no-write]
+                            [--token-train-rows 1024] [--token-infer-rows 512] [--no-write]
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ from bench.sweep_overhead import (
     overhead_notes,
     overhead_rows,
 )
+from bench.token_inference import (
+    TokenComparison,
+    TokenSetup,
+    compare_token_inference,
+    prepare_token_data,
+    token_notes,
+    token_rows,
+)
 from bench.training_compare import (
     TrainingComparison,
     compare_training,
@@ -92,6 +104,7 @@ class Results:
     latencies: Latencies
     overhead: OverheadComparison
     sweeps: SweepComparison
+    tokens: TokenComparison
 
 
 async def run_all(args: argparse.Namespace, work: Path) -> Results:
@@ -121,6 +134,12 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
         trials=args.sweep_trials,
         epochs=args.sweep_epochs,
         pruner=args.sweep_pruner,
+    )
+    token_train, token_eval, token_words, token_gold = prepare_token_data(
+        work / "tokens", args.token_train_rows, args.token_eval_rows, args.token_infer_rows
+    )
+    token_setup = TokenSetup(
+        model_dir, token_train, token_eval, token_words, token_gold, args.token_train_rows
     )
     runs_root = work / "runs"
     runs_root.mkdir()
@@ -177,9 +196,10 @@ async def run_all(args: argparse.Namespace, work: Path) -> Results:
             sweeps = await compare_sweeps(
                 client, TRAIN_QUEUE, runs_root, sweep_setup, args.sweep_seeds, work
             )
+            tokens = await compare_token_inference(client, runs_root, token_setup)
     finally:
         await env.shutdown()
-    return Results(training, inference, latencies, overhead, sweeps)
+    return Results(training, inference, latencies, overhead, sweeps, tokens)
 
 
 # ---------------------------------------------------------------------------- the report
@@ -214,6 +234,7 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         + latency_rows(r.latencies)
         + overhead_rows(r.overhead)
         + sweep_rows(r.sweeps)
+        + token_rows(r.tokens)
     )
     lines = [
         SECTION,
@@ -238,6 +259,8 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         overhead_notes(r.overhead),
         "",
         sweep_notes(r.sweeps),
+        "",
+        token_notes(r.tokens),
         "",
         "Only the ratios within one run mean anything, and only on an otherwise idle machine: "
         "on a busy one (see the load average) contention slows the sides unevenly (PyTorch's "
@@ -288,6 +311,13 @@ def main() -> None:
         default="halving",
         help="Optuna's pruner on the hyperparameter_search side",
     )
+    parser.add_argument(
+        "--token-train-rows", type=int, default=1024, help="WNUT-16 tweets the tagger learns"
+    )
+    parser.add_argument("--token-eval-rows", type=int, default=256)
+    parser.add_argument(
+        "--token-infer-rows", type=int, default=512, help="held-out tweets both sides tag"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
     names = (
@@ -302,6 +332,9 @@ def main() -> None:
         "sweep_eval_rows",
         "sweep_seeds",
         "sweep_pruner",
+        "token_train_rows",
+        "token_eval_rows",
+        "token_infer_rows",
     )
     command = "python -m bench.compare" + "".join(
         f" --{name.replace('_', '-')} "
