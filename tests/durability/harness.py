@@ -41,6 +41,11 @@ def long_config(model: Path, train: Path, validation: Path, **overrides: object)
         "max_seq_length": 16,
         "use_gpu": False,
         "checkpoint_steps": 50,
+        # Every synthetic text has the same length, so grouping could only change the order of
+        # the rows: these tests' step counts were calibrated on the seeded random order (with
+        # the sampler's own order the tiny model at this learning rate can sit at chance for
+        # hundreds of steps). Length grouping has its own tests (test_group_by_length.py).
+        "group_by_length": False,
     }
     config.update(overrides)
     return config
