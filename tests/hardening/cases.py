@@ -995,6 +995,24 @@ CASES: list[Case] = [
         ("12000 texts", "split them"),
         cli=False,
     ),
+    Case(
+        # Second texts are for runs trained on pairs (text_pair_column) only.
+        "predict-text-pairs-to-a-single-text-run",
+        INFER,
+        P,
+        predict(text_pairs=["a second text"]),
+        IC,
+        ("text_pairs", "trained on single texts", "remove text_pairs"),
+    ),
+    Case(
+        "predict-text-pairs-count",
+        SHAPE,
+        P,
+        predict(text_pairs=["one", "two"]),
+        IC,
+        ("text_pairs: 2 second texts for 1 texts",),
+        cli_expect=("2 --pair for 1 TEXT arguments",),
+    ),
     # aliases (BertPromoteWorkflow)
     Case(
         "promote-unknown-field",

@@ -148,6 +148,8 @@ def _predict_args(case: Case, context: Context) -> list[str]:
     for option in ("max_seq_length", "batch_size"):
         if option in request:
             args += [f"--{option.replace('_', '-')}", str(request[option])]
+    for pair in request.get("text_pairs") or []:
+        args += ["--pair", pair]
     return args
 
 
