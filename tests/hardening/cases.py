@@ -624,6 +624,55 @@ CASES: list[Case] = [
         ("validation split has 1 rows whose label never occurs", "validation row 40"),
         hidden=(SECRET,),
     ),
+    # the tasks (docs/tasks.md): malformed rows named by row and field, never quoted
+    Case(
+        "tags-length-mismatch",
+        DATA,
+        T,
+        run_with(
+            task="token_classification",
+            train_file=local("tags_mismatch"),
+            validation_file=None,
+            text_column="tokens",
+            label_column="tags",
+        ),
+        DE,
+        ("train row 1: text_column 'tokens' has 3 words but label_column 'tags' has 2 tags",),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "regression-label-not-a-number",
+        DATA,
+        T,
+        run_with(task="regression", train_file=local("score_not_number"), validation_file=None),
+        DE,
+        ("train row 1: label_column 'label' is not a number",),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "multi-label-unknown-validation-label",
+        DATA,
+        T,
+        run_with(
+            task="multi_label_classification",
+            label_separator="|",
+            validation_file=local("unknown_validation_label"),
+        ),
+        DE,
+        ("validation split has 1 rows with a label that never occurs", "validation row 5"),
+        hidden=(SECRET,),
+    ),
+    Case(
+        "pair-empty-second-text",
+        DATA,
+        T,
+        run_with(
+            text_pair_column="sentence2", train_file=local("empty_pair"), validation_file=None
+        ),
+        DE,
+        ("train row 5: text_pair_column 'sentence2' is empty",),
+        hidden=(SECRET,),
+    ),
     Case(
         "header-not-echoed",
         DATA,

@@ -450,6 +450,8 @@ def _texts(
     """The column's texts; a row without text (or an empty second text) is refused by row."""
     texts = batch[column]
     for row, value in zip(indices, texts, strict=True):
+        if value is None and field_name == "text_pair_column":
+            value = ""  # an empty CSV cell
         if not isinstance(value, str):
             where = f"in row {row}" if field_name == "text_column" else f"in {split} row {row}"
             raise ValueError(
