@@ -78,7 +78,7 @@ test: install system-deps tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(PYTEST) -m "not slow" -n 2 --dist loadgroup
+	$(PYTEST) -m "not slow" -n 2 --dist loadfile
 
 test-slow: install system-deps tools
 	$(PYTEST) -m slow

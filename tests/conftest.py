@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -67,19 +68,30 @@ ONE_WORKER_PACKAGES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The safe grouping for ``pytest -n 2 --dist loadgroup`` (`make test`): every test file
+def xdist_scope(nodeid: str) -> str:
+    """What runs whole on one xdist worker: the test's file, or its package when that is
+    one of ``ONE_WORKER_PACKAGES``."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in ONE_WORKER_PACKAGES:
+        return "/".join(parts[:2])
+    return path
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The safe grouping for ``pytest -n 2 --dist loadfile`` (`make test`): every test file
     runs whole on one worker, so its module fixtures start once; the packages above too.
-    Without xdist the ``xdist_group`` marks do nothing."""
-    tests_root = Path(__file__).resolve().parent
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        relative = item.path.resolve().relative_to(tests_root)
-        package = relative.parts[0] if len(relative.parts) > 1 else ""
-        group = package if package in ONE_WORKER_PACKAGES else relative.as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
+    (xdist's own ``loadgroup`` marks do not reach the scheduler under pytest 9.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrPackageScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return FileOrPackageScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

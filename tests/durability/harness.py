@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from shared.types import PROGRESS_QUERY, ExperimentProgress, TrainingProgress
 from tests.tiny import sentiment_rows, write_csv
@@ -82,16 +83,27 @@ async def sealed_checkpoint(handle: WorkflowHandle) -> str | None:
     return run.latest_checkpoint
 
 
+# A query the server gave up on: no worker answered it in time (a worker process still
+# starting, or a busy one on a loaded machine). For a probe that means "not yet".
+_UNANSWERED = (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED)
+
+
 async def wait_for(
     probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60, every: float = 0.2
 ) -> T:
     deadline = time.monotonic() + timeout
+    unanswered: RPCError | None = None
     while time.monotonic() < deadline:
-        value = await probe()
+        try:
+            value = await probe()
+        except RPCError as err:
+            if err.status not in _UNANSWERED:
+                raise
+            unanswered, value = err, None
         if value:
             return value
         await asyncio.sleep(every)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from unanswered
 
 
 def predicts_sentiment(model_dir: str) -> list[str]:

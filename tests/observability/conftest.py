@@ -39,8 +39,6 @@ from tests.helpers.ports import free_port
 from tests.helpers.processes import WorkerProcess
 from tests.helpers.prometheus import prometheus_get
 
-pytestmark = pytest.mark.slow
-
 NAMESPACE = "bert-obs"  # what a ServiceMonitor's target labels would say in Kubernetes
 SCRAPE_INTERVAL_SECONDS = 1
 STARTUP_TIMEOUT_SECONDS = 120
