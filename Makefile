@@ -71,9 +71,9 @@ dev: install
 # slow, two at a time (pytest-xdist; each test file, and each package with a session-wide
 # fixture, stays on one worker: tests/conftest.py). Budget: 12 minutes of pytest on 2 idle
 # cores. `make test-slow`: the long fault-finding runs (chaos and soak, the real MiniLM, dev
-# stacks, health probes over minutes), then the images built and run for real. Both print
-# their 15 slowest tests.
-PYTEST := HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra --durations=15
+# stacks, health probes over minutes), then the images built and run for real. Every pytest
+# run prints its 15 slowest tests (addopts in pyproject.toml).
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra
 test: install system-deps tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
