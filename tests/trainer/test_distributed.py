@@ -67,6 +67,10 @@ def _request(model: Path, data: tuple[Path, Path]) -> BertFineTuneRequest:
                 "max_seq_length": 16,
                 "use_gpu": False,
                 "checkpoint_steps": 5,
+                # The length-grouped sampler draws its order from the process's own random
+                # state, which differs between layouts; this test compares the layouts over
+                # the same batches, which the seeded random order gives.
+                "group_by_length": False,
             },
         }
     )
