@@ -140,8 +140,25 @@ def local_base() -> str:
     say("Docker Hub unreachable: building a local Debian base with mmdebstrap")
     packages = "python3,python3-venv,python-is-python3,tini,ca-certificates,passwd"
     tarball = STATE / "bookworm.tar"
-    run("mmdebstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(tarball))
-    run("docker", "import", str(tarball), LOCAL_BASE)
+    # This machine reaches the package index through a TLS proxy whose CA is in the host's
+    # bundle only: the local base takes that bundle, and pip inside the builds trusts it.
+    # (Under its own name: apt's ca-certificates triggers rebuild the system bundle.)
+    host_bundle, bundle = "/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/host-ca-bundle.crt"
+    run(
+        "mmdebstrap",
+        "--variant=minbase",
+        f"--include={packages}",
+        f"--customize-hook=upload {host_bundle} {bundle}",
+        "bookworm",
+        str(tarball),
+    )
+    run(
+        "docker",
+        "import",
+        *(f"--change=ENV {name}={bundle}" for name in ("PIP_CERT", "SSL_CERT_FILE")),
+        str(tarball),
+        LOCAL_BASE,
+    )
     tarball.unlink()
     return LOCAL_BASE
 
