@@ -24,6 +24,7 @@ from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
 from shared.run_record import (
     RunRecord,
+    identity_before_new_fields,
     identity_fields,
     run_identity,
     schema_1_checkpoint_digest,
@@ -121,11 +122,16 @@ class RunDirectory:
         record = self.finished_record()
         if record is None:
             return
-        if identity_fields(record.config) != identity_fields(request.config):
+        finished, asked = identity_fields(record.config), identity_fields(request.config)
+        if finished != asked:
+            fields = sorted(
+                k for k in finished.keys() | asked.keys() if finished.get(k) != asked.get(k)
+            )
             raise failure(
                 INVALID_CONFIG,
-                f"run {self.run_id!r} already finished with a different config; use another "
-                "experiment_name or set overwrite: true to replace it",
+                f"run {self.run_id!r} already finished with a different config (differs in: "
+                f"{', '.join(fields)}); use another experiment_name or set overwrite: true to "
+                "replace it",
             )
         if record.trained_epochs() < epochs_wanted(request):
             raise failure(
@@ -270,9 +276,11 @@ class RunDirectory:
     def checkpoint_digests(
         self, identity: str, request: BertFineTuneRequest, data: str
     ) -> set[str]:
-        """The digests a checkpoint of this work may carry: today's, and version 1's."""
+        """The digests a checkpoint of this work may carry: today's, the one from before the
+        newest fields existed (``identity_before_new_fields``), and version 1's."""
         legacy = schema_1_checkpoint_digest(request.config, data)
-        return {identity[:16]} | ({legacy} if legacy else set())
+        before = identity_before_new_fields(request.config, data)[:16]
+        return {identity[:16], before} | ({legacy} if legacy else set())
 
     def resume_checkpoint(
         self, hint: str | None, digests: set[str]
