@@ -42,7 +42,7 @@ RUNS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
         {
             "task": MULTI_LABEL,
             "text_column": "text",
-            "label_column": "entity_types",
+            "label_column": "polarity",
             "label_separator": "|",
         },
     ),
@@ -76,7 +76,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
     runs_root.mkdir()
     splits = {
         "ner-run": task_data.write_ner(root / "ner", 300, 80),
-        "types-run": task_data.write_entity_types(root / "types", 300, 80),
+        "types-run": task_data.write_polarity_sets(root / "types", 300, 80),
         "mentions-run": task_data.write_mention_pairs(root / "mentions", 250, 60),
         "scores-run": task_data.write_scores(root / "scores", 300, 80),
     }
