@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import errno
 import re
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -122,6 +124,16 @@ class _FamiliesWithout:
                 yield family
 
 
+class _LoggingHTTPServer(ThreadingHTTPServer):
+    """Reports a request that failed (a scraper that hung up mid-answer on a loaded node) as
+    one structured log event, not ``socketserver``'s dashed traceback on stderr: every line a
+    worker writes stays JSON in containers."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        log.warning("metrics_http.request_failed", client=str(client_address), error=repr(error))
+
+
 class MetricsServer:
     """A small threaded HTTP server; stopped with ``close()``.
 
@@ -138,7 +150,7 @@ class MetricsServer:
     ) -> None:
         handler = _make_handler(health, sdk_metrics_url, _FamiliesWithout(excluded_prefixes))
         try:
-            self._server = ThreadingHTTPServer((bind_address, port), handler)
+            self._server = _LoggingHTTPServer((bind_address, port), handler)
         except OSError as err:
             if err.errno != errno.EADDRINUSE:
                 raise

