@@ -441,6 +441,10 @@ class TrainingSession:
 
         load_model(self.trainer.model, str(resume.path / "model.safetensors"))
         self.trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
+        if self._best is not None:  # the best epoch's weights the checkpoint carries
+            self._best.resume_from(resume.path)
+            self._best.on_train_begin(self.trainer.args, self.trainer.state, None)
+            self._best.on_train_end(self.trainer.args, self.trainer.state, None)
         log.info("training.finished_from_checkpoint", step=resume.step, epochs=epochs)
         return Trained(
             train_loss=mean_logged_loss(self.trainer.state.log_history),
