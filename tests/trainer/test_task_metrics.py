@@ -135,3 +135,10 @@ def test_every_task_reports_exactly_its_documented_keys(task: str) -> None:
         for name in TASK_METRICS[task]
         if name in raw  # type: ignore[index]
     ]
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "single_label_classification"])
+def test_only_single_label_keeps_a_confusion_matrix(task: str) -> None:
+    """What the run's commit and MLflow's ``confusion_matrix/`` artifacts read: nothing for
+    the other tasks (a matrix of label sets, numbers or tags means nothing)."""
+    assert metrics_for(task, ["B-X", "I-X", "O"]).confusion_matrix is None  # type: ignore[arg-type]
