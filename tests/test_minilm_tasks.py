@@ -58,7 +58,9 @@ async def test_minilm_tags_entities(client: Client, runs_root: Path, tmp_path: P
         label_column="ner_tags",
         num_epochs=3,
     )
-    assert run.eval_metrics["eval_f1"] > run.baseline_metrics["eval_f1"] + 0.15, run.eval_metrics
+    # All O finds no entity (F1 0); WNUT-16's entities are rare and varied (its best systems
+    # score about 0.5), so three epochs on 600 tweets is a modest but clear gain.
+    assert run.eval_metrics["eval_f1"] > run.baseline_metrics["eval_f1"] + 0.1, run.eval_metrics
 
 
 @pytest.mark.slow
