@@ -15,6 +15,7 @@ from shared.aliases import resolve_request_alias
 from shared.errors import INVALID_CONFIG, MODEL_COLD, RUN_NOT_FOUND, failure
 from shared.instrumentation import COLD_OUTCOME, InferenceRecorder, activity_scope
 from shared.logging import get_logger
+from shared.model_loading import torch_available
 from shared.runs import ServedRun, resolve_served_run
 from shared.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN_CLASSIFICATION
 from shared.types import (
@@ -101,6 +102,18 @@ def check_result_size(request: BertInferenceRequest, task: str, label_names: lis
         )
 
 
+def serving_device(use_gpu: bool) -> str:
+    """``cuda`` when the request asks for a GPU and this worker has one, else ``cpu``.
+
+    The slim inferencer image has no PyTorch: there a GPU request is served on the CPU (from
+    the run's ONNX export), exactly as on a PyTorch worker without a visible GPU."""
+    if not use_gpu or not torch_available():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class InferenceActivities:
     def __init__(self, runs_root: Path, cache: ModelCache) -> None:
         self._runs_root = runs_root
@@ -128,11 +141,7 @@ class InferenceActivities:
             # A run that reused another run's model is served from that run's folder.
             served = served_run(self._runs_root, request.run_id, alias)
             check_text_pairs(served, request.text_pairs)
-            device = "cpu"
-            if request.use_gpu:
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = serving_device(request.use_gpu)
             loaded = (
                 self._cache.peek(served.model_dir, device)
                 if warm_only

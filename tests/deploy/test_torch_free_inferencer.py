@@ -62,6 +62,9 @@ def test_the_worker_modules_import_without_torch() -> None:
         import bert_finetune.cli, shared.namespace
         from shared.model_loading import torch_available
         assert not torch_available()
+        # A request with use_gpu is served on the CPU here, not failed with an ImportError.
+        from services.inferencer.activities import serving_device
+        assert serving_device(True) == "cpu" and serving_device(False) == "cpu"
         assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
         print("ok")
         """
