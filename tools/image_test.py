@@ -120,10 +120,18 @@ def ensure_engine() -> subprocess.Popen | None:
 
 def local_base() -> str:
     """A Debian bookworm root file system with Python and tini, imported as an image."""
-    if (
-        run("docker", "image", "inspect", LOCAL_BASE, check=False, capture_output=True).returncode
-        == 0
-    ):
+    inspected = run(
+        "docker",
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        LOCAL_BASE,
+        check=False,
+        capture_output=True,
+    )
+    # A base from before it carried the CA bundle is rebuilt (pip in the builds needs it).
+    if inspected.returncode == 0 and "PIP_CERT=" in inspected.stdout:
         return LOCAL_BASE
     if not shutil.which("mmdebstrap"):
         sudo = [] if os.geteuid() == 0 else ["sudo"]
