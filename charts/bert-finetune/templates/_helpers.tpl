@@ -169,10 +169,55 @@ The tag suffix of the trainer's default image: the CUDA build with a GPU, "-cpu"
 {{- end }}
 
 {{/*
-BERT_LOCAL_PATH_ROOTS: the configured folders, else the runs volume.
+BERT_LOCAL_PATH_ROOTS: the configured folders, else the runs volume; with storage.uri there is
+no shared folder to default to (each pod's cache is its own), so empty stays empty.
 */}}
 {{- define "bert-finetune.localPathRoots" -}}
+{{- if .Values.storage.uri }}
+{{- join ":" .Values.localPathRoots }}
+{{- else }}
 {{- join ":" (default (list .Values.persistence.mountPath) .Values.localPathRoots) }}
+{{- end }}
+{{- end }}
+
+{{/*
+TCP port of the object store: the port of storage.endpoint, else its scheme's (443 for https,
+80 for http); 443 for AWS S3 (no endpoint).
+*/}}
+{{- define "bert-finetune.storagePort" -}}
+{{- with .Values.storage.endpoint }}
+{{- $url := urlParse . }}
+{{- $hostPort := splitList ":" $url.host }}
+{{- if gt (len $hostPort) 1 }}
+{{- last $hostPort }}
+{{- else if eq $url.scheme "http" }}
+{{- 80 }}
+{{- else }}
+{{- 443 }}
+{{- end }}
+{{- else }}
+{{- 443 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Object-store access keys from storage.existingSecret (workers only: nothing else touches the
+store). Without the Secret the AWS credential chain applies (IRSA, EKS Pod Identity).
+*/}}
+{{- define "bert-finetune.storageSecretEnv" -}}
+{{- $storage := .Values.storage }}
+{{- if and $storage.uri $storage.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $storage.existingSecret }}
+      key: {{ $storage.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $storage.existingSecret }}
+      key: {{ $storage.secretAccessKeyKey }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -332,7 +377,13 @@ Checks of combinations the schema cannot express.
 {{- if and .Values.gpu.enabled (lt (int .Values.gpu.count) 1) }}
 {{- fail "gpu.count must be at least 1 when gpu.enabled is true" }}
 {{- end }}
-{{- if and .Values.gpu.enabled (eq .Values.persistence.mode "singleNode") (not .Values.gpu.nodeSelector) }}
+{{- if and .Values.storage.uri .Values.persistence.existingClaim }}
+{{- fail "storage.uri keeps runs in the object store and mounts no claim, so persistence.existingClaim would be silently unused: unset it (copy its runs into the bucket first, docs/deploy.md)" }}
+{{- end }}
+{{- if and (or .Values.storage.endpoint .Values.storage.region .Values.storage.existingSecret) (not .Values.storage.uri) }}
+{{- fail "storage.endpoint, storage.region and storage.existingSecret configure the object store of storage.uri, which is empty: set storage.uri (s3://bucket/prefix) or unset them" }}
+{{- end }}
+{{- if and .Values.gpu.enabled (eq .Values.persistence.mode "singleNode") (not .Values.gpu.nodeSelector) (not .Values.storage.uri) }}
 {{- fail "persistence.mode singleNode with gpu.enabled puts every pod that mounts the runs volume on the trainer's GPU node, so the chart must know which nodes those are: set gpu.nodeSelector to a label only the GPU node has, e.g. nvidia.com/gpu.present: \"true\" (GPU operator), cloud.google.com/gke-accelerator: nvidia-l4 (GKE) or eks.amazonaws.com/nodegroup: <your GPU node group> (EKS)" }}
 {{- end }}
 {{- if and .Values.metrics.prometheusRule.enabled (not .Values.metrics.serviceMonitor.enabled) }}

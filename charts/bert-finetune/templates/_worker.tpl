@@ -69,7 +69,8 @@ spec:
       {{- /* singleNode with a GPU: every runs-volume pod must land on the GPU node (the
       trainer's), not on whichever node the first pod lands on, so all of them take the GPU
       pool's nodeSelector and tolerations (the GPU limit stays the trainer's). */}}
-      {{- $onGpuNode := or $withGpu (and $gpu.enabled (eq $.Values.persistence.mode "singleNode")) }}
+      {{- $singleNode := and (eq $.Values.persistence.mode "singleNode") (not $.Values.storage.uri) }}
+      {{- $onGpuNode := or $withGpu (and $gpu.enabled $singleNode) }}
       {{- $nodeSelector := $worker.nodeSelector }}
       {{- if $onGpuNode }}
       {{- $nodeSelector = merge (deepCopy $gpu.nodeSelector) $worker.nodeSelector }}
@@ -94,7 +95,8 @@ spec:
       topologySpreadConstraints:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- $permissions := $.Values.persistence.volumePermissions.enabled }}
+      {{- /* An emptyDir (object storage) is the pod's own, owned through fsGroup. */}}
+      {{- $permissions := and $.Values.persistence.volumePermissions.enabled (not $.Values.storage.uri) }}
       {{- if or $permissions $worker.initContainers }}
       initContainers:
         {{- if $permissions }}
@@ -154,6 +156,9 @@ spec:
             {{- with include "bert-finetune.temporalSecretEnv" $ | trim }}
             {{- . | nindent 12 }}
             {{- end }}
+            {{- with include "bert-finetune.storageSecretEnv" $ | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
             {{- with $worker.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -193,9 +198,17 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
       volumes:
+        {{- if $.Values.storage.uri }}
+        # storage.uri: runs live in the object store; this is the pod's private cache and
+        # staging area (BERT_RUNS_DIR), gone with the pod.
+        - name: runs
+          emptyDir:
+            sizeLimit: {{ index $.Values.storage.cacheSizeLimit $component }}
+        {{- else }}
         - name: runs
           persistentVolumeClaim:
             claimName: {{ include "bert-finetune.runsClaimName" $ }}
+        {{- end }}
         {{- with .shmSizeLimit }}
         - name: dshm
           emptyDir:
@@ -209,15 +222,15 @@ spec:
 {{- end }}
 
 {{/*
-A worker's affinity: its own rules, plus, in persistence.mode singleNode, a required pod
-affinity that puts every pod mounting the ReadWriteOnce runs volume on one node. The first
+A worker's affinity: its own rules, plus, in persistence.mode singleNode (on the runs volume,
+not with storage.uri), a required pod affinity that puts every pod mounting the ReadWriteOnce runs volume on one node. The first
 such pod matches its own term, so the scheduler places it freely and the rest follow it.
 Usage: include "bert-finetune.affinity" (list $ .Values.trainer.affinity)
 */}}
 {{- define "bert-finetune.affinity" -}}
 {{- $ := index . 0 }}
 {{- $affinity := deepCopy (default (dict) (index . 1)) }}
-{{- if eq $.Values.persistence.mode "singleNode" }}
+{{- if and (eq $.Values.persistence.mode "singleNode") (not $.Values.storage.uri) }}
 {{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "bert-finetune.selectorLabels" $ | fromYaml) "matchExpressions" (list (dict "key" "app.kubernetes.io/component" "operator" "In" "values" (list "trainer" "inferencer" "controller")))) }}
 {{- $podAffinity := default (dict) $affinity.podAffinity }}
 {{- $required := default (list) $podAffinity.requiredDuringSchedulingIgnoredDuringExecution }}
