@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from shared.errors import INVALID_CONFIG, RUN_NOT_FOUND, failure
 from shared.file_cache import StampCache
 from shared.run_record import RunRecord
+from shared.storage import store_for
 from shared.types import is_safe_run_id
 
 T = TypeVar("T")
@@ -174,11 +175,15 @@ def commit_digest(run_dir: Path) -> str:
 
 def require_complete_run(runs_root: Path, run_id: str) -> Path:
     run_dir = resolve_run_dir(runs_root, run_id)
+    where = f"BERT_RUNS_DIR ({runs_root})"
+    if (store := store_for(runs_root)) is not None:
+        # The store is the truth: its run.json (or its absence) is mirrored here first.
+        store.sync_records(runs_root, [run_id])
+        where = f"BERT_RUNS_URI ({store.uri})"
     if not run_dir.is_dir():
         raise failure(
             RUN_NOT_FOUND,
-            f"run {run_id!r} does not exist in BERT_RUNS_DIR ({runs_root}); "
-            "list saved runs with `bert-finetune runs`",
+            f"run {run_id!r} does not exist in {where}; list saved runs with `bert-finetune runs`",
         )
     if not is_complete(run_dir):
         raise failure(
@@ -236,7 +241,10 @@ class RunEntry:
 
 
 def list_runs(runs_root: Path) -> list[RunEntry]:
-    """Every run folder under the root with its record when complete (not ``_``/``.`` names)."""
+    """Every run folder under the root with its record when complete (not ``_``/``.`` names);
+    with an object store, every run of the store (mirrored into the local root first)."""
+    if (store := store_for(runs_root)) is not None:
+        store.sync_records(runs_root)
     if not runs_root.is_dir():
         return []
     runs = []
@@ -263,9 +271,17 @@ class ServedRun:
     record: RunRecord
 
 
-def resolve_served_run(runs_root: Path, run_id: str) -> ServedRun:
+def resolve_served_run(runs_root: Path, run_id: str, weights: bool = True) -> ServedRun:
     """The folder whose model serves ``run_id``: its own, or, for a run that reused another
-    run's model, the source's, provided the source still holds the very commit reused."""
+    run's model, the source's, provided the source still holds the very commit reused.
+
+    With an object store it is the commit downloaded into the local cache (``weights``
+    False: only its JSON files, for callers that read metadata: ``shared.storage.served``).
+    """
+    if (store := store_for(runs_root)) is not None:
+        from shared.storage.served import served_run
+
+        return served_run(store, runs_root, run_id, weights)
     run_dir = require_complete_run(runs_root, run_id)
     record = read_record(run_dir)
     if record.reused_from is None or record.reused_from == run_id:

@@ -78,11 +78,12 @@ def max_classes(env: Mapping[str, str] | None = None) -> int:
     return _int(os.environ if env is None else env, "BERT_MAX_CLASSES", DEFAULT_MAX_CLASSES, 2)
 
 
-def _local_path_roots(env: Mapping[str, str], runs_dir: Path) -> tuple[Path, ...]:
-    """``BERT_LOCAL_PATH_ROOTS``: absolute folders separated by ``:``; default cwd + runs."""
+def _local_path_roots(env: Mapping[str, str], runs_dir: Path | None) -> tuple[Path, ...]:
+    """``BERT_LOCAL_PATH_ROOTS``: absolute folders separated by ``:``; default cwd + runs
+    (the runs folder only when it is the shared runs root, not a store's private cache)."""
     raw = env.get("BERT_LOCAL_PATH_ROOTS")
     if raw is None or raw.strip() == "":
-        return (Path.cwd(), runs_dir)
+        return (Path.cwd(),) if runs_dir is None else (Path.cwd(), runs_dir)
     roots = []
     for part in raw.split(":"):
         if not part.strip():
@@ -230,6 +231,12 @@ class HttpSettings:
 class Settings:
     temporal: TemporalSettings
     runs_dir: Path
+    # ``BERT_RUNS_URI`` (s3://bucket/prefix): runs live in that object store, and ``runs_dir``
+    # is this worker's private cache and staging area (``shared/storage``); None: runs_dir is
+    # the shared runs folder.
+    runs_uri: str | None = None
+    # ``BERT_STORE_CACHE_GB``: the most disk the downloaded commits of a store may take.
+    store_cache_bytes: int = 20 * 1024**3
     # Folders whose files a training config may name (train_file, a local model_name...).
     local_path_roots: tuple[Path, ...] = ()
     training_task_queue: str = TRAINING_TASK_QUEUE
@@ -279,10 +286,14 @@ class Settings:
         if log_format not in {"auto", "json", "console"}:
             raise SettingsError(f"LOG_FORMAT={log_format!r} must be auto, json or console")
         runs_dir = Path(env.get("BERT_RUNS_DIR") or "./bert_runs").expanduser().absolute()
+        runs_uri = (env.get("BERT_RUNS_URI") or "").strip() or None
         return cls(
             temporal=TemporalSettings.from_env(env),
             runs_dir=runs_dir,
-            local_path_roots=_local_path_roots(env, runs_dir),
+            runs_uri=runs_uri,
+            store_cache_bytes=_int(env, "BERT_STORE_CACHE_GB", 20, minimum=1) * 1024**3,
+            # With a store, BERT_RUNS_DIR is a private cache: no longer a default input root.
+            local_path_roots=_local_path_roots(env, None if runs_uri else runs_dir),
             training_task_queue=env.get("BERT_TRAINING_TASK_QUEUE") or TRAINING_TASK_QUEUE,
             inference_task_queue=env.get("BERT_INFERENCE_TASK_QUEUE") or INFERENCE_TASK_QUEUE,
             metrics_bind_address=env.get("METRICS_BIND_ADDRESS") or "0.0.0.0",
