@@ -93,6 +93,21 @@ ServiceAccount name.
 {{- end }}
 
 {{/*
+ServiceAccount of a worker role: its own with serviceAccount.perRole ("<name>-<role>"), else
+the release's. Usage: include "bert-finetune.workerServiceAccountName" (list $ "trainer")
+*/}}
+{{- define "bert-finetune.workerServiceAccountName" -}}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $name := include "bert-finetune.serviceAccountName" $ctx }}
+{{- if and $ctx.Values.serviceAccount.create $ctx.Values.serviceAccount.perRole }}
+{{- printf "%s-%s" ($name | trunc (int (sub 62 (len $component))) | trimSuffix "-") $component }}
+{{- else }}
+{{- $name }}
+{{- end }}
+{{- end }}
+
+{{/*
 The frontend Service of the Temporal release, following the temporal chart's fullname rule:
 the release name when it contains "temporal", else "<release>-temporal".
 */}}
@@ -201,21 +216,24 @@ TCP port of the object store: the port of storage.endpoint, else its scheme's (4
 {{- end }}
 
 {{/*
-Object-store access keys from storage.existingSecret (workers only: nothing else touches the
-store). Without the Secret the AWS credential chain applies (IRSA, EKS Pod Identity).
+A worker role's object-store access keys: storage.roleSecrets.<role>, else
+storage.existingSecret (workers only: nothing else touches the store). Without a Secret the
+AWS credential chain applies (IRSA, EKS Pod Identity).
+Usage: include "bert-finetune.storageSecretEnv" (list $ "trainer")
 */}}
 {{- define "bert-finetune.storageSecretEnv" -}}
-{{- $storage := .Values.storage }}
-{{- if and $storage.uri $storage.existingSecret }}
+{{- $storage := (index . 0).Values.storage }}
+{{- $secret := default $storage.existingSecret (index $storage.roleSecrets (index . 1)) }}
+{{- if and $storage.uri $secret }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ $storage.existingSecret }}
+      name: {{ $secret }}
       key: {{ $storage.accessKeyIdKey }}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ $storage.existingSecret }}
+      name: {{ $secret }}
       key: {{ $storage.secretAccessKeyKey }}
 {{- end }}
 {{- end }}
@@ -380,8 +398,12 @@ Checks of combinations the schema cannot express.
 {{- if and .Values.storage.uri .Values.persistence.existingClaim }}
 {{- fail "storage.uri keeps runs in the object store and mounts no claim, so persistence.existingClaim would be silently unused: unset it (copy its runs into the bucket first, docs/deploy.md)" }}
 {{- end }}
-{{- if and (or .Values.storage.endpoint .Values.storage.region .Values.storage.existingSecret) (not .Values.storage.uri) }}
-{{- fail "storage.endpoint, storage.region and storage.existingSecret configure the object store of storage.uri, which is empty: set storage.uri (s3://bucket/prefix) or unset them" }}
+{{- $roleSecrets := without (values .Values.storage.roleSecrets) "" }}
+{{- if and (or .Values.storage.endpoint .Values.storage.region .Values.storage.existingSecret $roleSecrets) (not .Values.storage.uri) }}
+{{- fail "storage.endpoint, storage.region, storage.existingSecret and storage.roleSecrets configure the object store of storage.uri, which is empty: set storage.uri (s3://bucket/prefix) or unset them" }}
+{{- end }}
+{{- if and .Values.serviceAccount.perRole (not .Values.serviceAccount.create) }}
+{{- fail "serviceAccount.perRole creates a ServiceAccount per worker role: it needs serviceAccount.create (or leave perRole off and give serviceAccount.name an existing one)" }}
 {{- end }}
 {{- if and .Values.gpu.enabled (eq .Values.persistence.mode "singleNode") (not .Values.gpu.nodeSelector) (not .Values.storage.uri) }}
 {{- fail "persistence.mode singleNode with gpu.enabled puts every pod that mounts the runs volume on the trainer's GPU node, so the chart must know which nodes those are: set gpu.nodeSelector to a label only the GPU node has, e.g. nvidia.com/gpu.present: \"true\" (GPU operator), cloud.google.com/gke-accelerator: nvidia-l4 (GKE) or eks.amazonaws.com/nodegroup: <your GPU node group> (EKS)" }}

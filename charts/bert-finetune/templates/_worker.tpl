@@ -50,7 +50,7 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
     spec:
-      serviceAccountName: {{ include "bert-finetune.serviceAccountName" $ }}
+      serviceAccountName: {{ include "bert-finetune.workerServiceAccountName" (list $ $component) }}
       automountServiceAccountToken: {{ $.Values.serviceAccount.automountServiceAccountToken }}
       enableServiceLinks: false
       terminationGracePeriodSeconds: {{ include "bert-finetune.terminationGracePeriod" (list $component $worker) }}
@@ -156,7 +156,7 @@ spec:
             {{- with include "bert-finetune.temporalSecretEnv" $ | trim }}
             {{- . | nindent 12 }}
             {{- end }}
-            {{- with include "bert-finetune.storageSecretEnv" $ | trim }}
+            {{- with include "bert-finetune.storageSecretEnv" (list $ $component) | trim }}
             {{- . | nindent 12 }}
             {{- end }}
             {{- with $worker.extraEnv }}
