@@ -17,6 +17,7 @@ from rich.markup import escape
 from temporalio.client import Client
 
 from shared.settings import Settings
+from shared.storage import open_runs_store
 from shared.temporal import connect
 
 STATE_DIR = Path(".bert-finetune")
@@ -27,7 +28,10 @@ errors = Console(stderr=True)
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    settings = Settings.from_env()
+    # With BERT_RUNS_URI, `runs` and `runs show` read the store (BERT_RUNS_DIR caches it).
+    open_runs_store(settings, check=False)
+    return settings
 
 
 async def _client(settings: Settings) -> Client:

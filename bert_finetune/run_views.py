@@ -22,6 +22,7 @@ from shared.runs import (
     require_complete_run,
     resolve_served_run,
 )
+from shared.storage import store_for
 from shared.tasks import MAIN_METRIC, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION
 
 METRIC_COLUMNS = (
@@ -63,7 +64,8 @@ def export_state(runs_root: Path, run: RunEntry) -> str:
     if run.record is None:
         return "-"
     try:
-        model_dir = resolve_served_run(runs_root, run.run_id).model_dir
+        # Only the small files: from an object store, a listing downloads no weights.
+        model_dir = resolve_served_run(runs_root, run.run_id, weights=False).model_dir
         if has_export(model_dir):
             manifest = read_manifest(model_dir)
             return graph_precision(manifest.served_graph if manifest is not None else None)
@@ -165,7 +167,8 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
         )
     columns = ["run_id", "state", "task", "epochs", "metric", "acc", "loss", "labels"]
     columns += ["aliases", "export"] if aliases else ["export"]
-    title = f"Runs in {runs_root}"
+    store = store_for(runs_root)
+    title = f"Runs in {store.uri if store is not None else runs_root}"
     for dropped in range(len(DROPPED_FIRST) + 1):
         shown = [c for c in columns if c not in DROPPED_FIRST[:dropped]]
         widths = {column: _min_width(column, rows) for column in shown}
@@ -259,6 +262,12 @@ def show_run(runs_root: Path, run_id: str, as_json: bool, console: Console) -> N
         record = read_record(run_dir)
     except ApplicationError as err:
         raise UserError(err.message, err.type) from None
+    if store_for(runs_root) is not None:
+        # The store's commit (its small files) holds what the local mirror does not.
+        try:
+            run_dir = resolve_served_run(runs_root, run_id, weights=False).model_dir
+        except ApplicationError as err:
+            raise UserError(err.message, err.type) from None
     # In its own file since it left run.json; older records still hold it.
     confusion = read_confusion_matrix(run_dir, record)
     if as_json:

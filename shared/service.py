@@ -27,6 +27,7 @@ from shared import metrics
 from shared.health import MetricsServer, WorkerHealth
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
+from shared.storage import open_runs_store
 from shared.temporal import build_runtime, connect, free_loopback_port
 
 log = get_logger(__name__)
@@ -176,6 +177,9 @@ async def run_worker_service(
     alive and not ready with that reason, and never connects, until it is stopped.
     """
     configure_logging(settings.log_level, settings.log_format)
+    # A runs store (BERT_RUNS_URI) that ignores conditional writes is refused here, in one
+    # line, before the worker polls anything.
+    open_runs_store(settings)
     metrics.WORKER_INFO.info({"worker": service, "version": _package_version()})
     sdk_port = free_loopback_port()
     runtime = build_runtime(f"127.0.0.1:{sdk_port}")
@@ -193,6 +197,7 @@ async def run_worker_service(
         temporal=repr(settings.temporal),
         metrics_port=server.port,
         runs_dir=str(settings.runs_dir),
+        runs_uri=settings.runs_uri,
     )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -30,6 +30,7 @@ from shared.export_types import EXPORT_ACTIVITY, EXPORT_FAILED, BertExportInput,
 from shared.instrumentation import ExportRecorder, activity_scope
 from shared.logging import get_logger
 from shared.onnx_export import (
+    EXPORT_DIR,
     OnnxExportError,
     build_export,
     commit_of,
@@ -39,6 +40,7 @@ from shared.onnx_export import (
     read_manifest,
 )
 from shared.runs import resolve_served_run, swap_pending
+from shared.storage import store_for
 
 log = get_logger(__name__)
 
@@ -112,6 +114,13 @@ def _export_commit(
             if is_current_export(model_dir):  # a concurrent export of this commit landed
                 return "already_exported", _served_graph(model_dir)
             publish_export(staging, model_dir)
+            # With an object store, the folder is this worker's download of the commit: the
+            # export goes to the store under the commit's own prefix, export.json last.
+            store = store_for(runs_root)
+            if store is not None and not store.publish_export(
+                model_dir.name, source_commit, model_dir / EXPORT_DIR
+            ):
+                return "superseded", None
         return "exported", manifest.served_graph
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -46,6 +46,7 @@ from shared.errors import (
 from shared.instrumentation import TrainingRecorder, activity_scope
 from shared.logging import get_logger
 from shared.runs import is_complete, resolve_run_dir
+from shared.storage import store_for
 from shared.types import (
     CHECKPOINT_PROGRESS_ACTIVITY,
     DISCARD_RUN_ACTIVITY,
@@ -263,6 +264,7 @@ def discard_if_incomplete(
     overwrite's leftovers go and the run stays as it was, still served (``swap.py``).
     With ``tracking``, the run's MLflow run is closed as KILLED too (nobody else will)."""
     run_dir = resolve_run_dir(runs_root, run_id)
+    discard_store_leftovers(runs_root, run_id, workflow_id)
     if not run_dir.is_dir():
         return False
     if is_complete(run_dir):
@@ -277,6 +279,20 @@ def discard_if_incomplete(
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("training.partial_run_discarded", run_id=run_id, removed=str(run_dir))
     return True
+
+
+def discard_store_leftovers(runs_root: Path, run_id: str, workflow_id: str) -> None:
+    """With an object store: the uploads no commit names (attempts of this workflow killed
+    or cancelled mid-upload), unless another workflow holds the run. Its committed files
+    and ``run.json`` stay."""
+    store = store_for(runs_root)
+    if store is None:
+        return
+    holder = store.holder(run_id)
+    if holder is None or holder.workflow_id == workflow_id:
+        dropped = store.drop_orphans(run_id)
+        if dropped:
+            log.info("training.store_uploads_discarded", run_id=run_id, prefixes=dropped)
 
 
 class PartialRunActivities:

@@ -21,6 +21,7 @@ from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
 from shared.run_record import NOT_IDENTITY, identity_fields
 from shared.runs import is_complete, read_record, resolve_run_dir
+from shared.storage import store_for
 from shared.sweep_types import (
     CHECK_SWEEP_RUNS_ACTIVITY,
     INTEGER_FIELDS,
@@ -152,6 +153,8 @@ def refuse_other_runs(runs_root: Path, check: SweepRunsCheck) -> None:
     sweep = check.sweep
     if sweep.overwrite:
         return
+    if (store := store_for(runs_root)) is not None:
+        store.sync_records(runs_root)  # the store's runs, mirrored into the private root
     for index, params in enumerate(check.proposals):
         run_id = sweep.trial_run_id(index, params)
         existing = _finished_identity(runs_root, run_id)

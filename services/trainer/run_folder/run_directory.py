@@ -39,6 +39,8 @@ from shared.runs import (
     unreadable_reason,
     write_record,
 )
+from shared.storage import store_for
+from shared.storage.run_store import Claim, FenceToken, Refused
 from shared.types import BertFineTuneRequest, BertFineTuneResult
 
 log = get_logger(__name__)
@@ -95,6 +97,13 @@ class RunDirectory:
         self.run_id = run_id
         self.path = resolve_run_dir(runs_root, run_id)
         self._fence: RunFence | None = None
+        # With an object store (``BERT_RUNS_URI``), the runs root is this worker's private
+        # mirror: every run's run.json is brought up to date first, so reuse and conflict
+        # checks decide on what the store holds; the claim and the commit go to the store too.
+        self._store = store_for(runs_root)
+        self._store_claim: Claim | None = None
+        if self._store is not None:
+            self._store.sync_records(runs_root)
 
     @property
     def fence(self) -> RunFence:
@@ -207,6 +216,15 @@ class RunDirectory:
             )
         fence = RunFence(self.path, token)
         fence.claim(replace_finished_run=self._set_aside_tracking if replace else None)
+        if self._store is not None:
+            try:
+                self._store_claim = self._store.claim(
+                    self.run_id,
+                    FenceToken(token.workflow_id, token.workflow_run_id, token.attempt),
+                    may_replace=replace,
+                )
+            except Refused as err:
+                raise fencing.Superseded(str(err)) from None
         self._fence = fence
         # Staging folders that older attempts of this run left behind (they crashed while
         # saving, or are stale and will find the fence closed).
@@ -331,6 +349,7 @@ class RunDirectory:
         try:
             stage(staging)
             with self.fence.exclusive():
+                self._publish(staging)
                 retired = swap.install(self.path, staging, keep=TRAINING_FILES)
                 self._drop_training_leftovers()
         finally:
@@ -342,6 +361,19 @@ class RunDirectory:
                 shutil.rmtree(retired, ignore_errors=True)
             with contextlib.suppress(OSError):  # another run may be staging there too
                 staging.parent.rmdir()
+
+    def _publish(self, staging: Path) -> None:
+        """With an object store, the staged commit goes there first (files, then run.json
+        with a conditional write); the local swap that follows only mirrors it. A lost
+        conditional write is ``Superseded``: nothing of this attempt becomes visible."""
+        if self._store is None:
+            return
+        if self._store_claim is None:
+            raise RuntimeError(f"run {self.run_id!r} committed before it was claimed")
+        try:
+            self._store.publish(self.run_id, staging, self._store_claim)
+        except Refused as err:
+            raise fencing.Superseded(str(err)) from None
 
     def _drop_training_leftovers(self) -> None:
         shutil.rmtree(self.path / CHECKPOINTS_DIR, ignore_errors=True)
