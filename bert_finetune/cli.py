@@ -224,15 +224,32 @@ async def _promote(args: argparse.Namespace) -> int:
     from bert_finetune import client_ops
 
     settings = _settings()
-    client_ops.promote_input(args.run_id, args.alias)  # a bad name never reaches the server
+    rollout: dict[str, object] = {"shadow": args.shadow, "rollback": args.rollback}
+    if args.canary is not None:
+        rollout["canary_percent"] = args.canary
+    if args.gate_metric or args.gate_data:
+        if not (args.gate_metric and args.gate_data):
+            raise client_ops.UserError(
+                "a gate needs both --gate-metric (e.g. eval_f1_macro) and --gate-data (a "
+                "labelled file the inferencers can read)"
+            )
+        rollout["gate"] = {
+            "metric": args.gate_metric,
+            "data_file": args.gate_data,
+            "min_delta": args.min_delta,
+        }
+    elif args.min_delta:
+        raise client_ops.UserError(
+            "--min-delta applies to a gate: add --gate-metric and --gate-data"
+        )
+    # A bad name or combination never reaches the server.
+    client_ops.promote_input(args.run_id, args.alias, **rollout)
     client = await _client(settings)
-    result = await client_ops.promote(client, args.run_id, args.alias, settings.training_task_queue)
-    was = f"it pointed at {result.previous_run_id}" if result.previous_run_id else "a new alias"
-    console.print(
-        f"Alias [bold]{result.alias}[/] now serves run [bold]{result.run_id}[/] ({was}); "
-        f"predict with `bert-finetune predict @{result.alias} TEXT...`",
-        soft_wrap=True,
+    result = await client_ops.promote(
+        client, args.run_id, args.alias, settings.training_task_queue, **rollout
     )
+    for line in client_ops.promotion_summary(result, rolled_back=args.rollback):
+        console.print(line, soft_wrap=True, highlight=False)
     return 0
 
 
@@ -463,9 +480,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_async(_predict))
 
-    p = sub.add_parser("promote", help="point an alias at a complete run (atomic)")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p = sub.add_parser(
+        "promote",
+        help="point an alias at a complete run (atomic), optionally gated, as a canary or a "
+        "shadow; --rollback removes a canary or shadow",
+    )
+    p.add_argument(
+        "run_id", metavar="RUN_ID", nargs="?", help="the candidate (none with --rollback)"
+    )
     p.add_argument("alias", metavar="ALIAS", help="e.g. production; predict with @ALIAS")
+    p.add_argument(
+        "--gate-metric",
+        metavar="METRIC",
+        help="promote only if RUN_ID beats the alias's run by this metric (e.g. eval_f1_macro)",
+    )
+    p.add_argument(
+        "--gate-data",
+        metavar="FILE",
+        help="the gate's labelled file (the candidate's columns), readable by the inferencers",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        help="how much better the candidate must be (default 0)",
+    )
+    rollout = p.add_mutually_exclusive_group()
+    rollout.add_argument(
+        "--canary",
+        type=int,
+        metavar="PERCENT",
+        help="keep the alias's run and send PERCENT%% (1-99) of its requests to RUN_ID",
+    )
+    rollout.add_argument(
+        "--shadow",
+        action="store_true",
+        help="keep the alias's run; RUN_ID scores every request unanswered (agreement metric)",
+    )
+    rollout.add_argument(
+        "--rollback", action="store_true", help="remove the alias's canary or shadow"
+    )
     p.set_defaults(func=_async(_promote))
 
     p = sub.add_parser(

@@ -433,16 +433,21 @@ async def run_inference(
     )
 
 
-def promote_input(run_id: str, alias: str) -> BertPromoteInput:
+def promote_input(run_id: str | None, alias: str, **rollout: Any) -> BertPromoteInput:
+    """A validated promotion; ``rollout``: ``gate``, ``canary_percent``, ``shadow``,
+    ``rollback`` (``BertPromoteInput``)."""
     try:
-        return BertPromoteInput(run_id=run_id, alias=alias)
+        return BertPromoteInput(run_id=run_id, alias=alias, **rollout)
     except ValidationError as err:
         raise UserError(describe_validation_error(err), INVALID_CONFIG) from None
 
 
-async def promote(client: Client, run_id: str, alias: str, task_queue: str) -> BertPromoteOutput:
-    """Point ``alias`` at the complete run ``run_id`` through ``BertPromoteWorkflow``."""
-    request = promote_input(run_id, alias)
+async def promote(
+    client: Client, run_id: str | None, alias: str, task_queue: str, **rollout: Any
+) -> BertPromoteOutput:
+    """Point ``alias`` at the complete run ``run_id`` through ``BertPromoteWorkflow``, or
+    roll out ``run_id`` as ``rollout`` says (``promote_input``)."""
+    request = promote_input(run_id, alias, **rollout)
     return await client.execute_workflow(
         PROMOTE_WORKFLOW,
         request,
@@ -450,6 +455,44 @@ async def promote(client: Client, run_id: str, alias: str, task_queue: str) -> B
         task_queue=task_queue,
         result_type=BertPromoteOutput,
     )
+
+
+def promotion_summary(result: BertPromoteOutput, rolled_back: bool = False) -> list[str]:
+    """What ``bert-finetune promote`` prints: the gate's scores, then the alias's state."""
+    lines = []
+    gate = result.gate
+    if gate is not None and gate.skipped is not None:
+        lines.append(f"Gate not run: {gate.skipped}.")
+    elif gate is not None and gate.candidate_score is not None:
+        lines.append(
+            f"Gate passed: {gate.metric} {gate.candidate_score:.4f} vs {gate.current_score:.4f} "
+            f"for {gate.current_run_id} on {gate.rows} rows (min_delta {gate.min_delta:g})."
+        )
+    alias, run_id = result.alias, result.run_id
+    if result.canary_run_id is not None:
+        lines.append(
+            f"Alias {alias} keeps run {run_id}; canary run {result.canary_run_id} answers "
+            f"{result.canary_percent}% of its requests. Complete the rollout with "
+            f"`bert-finetune promote {result.canary_run_id} {alias}`, undo it with "
+            f"`bert-finetune promote {alias} --rollback`."
+        )
+    elif result.shadow_run_id is not None:
+        lines.append(
+            f"Alias {alias} keeps run {run_id}; shadow run {result.shadow_run_id} scores every "
+            "request unanswered (agreement: bert_inference_shadow_agreed_total / "
+            "bert_inference_shadow_compared_total). Complete the rollout with "
+            f"`bert-finetune promote {result.shadow_run_id} {alias}`, undo it with "
+            f"`bert-finetune promote {alias} --rollback`."
+        )
+    elif rolled_back:
+        lines.append(f"Alias {alias} serves run {run_id} alone again (rollout rolled back).")
+    else:
+        was = f"it pointed at {result.previous_run_id}" if result.previous_run_id else "a new alias"
+        lines.append(
+            f"Alias {alias} now serves run {run_id} ({was}); predict with "
+            f"`bert-finetune predict @{alias} TEXT...`"
+        )
+    return lines
 
 
 def export_input(run_id: str) -> BertExportInput:

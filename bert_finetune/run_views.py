@@ -11,7 +11,7 @@ from rich.table import Table
 from temporalio.exceptions import ApplicationError
 
 from bert_finetune.client_ops import UserError, graph_precision
-from shared.aliases import list_aliases
+from shared.aliases import list_pointers
 from shared.onnx_export import CHECK_TEXTS_FILE, has_export, read_check_sample, read_manifest
 from shared.run_record import RunRecord
 from shared.runs import (
@@ -114,14 +114,40 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
     """Every run with its state, epochs, metrics, labels, the aliases pointing at it and its
     ONNX export (``export_state``)."""
     runs = list_runs(runs_root)
-    aliases = list_aliases(runs_root)
+    pointers = list_pointers(runs_root)
+    aliases = {alias: pointer.run_id for alias, pointer in pointers.items()}
     aliases_of = {
         run.run_id: [alias for alias, target in aliases.items() if target == run.run_id]
         for run in runs
     }
+    canary_of = {
+        run.run_id: [
+            {"alias": alias, "percent": pointer.canary_percent}
+            for alias, pointer in pointers.items()
+            if pointer.canary_run_id == run.run_id
+        ]
+        for run in runs
+    }
+    shadow_of = {
+        run.run_id: [
+            alias for alias, pointer in pointers.items() if pointer.shadow_run_id == run.run_id
+        ]
+        for run in runs
+    }
     listed = set(aliases_of)
     exports = {run.run_id: export_state(runs_root, run) for run in runs}
-    dangling = {alias: target for alias, target in aliases.items() if target not in listed}
+    dangling_notes = [
+        f"alias {alias} points at {target}, which no longer exists: promote another run"
+        for alias, target in aliases.items()
+        if target not in listed
+    ]
+    for alias, pointer in pointers.items():
+        for kind, target in (("canary", pointer.canary_run_id), ("shadow", pointer.shadow_run_id)):
+            if target is not None and target not in listed:
+                dangling_notes.append(
+                    f"alias {alias}'s {kind} {target} no longer exists: roll it back with "
+                    f"`bert-finetune promote {alias} --rollback`"
+                )
     if as_json:
         console.print_json(
             json.dumps(
@@ -131,6 +157,8 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
                         "complete": run.complete,
                         "problem": run.problem,
                         "aliases": aliases_of[run.run_id],
+                        "canary_of": canary_of[run.run_id],
+                        "shadow_of": shadow_of[run.run_id],
                         "export": exports[run.run_id],
                         "record": json.loads(run.record.model_dump_json()) if run.record else None,
                     }
@@ -139,10 +167,6 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
             )
         )
         return
-    dangling_notes = [
-        f"alias {alias} points at {target}, which no longer exists: promote another run"
-        for alias, target in dangling.items()
-    ]
     rows = []
     for run in runs:
         record = run.record
@@ -161,7 +185,11 @@ def runs_table(runs_root: Path, as_json: bool, console: Console) -> None:
                 "acc": _metric(record, "eval_accuracy"),
                 "loss": _metric(record, "eval_loss"),
                 "labels": _labels(record),
-                "aliases": ", ".join(f"@{alias}" for alias in aliases_of[run.run_id]),
+                "aliases": ", ".join(
+                    [f"@{alias}" for alias in aliases_of[run.run_id]]
+                    + [f"@{c['alias']} canary {c['percent']}%" for c in canary_of[run.run_id]]
+                    + [f"@{alias} shadow" for alias in shadow_of[run.run_id]]
+                ),
                 "export": exports[run.run_id],
             }
         )

@@ -14,6 +14,9 @@ RESOURCE_EXHAUSTED = "ResourceExhausted"
 # The training loss or an evaluation metric is not finite (NaN or infinity): nothing is
 # committed, and the same config would diverge again.
 TRAINING_DIVERGED = "TrainingDiverged"
+# A gated promotion whose candidate does not beat the alias's current run on the gate's data
+# by the metric (both scores in the message): the alias stays where it was.
+PROMOTION_REFUSED = "PromotionRefused"
 NON_RETRYABLE_TYPES = [
     INVALID_CONFIG,
     RUN_NOT_FOUND,
@@ -21,6 +24,7 @@ NON_RETRYABLE_TYPES = [
     MODEL_LOAD_ERROR,
     RESOURCE_EXHAUSTED,
     TRAINING_DIVERGED,
+    PROMOTION_REFUSED,
 ]
 # Internal, never a workflow's failure: the warm-only inference local activity found the model
 # not loaded on its worker; BertInferenceWorkflow falls back to the regular activity.

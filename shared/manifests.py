@@ -33,7 +33,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 def _plain_name(name: str) -> str:
@@ -236,9 +244,14 @@ class CheckpointManifest(Manifest):
 
 
 class AliasPointer(Manifest):
-    """``{runs_root}/_aliases/{alias}.json``: the run an alias points at (``shared/aliases.py``)."""
+    """``{runs_root}/_aliases/{alias}.json``: the run an alias points at, and its rollout: a
+    canary run answering ``canary_percent`` percent of its requests, or a shadow run scoring
+    every request unanswered (``shared/aliases.py``)."""
 
     KIND: ClassVar[str] = "alias pointer"
+    # 2: a pointer with a canary or a shadow, which a release before rollouts would misread
+    # (it would send every request to ``run_id``); pointers without one are still written as 1.
+    VERSION: ClassVar[int] = 2
 
     alias: str
     run_id: str
@@ -246,6 +259,22 @@ class AliasPointer(Manifest):
     promoted_at: str
     # The workflow run that wrote this pointer: a retried promotion recognises its own write.
     promoted_by: str | None = None
+    canary_run_id: str | None = None
+    canary_percent: int | None = Field(default=None, ge=1, le=99)
+    shadow_run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_rollout(self) -> Self:
+        if (self.canary_run_id is None) != (self.canary_percent is None):
+            raise ValueError("canary_run_id and canary_percent go together")
+        if self.canary_run_id is not None and self.shadow_run_id is not None:
+            raise ValueError("an alias has a canary or a shadow, never both")
+        return self
+
+    @classmethod
+    def version_for(cls, canary_run_id: str | None, shadow_run_id: str | None) -> int:
+        """The version to write: 2 only when older readers would misread the pointer."""
+        return 2 if canary_run_id is not None or shadow_run_id is not None else 1
 
 
 class TrackingRecord(Manifest):

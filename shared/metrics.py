@@ -24,6 +24,7 @@ from shared.errors import (
     NON_RETRYABLE_TYPES,
     WORKER_SHUTDOWN,
 )
+from shared.tasks import TASKS
 
 # ``*_created`` gauges double the series count and no dashboard or alert reads them.
 disable_created_metrics()
@@ -215,6 +216,29 @@ HTTP_BATCH_REQUESTS = Histogram(
     buckets=_BATCH_BUCKETS,
 )
 
+# Shadow rollouts (docs/inference.md, "Rollouts"): the shadow run's predictions next to those
+# of the run that answered. Units per task: texts (same label; same label set; a score within
+# the tolerance) and, for token classification, words (same tag).
+SHADOW_SKIP_REASONS = ("busy", "failed")
+SHADOW_COMPARED = Counter(
+    "bert_inference_shadow_compared",
+    "Predictions an alias's shadow run made next to the run that answered, by task "
+    "(texts; words for token classification)",
+    ["task"],
+)
+SHADOW_AGREED = Counter(
+    "bert_inference_shadow_agreed",
+    "Shadow predictions that agreed with the answer, by task: same label, same label set, "
+    "a regression score within tolerance, same word tag",
+    ["task"],
+)
+SHADOW_SKIPPED = Counter(
+    "bert_inference_shadow_skipped",
+    "Requests the shadow run did not score, by reason (busy: its queue was full; failed: it "
+    "could not be loaded or classify)",
+    ["reason"],
+)
+
 # No value until a run reports one: NaN leaves a gap in a panel where 0 would read as a
 # perfect loss or a failed accuracy.
 for _gauge in (TRAINING_LOSS, EVAL_ACCURACY, SAMPLES_PER_SECOND):
@@ -229,6 +253,11 @@ for _outcome in INFERENCE_OUTCOMES:
     INFERENCE_REQUESTS.labels(outcome=_outcome)
 for _code in HTTP_CODES:
     HTTP_REQUESTS.labels(route="infer", code=_code)
+for _task in TASKS:
+    SHADOW_COMPARED.labels(task=_task)
+    SHADOW_AGREED.labels(task=_task)
+for _reason in SHADOW_SKIP_REASONS:
+    SHADOW_SKIPPED.labels(reason=_reason)
 for _tracker in TRACKERS:
     TRACKING_ERRORS.labels(tracker=_tracker)
     TRACKING_RECORDS_DROPPED.labels(tracker=_tracker)

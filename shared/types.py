@@ -22,6 +22,8 @@ from shared.tasks import (
     MAIN_METRIC,
     MULTI_LABEL,
     SINGLE_LABEL,
+    TASK_METRICS,
+    TASKS,
     TOKEN_CLASSIFICATION,
     Task,
     check_metric,
@@ -339,6 +341,10 @@ class BertInferenceRequest(_Strict):
     # The second text of each pair, same length as ``texts``: required exactly when the run
     # was trained with a ``text_pair_column``.
     text_pairs: list[str] | None = None
+    # A request by alias whose alias has a canary: the canary answers when this draw is below
+    # its share (``canary_percent`` / 100). None: ``BertInferenceWorkflow`` draws once per
+    # execution; give it to pin which run answers.
+    route_draw: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     @field_validator("run_id")
     @classmethod
@@ -378,11 +384,61 @@ def _saved_run_id(value: str) -> str:
 SavedRunId = Annotated[str, AfterValidator(_saved_run_id)]
 
 
-class BertPromoteInput(_Strict):
-    """Input of ``BertPromoteWorkflow`` (and its ``promote_alias`` local activity)."""
+# Metrics a promotion gate may compare: every task's evaluation metric but the loss, which
+# needs the models' raw outputs (the gate scores what the runs serve: labels, sets, numbers,
+# tags).
+GATE_METRICS = tuple(
+    dict.fromkeys(name for task in TASKS for name in TASK_METRICS[task] if name != "eval_loss")
+)
 
-    run_id: SavedRunId
+
+class PromotionGate(_Strict):
+    """A promotion's quality gate (docs/inference.md, "Rollouts"): the candidate and the
+    alias's current run are scored on ``data_file`` by ``metric``; the alias moves only when
+    the candidate is at least ``min_delta`` better."""
+
+    metric: str
+    # A labelled file in the candidate's columns (csv, json, jsonl, parquet), inside the
+    # evaluating inferencer's BERT_LOCAL_PATH_ROOTS.
+    data_file: Annotated[str, Field(min_length=1, max_length=4096)]
+    min_delta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in GATE_METRICS:
+            raise ValueError(
+                f"{value[:60]!r} is not a metric a gate can compare; choose one of the run's "
+                f"task metrics ({', '.join(GATE_METRICS)}; eval_loss is not one: the gate "
+                "scores what the runs serve)"
+            )
+        return value
+
+    @field_validator("data_file")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class BertPromoteInput(_Strict):
+    """Input of ``BertPromoteWorkflow`` (and its ``promote_alias`` local activity).
+
+    Without the rollout fields: point ``alias`` at ``run_id``. ``gate``: only if ``run_id``
+    beats the alias's current run on the gate's data. ``canary_percent``: the alias keeps its
+    run and sends that share of requests to ``run_id``; ``shadow``: ``run_id`` also scores
+    every request, unanswered. ``rollback``: remove the alias's canary or shadow (``run_id``
+    is then optional). Promoting the canary or shadow run again without ``canary_percent``
+    and ``shadow`` completes its rollout.
+    """
+
+    run_id: SavedRunId | None = None
     alias: str
+    gate: PromotionGate | None = None
+    canary_percent: Annotated[int, Field(ge=1, le=99)] | None = None
+    shadow: bool = False
+    rollback: bool = False
 
     @field_validator("alias")
     @classmethod
@@ -394,15 +450,72 @@ class BertPromoteInput(_Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _one_kind_of_promotion(self) -> BertPromoteInput:
+        if self.rollback:
+            given = [
+                name
+                for name, value in (
+                    ("gate", self.gate),
+                    ("canary_percent", self.canary_percent),
+                    ("shadow", self.shadow or None),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"rollback removes the alias's canary or shadow; it takes no "
+                    f"{', '.join(given)}: remove {'them' if len(given) > 1 else 'it'}, or "
+                    "drop rollback to start a new rollout"
+                )
+        elif self.run_id is None:
+            raise ValueError(
+                "run_id: required field is missing (only a rollback, "
+                '{"alias": ..., "rollback": true}, names no run)'
+            )
+        if self.canary_percent is not None and self.shadow:
+            raise ValueError(
+                "canary_percent and shadow: a canary (answers a share of requests) and a shadow "
+                "(answers none) are exclusive; give one of them"
+            )
+        return self
+
+    def is_rollout(self) -> bool:
+        """Whether any rollout field is set (a plain promotion moves the pointer alone)."""
+        return (
+            self.gate is not None or self.canary_percent is not None or self.shadow or self.rollback
+        )
+
+
+class PromotionGateResult(_Strict):
+    """What a promotion's gate measured (``BertPromoteOutput.gate``)."""
+
+    metric: str
+    # None: nothing was compared (a new alias always passes; ``skipped`` says why).
+    candidate_score: float | None = None
+    current_score: float | None = None
+    current_run_id: str | None = None
+    rows: int = 0
+    min_delta: float = 0.0
+    skipped: str | None = None
+
 
 class BertPromoteOutput(_Strict):
     alias: str
+    # The run the alias serves (all traffic but the canary's share).
     run_id: str
     # The run the alias pointed at before; None for a new alias.
     previous_run_id: str | None = None
     # Whether the promoted run has a current ONNX export (None: not reported). Without one,
     # the promotion starts the run's export so the alias is soon served by ONNX Runtime.
     exported: bool | None = None
+    # The alias's rollout after the promotion: the run answering ``canary_percent`` percent
+    # of its requests, or the run scoring every request in the shadow (never both).
+    canary_run_id: str | None = None
+    canary_percent: int | None = None
+    shadow_run_id: str | None = None
+    # The gate's scores, for a promotion with a gate.
+    gate: PromotionGateResult | None = None
 
 
 class BertInferenceResult(_Strict):

@@ -85,6 +85,19 @@ INFERENCE_PAYLOAD_COUNTS_PAIRS = Patch(
     "an inference request's size check counts its text_pairs (consulted only for requests "
     "with pairs: without them the estimate is unchanged)",
 )
+PROMOTION_ROLLOUTS = Patch(
+    "promotion-rollouts",
+    date(2026, 12, 7),
+    "a promotion with a gate, canary_percent, shadow or rollback plans, gates (an activity on "
+    "the inference queue) and updates the alias in their own activities (consulted only for "
+    "such promotions: a plain one is unchanged)",
+)
+INFERENCE_CANARY_DRAW = Patch(
+    "inference-canary-draw",
+    date(2026, 12, 7),
+    "a request by alias carries one random draw (workflow.random) that picks the alias's run "
+    "or its canary (consulted only for requests by alias without route_draw)",
+)
 
 ALL_PATCHES = (
     RUNS_AS_CHILDREN,
@@ -95,4 +108,6 @@ ALL_PATCHES = (
     WARM_LOCAL_ACTIVITY,
     RETRY_BUDGET_COUNTS_PROGRESS,
     INFERENCE_PAYLOAD_COUNTS_PAIRS,
+    PROMOTION_ROLLOUTS,
+    INFERENCE_CANARY_DRAW,
 )

@@ -10,8 +10,9 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
+from services.inferencer.shadow import ShadowScorer
 from shared import metrics
-from shared.aliases import resolve_request_alias
+from shared.aliases import route_request
 from shared.errors import INVALID_CONFIG, MODEL_COLD, RUN_NOT_FOUND, failure
 from shared.instrumentation import COLD_OUTCOME, InferenceRecorder, activity_scope
 from shared.logging import get_logger
@@ -115,9 +116,14 @@ def serving_device(use_gpu: bool) -> str:
 
 
 class InferenceActivities:
-    def __init__(self, runs_root: Path, cache: ModelCache) -> None:
+    """``shadow``: scores requests by an alias with a shadow run (``shadow.py``)."""
+
+    def __init__(
+        self, runs_root: Path, cache: ModelCache, shadow: ShadowScorer | None = None
+    ) -> None:
         self._runs_root = runs_root
         self._cache = cache
+        self._shadow = shadow if shadow is not None else ShadowScorer(runs_root, cache)
 
     @activity.defn(name=INFERENCE_ACTIVITY)
     def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
@@ -134,9 +140,10 @@ class InferenceActivities:
         named = request.run_id or f"@{request.alias}"
         with activity_scope(InferenceRecorder(), "inference", run_id=named) as outcome:
             started = time.monotonic()
-            # An alias is resolved on every request, so a re-promotion is served at once.
+            # An alias is resolved on every request, so a re-promotion is served at once; its
+            # canary answers when the workflow's draw falls in the canary's share.
             alias = request.alias
-            request = resolve_request_alias(self._runs_root, request)
+            request, route = route_request(self._runs_root, request)
             assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.
             served = served_run(self._runs_root, request.run_id, alias)
@@ -168,6 +175,17 @@ class InferenceActivities:
                     backend=classifier.backend,
                     seconds=round(time.monotonic() - started, 4),
                 )
+                if alias is not None and route is not None and route.shadow_run_id is not None:
+                    # Never on a retry's critical path: queued and returned at once.
+                    self._shadow.submit(
+                        alias,
+                        route.shadow_run_id,
+                        task,
+                        request.texts,
+                        request.text_pairs,
+                        request.max_seq_length,
+                        predictions,
+                    )
                 single = task == SINGLE_LABEL
                 return BertInferenceResult(
                     run_id=request.run_id,

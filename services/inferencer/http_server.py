@@ -16,6 +16,11 @@ trip. Routes (``{name}``: a run id, or ``@alias``, ``%40alias`` accepted):
   ``score``, regression ``score``, multi-label ``scores``, token classification
   ``entities``); ``model_version`` is the run id that answered.
 
+A request by ``@alias`` whose alias has a canary draws once (``random.random()``) and is
+answered by the canary when the draw falls in its share; ``versions/{run_id}`` pins the
+alias's run or its canary. An alias's shadow run scores the texts after the answer is sent
+(``shadow.py``): never in the response, never before it.
+
 The ``versions/{version}`` forms of the model routes are accepted too (the version must be
 the run id serving the name). Errors are ``{"error": "..."}``: unknown model 404, bad request
 400, too large 413 (bytes or texts), overloaded 503 (``max_in_flight`` infer requests
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import random
 import socket
 import time
 import zlib
@@ -59,8 +65,9 @@ from services.inferencer.oip import (
     model_metadata,
     parse_infer_request,
 )
+from services.inferencer.shadow import ShadowScorer
 from shared import metrics
-from shared.aliases import resolve_alias
+from shared.aliases import AliasRoute, route_alias
 from shared.errors import INVALID_CONFIG, RUN_NOT_FOUND
 from shared.health import WorkerHealth
 from shared.logging import get_logger
@@ -145,10 +152,12 @@ class HttpEndpoint:
         *,
         classify_threads: int = 4,
         graceful_shutdown_seconds: float = 30,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.settings = settings
         self._runs_root = runs_root
         self._cache = cache
+        self._shadow = shadow if shadow is not None else ShadowScorer(runs_root, cache)
         self._health: WorkerHealth | None = None
         self._draining = False
         self._in_flight = 0
@@ -310,12 +319,18 @@ class HttpEndpoint:
 
     # ---- models ----------------------------------------------------------------------
 
-    def _resolve(self, name: str, model_version: str | None) -> ServedRun:
-        """The run serving ``name`` (a run id or ``@alias``); ``_Failure`` 404 when none."""
+    def _resolve(
+        self, name: str, model_version: str | None, draw: float | None = None
+    ) -> tuple[ServedRun, AliasRoute | None]:
+        """The run serving ``name`` (a run id, or ``@alias``: its run, or its canary when
+        ``draw`` falls in the canary's share or ``model_version`` names the canary), and the
+        alias's route; ``_Failure`` 404 when none."""
+        route: AliasRoute | None = None
         try:
             if name.startswith("@"):
                 alias: str | None = name[1:]
-                run_id = resolve_alias(self._runs_root, name[1:])
+                route = route_alias(self._runs_root, name[1:], draw, pinned=model_version)
+                run_id = route.run_id
             else:
                 alias, run_id = None, name
             served = served_run(self._runs_root, run_id, alias)
@@ -329,7 +344,7 @@ class HttpEndpoint:
                 f"model {name[:200]!r} has no version {model_version[:200]!r}: it is served by "
                 f"run {served.run_id!r}",
             )
-        return served
+        return served, route
 
     async def _loaded(self, served: ServedRun) -> LoadedModel:
         loaded = self._cache.peek(served.model_dir, DEVICE)
@@ -342,18 +357,21 @@ class HttpEndpoint:
 
     async def _metadata(self, name: str, model_version: str | None) -> Response:
         try:
-            served = self._resolve(name, model_version)
+            served, route = self._resolve(name, model_version)
         except _Failure as failure:
             return self._counted("metadata", failure.status, {"error": str(failure)})
         platform = "onnxruntime" if has_export(served.model_dir) else "pytorch"
         body = model_metadata(
             name, served.run_id, platform, _task_of(served), served.record.label_names
         )
+        if route is not None and model_version is None:
+            # Every run that may answer the alias: its own, and its canary's.
+            body["versions"] = route.versions
         return self._counted("metadata", 200, body)
 
     async def _model_ready(self, name: str, model_version: str | None) -> Response:
         try:
-            served = self._resolve(name, model_version)
+            served, _ = self._resolve(name, model_version)
             loaded = self._cache.peek(served.model_dir, DEVICE)
         except _Failure as failure:
             return self._counted("ready", failure.status, {"error": str(failure)})
@@ -391,10 +409,11 @@ class HttpEndpoint:
             parsed = parse_infer_request(
                 body, request.headers.get(HEADER_LENGTH), self.settings.max_texts
             )
-            served = self._resolve(name, model_version)
+            # One draw per request: it picks the alias's run or its canary.
+            served, route = self._resolve(name, model_version, draw=random.random())
             _check_pairs(parsed, served)
             loaded = await self._loaded(served)
-            response = await self._classify(parsed, name, served, loaded)
+            response = await self._classify(parsed, name, served, loaded, route)
             status = 200
             return response
         except ProtocolError as err:
@@ -420,12 +439,28 @@ class HttpEndpoint:
             metrics.HTTP_LATENCY.observe(time.perf_counter() - started)
 
     async def _classify(
-        self, parsed: InferRequest, name: str, served: ServedRun, loaded: LoadedModel
+        self,
+        parsed: InferRequest,
+        name: str,
+        served: ServedRun,
+        loaded: LoadedModel,
+        route: AliasRoute | None,
     ) -> Response:
         predictions = await self.batcher.predict(
             loaded, parsed.texts, parsed.max_seq_length, parsed.pairs
         )
         metrics.INFERENCE_TEXTS.inc(len(parsed.texts))
+        if route is not None and route.shadow_run_id is not None:
+            # Queued for the shadow's own thread; this request does not wait for it.
+            self._shadow.submit(
+                name[1:],
+                route.shadow_run_id,
+                _task_of(served).name,
+                parsed.texts,
+                parsed.pairs,
+                parsed.max_seq_length,
+                predictions,
+            )
         body, headers = encode_infer_response(
             parsed,
             name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -10,10 +11,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.inferencer.activities import InferenceActivities
+from services.inferencer.gate import GateActivities
 from services.inferencer.http_server import HttpEndpoint
 from services.inferencer.model_cache import ModelCache
+from services.inferencer.shadow import ShadowScorer
 from services.inferencer.warming import AliasWarmer
 from services.inferencer.workflows import BertInferenceWorkflow
+from services.trainer.run_folder.paths import LocalPathRoots, default_roots
 from shared.service import Sidecar, run_worker_service
 from shared.settings import Settings
 
@@ -27,6 +31,8 @@ def build_inferencer_worker(
     max_concurrent_activities: int = 4,
     graceful_shutdown: timedelta = timedelta(seconds=30),
     cache: ModelCache | None = None,
+    shadow: ShadowScorer | None = None,
+    local_path_roots: Sequence[Path] | None = None,
 ) -> Worker:
     """The inference worker.
 
@@ -40,15 +46,25 @@ def build_inferencer_worker(
         graceful_shutdown: time in-flight requests get to finish after SIGTERM.
         cache: the model cache to serve from (the HTTP endpoint's, in the same process);
             a new one of ``model_cache_size`` models by default.
+        shadow: scores requests by an alias with its shadow run (the HTTP endpoint's, so
+            both paths share one background thread); a new one by default.
+        local_path_roots: the folders a promotion gate's ``data_file`` may be in
+            (``BERT_LOCAL_PATH_ROOTS``, symlinks followed); default the working directory
+            and ``runs_root``.
     """
-    activities = InferenceActivities(
-        runs_root, cache if cache is not None else ModelCache(model_cache_size)
-    )
+    cache = cache if cache is not None else ModelCache(model_cache_size)
+    activities = InferenceActivities(runs_root, cache, shadow)
+    roots = LocalPathRoots.of(local_path_roots) if local_path_roots else default_roots(runs_root)
+    gate = GateActivities(runs_root, cache, roots)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[BertInferenceWorkflow],
-        activities=[activities.run_bert_inference, activities.run_bert_inference_warm],
+        activities=[
+            activities.run_bert_inference,
+            activities.run_bert_inference_warm,
+            gate.evaluate_promotion_gate,
+        ],
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="inference"
         ),
@@ -62,6 +78,7 @@ async def run_inferencer(settings: Settings) -> None:
     # One cache for both paths: the workflow's activities and the HTTP endpoint serve the same
     # loaded models (and load each once).
     cache = ModelCache(settings.model_cache_size)
+    shadow = ShadowScorer(settings.runs_dir, cache)
     sidecars: list[Sidecar] = []
     if settings.http.enabled:
         sidecars.append(
@@ -69,6 +86,7 @@ async def run_inferencer(settings: Settings) -> None:
                 settings.http,
                 settings.runs_dir,
                 cache,
+                shadow=shadow,
                 classify_threads=settings.inference_max_concurrent_activities,
                 graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
             )
@@ -95,6 +113,8 @@ async def run_inferencer(settings: Settings) -> None:
             max_concurrent_activities=settings.inference_max_concurrent_activities,
             graceful_shutdown=timedelta(seconds=settings.graceful_shutdown_seconds),
             cache=cache,
+            shadow=shadow,
+            local_path_roots=settings.local_path_roots,
         ),
         sidecars=sidecars,
     )

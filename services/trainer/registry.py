@@ -22,6 +22,7 @@ from services.trainer.orchestration.run_workflow import BertRunWorkflow
 from services.trainer.orchestration.sweep_workflow import BertSweepWorkflow
 from services.trainer.orchestration.workflows import BertFineTuningWorkflow
 from services.trainer.tracking.trackers import TrackingConfig
+from shared.types import INFERENCE_TASK_QUEUE
 
 TRAINER_WORKFLOWS: list[type] = [
     BertFineTuningWorkflow,
@@ -33,17 +34,23 @@ TRAINER_WORKFLOWS: list[type] = [
 
 
 def orchestration_activities(
-    runs_root: Path, tracking: TrackingConfig = TrackingConfig()
+    runs_root: Path,
+    tracking: TrackingConfig = TrackingConfig(),
+    inference_task_queue: str = INFERENCE_TASK_QUEUE,
 ) -> list[Callable[..., Any]]:
     """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training).
 
     ``tracking``: discarding a run cancelled between attempts also closes its MLflow run, and
     promotions are mirrored to MLflow's model registry when one is configured.
+    ``inference_task_queue``: where a gated promotion's evaluation runs (the inferencers).
     """
+    promotion = PromotionActivities(runs_root, tracking, inference_task_queue)
     return [
         PartialRunActivities(runs_root, tracking).discard_partial_run,
         PartialRunActivities(runs_root, tracking).newest_sealed_checkpoint,
-        PromotionActivities(runs_root, tracking).promote_alias,
+        promotion.promote_alias,
+        promotion.plan_promotion,
+        promotion.update_alias,
         SweepRunActivities(runs_root).check_sweep_runs,
         propose_sweep_trials,
         SweepTrackingActivities(tracking).close_sweep_tracking,

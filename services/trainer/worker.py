@@ -35,6 +35,7 @@ from services.trainer.tracking.trackers import TrackingConfig
 from services.trainer.training.fine_tune import fine_tune
 from shared.service import run_worker_service
 from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings, SettingsError
+from shared.types import INFERENCE_TASK_QUEUE
 
 _DEFAULT_PHASE_TIMEOUTS = {
     phase: timedelta(seconds=seconds) for phase, seconds in DEFAULT_PHASE_TIMEOUTS_SECONDS.items()
@@ -61,6 +62,7 @@ def build_trainer_worker(
     log_level: str = "INFO",
     log_format: str = "auto",
     tracking: TrackingConfig = TrackingConfig(),
+    inference_task_queue: str = INFERENCE_TASK_QUEUE,
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
     controller.
@@ -99,6 +101,8 @@ def build_trainer_worker(
             ``log_level`` and ``log_format`` (docs/distributed.md).
         tracking: where each run's params, curves and confusion matrices go (an MLflow
             server, TensorBoard event files in the run folder, or nowhere).
+        inference_task_queue: the inference workers' queue, where a gated promotion's
+            evaluation runs (it loads models: never on this worker).
     """
     train: Trainer = (
         fine_tune
@@ -129,7 +133,10 @@ def build_trainer_worker(
         client,
         task_queue=task_queue,
         workflows=TRAINER_WORKFLOWS,
-        activities=[*training, *orchestration_activities(runs_root, tracking)],
+        activities=[
+            *training,
+            *orchestration_activities(runs_root, tracking, inference_task_queue),
+        ],
         no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
             max_workers=max_concurrent_activities, thread_name_prefix="fine-tune"
@@ -207,6 +214,7 @@ async def run_trainer(settings: Settings) -> None:
             log_level=settings.log_level,
             log_format=settings.log_format,
             tracking=TrackingConfig.from_settings(settings),
+            inference_task_queue=settings.inference_task_queue,
         ),
         precondition=lambda: missing_gpus(expected),
     )
@@ -225,5 +233,6 @@ async def run_controller(settings: Settings) -> None:
             no_remote_activities=True,
             # Discarding a run cancelled between attempts also closes its MLflow run.
             tracking=TrackingConfig.from_settings(settings),
+            inference_task_queue=settings.inference_task_queue,
         ),
     )

@@ -35,11 +35,12 @@ class LocalPathRoots:
     def contains(self, path: Path) -> bool:
         return any(path == root or path.is_relative_to(root) for root in self.roots)
 
-    def confine(self, field_name: str, value: str) -> Path:
-        """The resolved path ``value`` names, or ``InvalidConfig`` when it is outside."""
+    def confine(self, field_name: str, value: str, reader: str = "the trainer") -> Path:
+        """The resolved path ``value`` names, or ``InvalidConfig`` when it is outside (the
+        message says ``reader`` may not read it: the trainer, or an inferencer's gate)."""
         resolved = _resolve(value)
         if not self.contains(resolved):
-            raise self._refusal(field_name, value)
+            raise self._refusal(field_name, value, reader=reader)
         return resolved
 
     def confine_tree(self, field_name: str, value: str) -> Path:
@@ -51,12 +52,18 @@ class LocalPathRoots:
                     raise self._refusal(field_name, value, inside=entry.relative_to(folder))
         return folder
 
-    def _refusal(self, field_name: str, value: str, inside: Path | None = None) -> Exception:
+    def _refusal(
+        self,
+        field_name: str,
+        value: str,
+        inside: Path | None = None,
+        reader: str = "the trainer",
+    ) -> Exception:
         what = f"holds {str(inside)!r}, a link to outside" if inside is not None else "is outside"
         allowed = ", ".join(str(root) for root in self.roots) or "none"
         return failure(
             INVALID_CONFIG,
-            f"{field_name} {value!r} {what} the folders the trainer may read; allowed: "
+            f"{field_name} {value!r} {what} the folders {reader} may read; allowed: "
             f"{allowed} (BERT_LOCAL_PATH_ROOTS, symlinks followed): move the files under one "
             "of them or ask the operator to add their folder",
         )
