@@ -31,6 +31,13 @@ from shared.logging import get_logger
 from shared.manifests import AliasPointer, ManifestError
 from shared.run_record import RunRecord
 from shared.runs import require_complete_run
+from shared.storage import store_for
+from shared.storage.alias_store import (
+    promotion_lease,
+    read_stored_pointer,
+    stored_pointers,
+    write_stored_pointer,
+)
 from shared.types import (
     BertInferenceRequest,
     BertPromoteInput,
@@ -69,6 +76,8 @@ def read_pointer(runs_root: Path, alias: str) -> AliasPointer | None:
     """The alias's pointer, or None when the alias does not exist."""
     path = pointer_path(runs_root, alias)
     try:
+        if (store := store_for(runs_root)) is not None:
+            return read_stored_pointer(store, alias)
         return AliasPointer.read(path)
     except FileNotFoundError:
         return None
@@ -196,6 +205,10 @@ def check_same_outputs(candidate: RunRecord, current: RunRecord, field: str) -> 
 
 @contextmanager
 def _promotion_lock(runs_root: Path) -> Iterator[None]:
+    if (store := store_for(runs_root)) is not None:
+        with promotion_lease(store):
+            yield
+        return
     directory = aliases_dir(runs_root)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -204,6 +217,15 @@ def _promotion_lock(runs_root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _write_pointer(runs_root: Path, pointer: AliasPointer) -> None:
+    """Move the alias atomically: a rename over the pointer file, or with an object store a
+    conditional write from the version read under the promotion lease."""
+    if (store := store_for(runs_root)) is not None:
+        write_stored_pointer(store, pointer)
+    else:
+        pointer.write(pointer_path(runs_root, pointer.alias))
 
 
 def promote(
@@ -248,7 +270,7 @@ def promote(
             promoted_at=_now(),
             promoted_by=promoted_by,
         )
-        pointer.write(pointer_path(runs_root, alias))
+        _write_pointer(runs_root, pointer)
     return BertPromoteOutput(alias=alias, run_id=run_id, previous_run_id=previous)
 
 
@@ -389,7 +411,7 @@ def apply_rollout(
             }
         )
         with servable() if servable is not None and not request.rollback else nullcontext():
-            pointer.write(pointer_path(runs_root, alias))
+            _write_pointer(runs_root, pointer)
     log.info(
         "alias.rollout",
         alias=alias,
@@ -414,6 +436,8 @@ def list_aliases(runs_root: Path) -> dict[str, str]:
 def list_pointers(runs_root: Path) -> dict[str, AliasPointer]:
     """Every alias's pointer (its run, canary and shadow), by alias name; skips what
     ``list_aliases`` skips."""
+    if (store := store_for(runs_root)) is not None:
+        return stored_pointers(store)
     directory = aliases_dir(runs_root)
     if not directory.is_dir():
         return {}
