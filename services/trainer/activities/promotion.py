@@ -53,13 +53,14 @@ def _servable_locks(runs_root: Path, run_id: str, served: list[ServedRun]) -> It
     ``served``; raises when the run cannot be served."""
     run_dir = resolve_run_dir(runs_root, run_id)
     with run_lock(run_dir):
-        found = resolve_served_run(runs_root, run_id)
+        # The small files only: a promotion from an object store downloads no weights.
+        found = resolve_served_run(runs_root, run_id, weights=False)
         if found.model_dir == run_dir:
             served.append(found)
             yield
             return
         with run_lock(found.model_dir):  # the source's commit must stay the one reused
-            served.append(resolve_served_run(runs_root, run_id))
+            served.append(resolve_served_run(runs_root, run_id, weights=False))
             yield
 
 
