@@ -100,6 +100,21 @@ def _commit_prefix(run_id: str, digest: str) -> str:
     return f"{run_id}/{COMMITS}/{digest}/"
 
 
+def _upload_marker(run_id: str, digest: str) -> str:
+    """Beside the commit's prefix, not in it: never downloaded with the commit's files."""
+    return f"{run_id}/{COMMITS}/{digest}.json"
+
+
+def _token_json(token: FenceToken) -> bytes:
+    return json.dumps(
+        {
+            "workflow_id": token.workflow_id,
+            "workflow_run_id": token.workflow_run_id,
+            "attempt": token.attempt,
+        }
+    ).encode()
+
+
 class RunStore:
     """The runs root on object storage, with ``cache_root`` (``BERT_RUNS_DIR``) as this
     worker's private mirror, staging area and download cache."""
@@ -237,6 +252,9 @@ class RunStore:
         prefix = _commit_prefix(run_id, digest)
         files = [p for p in sorted(staged.rglob("*")) if p.is_file() and p.name != RUN_MANIFEST]
         started = time.monotonic()
+        # Who uploads under this prefix, written first: the attempt's later commit clears
+        # the uploads its own earlier attempts left unfinished (``_drop_earlier_uploads``).
+        self.objects.put(_upload_marker(run_id, digest), _token_json(claim.token))
         self._upload_all(prefix, staged, files)
         self._check_fence(run_id, claim)
         try:
@@ -256,8 +274,31 @@ class RunStore:
         )
         if claim.replaces_digest is not None and claim.replaces_digest != digest:
             # The replaced commit: readers that still download it retry on the new one.
-            self._delete_prefix(_commit_prefix(run_id, claim.replaces_digest))
+            self._delete_commit(run_id, claim.replaces_digest)
+        self._drop_earlier_uploads(run_id, claim.token, keep=digest)
         return digest
+
+    def _drop_earlier_uploads(self, run_id: str, token: FenceToken, keep: str) -> None:
+        """The uploads of earlier attempts of this workflow run (killed or cut off mid-upload):
+        they can never commit now. Uploads of other workflows are left to their own clean-up
+        (``drop_orphans``, on cancel): one may be an overwrite that claimed after this commit."""
+        for digest in self.objects.folders(f"{run_id}/{COMMITS}"):
+            if digest == keep:
+                continue
+            marker = self.objects.get(_upload_marker(run_id, digest))
+            holder = _fence_of(marker)
+            if holder is None or (
+                (holder.workflow_id, holder.workflow_run_id)
+                == (token.workflow_id, token.workflow_run_id)
+                and holder.attempt < token.attempt
+            ):
+                self._delete_commit(run_id, digest)
+                log.info("store.upload_dropped", run_id=run_id, digest=digest[:16])
+
+    def _delete_commit(self, run_id: str, digest: str) -> None:
+        self._delete_prefix(_commit_prefix(run_id, digest))
+        with contextlib.suppress(Exception):
+            self.objects.delete([_upload_marker(run_id, digest)])
 
     def _upload_all(self, prefix: str, root: Path, files: list[Path]) -> None:
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-upload") as pool:
@@ -281,7 +322,7 @@ class RunStore:
         keep = digest_of(record.data) if record is not None else None
         orphans = [d for d in self.objects.folders(f"{run_id}/{COMMITS}") if d != keep]
         for digest in orphans:
-            self._delete_prefix(_commit_prefix(run_id, digest))
+            self._delete_commit(run_id, digest)
         if record is None:
             with contextlib.suppress(Exception):
                 self.objects.delete([f"{FENCES}/{run_id}.json"])

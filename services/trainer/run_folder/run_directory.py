@@ -106,6 +106,17 @@ class RunDirectory:
             self._store.sync_records(runs_root)
 
     @property
+    def location(self) -> str:
+        """Where the run lives for users (its result's ``model_dir``): its folder, or its
+        URI in the object store."""
+        return self.location_of(self.run_id) if self._store is not None else str(self.path)
+
+    def location_of(self, run_id: str) -> str:
+        if self._store is not None:
+            return f"{self._store.uri}/{run_id}"
+        return str(self.runs_root / run_id)
+
+    @property
     def fence(self) -> RunFence:
         """This attempt's fence; only a claimed folder can be written."""
         if self._fence is None:
@@ -389,7 +400,9 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def reuse_record(request: BertFineTuneRequest, source: RunRecord, model_dir: Path) -> RunRecord:
+def reuse_record(
+    request: BertFineTuneRequest, source: RunRecord, model_dir: Path | str
+) -> RunRecord:
     """The record of ``request``'s run when it reuses ``source``'s finished model."""
     result = source.result.model_copy(
         update={
@@ -411,7 +424,7 @@ def reuse_record(request: BertFineTuneRequest, source: RunRecord, model_dir: Pat
     )
 
 
-def reused_result(record: RunRecord, run_dir: Path) -> BertFineTuneResult:
+def reused_result(record: RunRecord, run_dir: Path | str) -> BertFineTuneResult:
     """A finished run's result as returned again, by a later request for the same work."""
     # A run that reuses another's model keeps pointing at the folder holding the weights.
     model_dir = record.result.model_dir if record.reused_from else str(run_dir)

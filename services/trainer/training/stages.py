@@ -81,14 +81,14 @@ def reuse_finished_work(
     own = run.reusable(request, identity)
     if own is not None:
         log.info("training.reused", run_dir=str(run.path), reused_from=own.reused_from)
-        return reused_result(own, run.path)
+        return reused_result(own, run.location)
     if request.overwrite:
         return None
     source = run.find_source(identity, epochs_wanted(request))
     if source is None:
         return None
     run.claim(attempt.owner, attempt.token, request.overwrite, identity)
-    source_dir = run.runs_root / source.run_id
+    source_dir = run.location_of(source.run_id)
     pointer = run.commit_reuse(reuse_record(request, source, source_dir), source)
     log.info("training.reused", run_dir=str(run.path), reused_from=source.run_id)
     return pointer.result
@@ -118,7 +118,7 @@ def claim_or_reuse(
         if record is None or record.identity != identity:
             raise
         log.info("training.reused", run_dir=str(run.path), completed_by_attempt=record.attempt)
-        return Claim(finished=reused_result(record, run.path))
+        return Claim(finished=reused_result(record, run.location))
     digests = run.checkpoint_digests(identity, request, data)
     return Claim(
         resume=run.resume_checkpoint(attempt.resume_hint, digests), digests=frozenset(digests)
@@ -644,7 +644,7 @@ def _result(
         eval_metrics=evaluation.metrics,
         training_time_seconds=trained.seconds,
         num_parameters=trained.num_parameters,
-        model_dir=str(run.path),
+        model_dir=run.location,
         num_train_samples=trained.num_train_samples,
         train_samples_per_second=trained.samples_per_second,
         label_names=data.label_names,
