@@ -12,7 +12,9 @@ is the shared folder, as before.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,4 +63,20 @@ def open_runs_store(settings: Settings, check: bool = True) -> RunStore | None:
         raise SettingsError(f"BERT_RUNS_URI: {reason}")
     store = RunStore(objects, settings.runs_dir, settings.store_cache_bytes)
     bind(settings.runs_dir, store)
+    return store
+
+
+def bind_from_env(runs_root: Path, env: Mapping[str, str] | None = None) -> RunStore | None:
+    """In a process the worker started (a training rank), the worker's store, from the
+    ``BERT_RUNS_URI`` it inherited, bound to ``runs_root``; None without one. The worker
+    checked the store at its start-up already."""
+    env = os.environ if env is None else env
+    uri = (env.get("BERT_RUNS_URI") or "").strip()
+    if not uri:
+        return None
+    from shared.storage.objects import ObjectStore
+    from shared.storage.run_store import RunStore
+
+    store = RunStore(ObjectStore(uri, env), runs_root)
+    bind(runs_root, store)
     return store

@@ -51,6 +51,7 @@ def main() -> int:
         TrainingCancelled,
         TrainingInterrupted,
     )
+    from shared.storage import bind_from_env
     from shared.types import TrainingProgress
 
     _init_process_group(job.request.config.use_gpu)
@@ -83,6 +84,8 @@ def main() -> int:
         else None,
     )
     log.info("training.rank_started", world_size=world_size, attempt=job.attempt, pid=os.getpid())
+    # With BERT_RUNS_URI (inherited from the worker), the ranks read and commit to the store.
+    bind_from_env(Path(job.runs_root))
     try:
         result = fine_tune(job.request, Path(job.runs_root), reporter, stop, attempt, ranks=ranks)
         outcome = rank_channel.RankOutcome(status="succeeded", result=result)
