@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,7 @@ log = get_logger(__name__)
 
 RUN_MANIFEST = "run.json"
 COMMITS = "commits"
+CHECKPOINTS = "checkpoints"
 FENCES = ".fences"
 ALIASES = "_aliases"
 EXPORT_DIR = "onnx"
@@ -324,9 +325,69 @@ class RunStore:
         for digest in orphans:
             self._delete_commit(run_id, digest)
         if record is None:
+            self.drop_checkpoints(run_id)
             with contextlib.suppress(Exception):
                 self.objects.delete([f"{FENCES}/{run_id}.json"])
         return len(orphans)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def upload_checkpoint(
+        self,
+        run_id: str,
+        relative: str,
+        folder: Path,
+        manifest: str,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """A sealed checkpoint (``relative``: ``checkpoints/attempt-{n}/checkpoint-{step}``),
+        its manifest last and only if still ``wanted()``: a checkpoint is in the store once
+        its manifest is. Then the run's older checkpoints in the store go."""
+        prefix = f"{run_id}/{relative}/"
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != manifest]
+        started = time.monotonic()
+        self._upload_all(prefix, folder, files)
+        if not wanted():
+            return
+        self.objects.upload(prefix + manifest, folder / manifest)
+        log.info(
+            "store.checkpoint_uploaded",
+            run_id=run_id,
+            checkpoint=relative,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        for older in self.checkpoints(run_id, manifest):
+            if older != relative:
+                self._delete_prefix(f"{run_id}/{older}/")
+
+    def checkpoints(self, run_id: str, manifest: str) -> list[str]:
+        """The run's sealed checkpoints in the store
+        (``checkpoints/attempt-{n}/checkpoint-{step}``), newest step first."""
+        found = []
+        for info in self.objects.listing(f"{run_id}/{CHECKPOINTS}/"):
+            relative = info.key[len(run_id) + 1 :]
+            parts = relative.split("/")
+            if len(parts) == 4 and parts[3] == manifest and parts[2].startswith("checkpoint-"):
+                step = parts[2].removeprefix("checkpoint-")
+                if step.isdigit():
+                    found.append((int(step), "/".join(parts[:3])))
+        return [relative for _step, relative in sorted(found, reverse=True)]
+
+    def download_checkpoint(self, run_id: str, relative: str, folder: Path, manifest: str) -> None:
+        """A sealed checkpoint of the store into ``folder`` (its manifest last, so a download
+        cut off is no sealed checkpoint)."""
+        prefix = f"{run_id}/{relative}/"
+        keys = [info.key for info in self.objects.listing(prefix)]
+        root = folder.resolve()
+        for key in sorted(keys, key=lambda k: k.endswith("/" + manifest)):
+            destination = (folder / key[len(prefix) :]).resolve()
+            if not destination.is_relative_to(root):
+                raise ValueError(f"{key!r} leaves the checkpoint folder")
+            self.objects.download(key, destination)
+        log.info("store.checkpoint_downloaded", run_id=run_id, checkpoint=relative)
+
+    def drop_checkpoints(self, run_id: str) -> None:
+        self._delete_prefix(f"{run_id}/{CHECKPOINTS}/")
 
     # -- exports ------------------------------------------------------------------------
 

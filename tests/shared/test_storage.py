@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from services.trainer.run_folder import checkpoints
 from services.trainer.run_folder.fencing import AttemptToken, Superseded
 from services.trainer.run_folder.run_directory import RunDirectory
 from shared import aliases, storage
@@ -295,6 +296,43 @@ def test_a_worker_killed_mid_upload_leaves_nothing_that_looks_complete(
     blob = store.record("exp-run-0-tiny")
     assert blob is not None
     assert store.objects.folders("exp-run-0-tiny/commits") == [digest_of(blob.data)]
+
+
+def seal_checkpoint(run: RunDirectory, attempt: int, step: int) -> Path:
+    folder = checkpoints.checkpoint_dir(run.path, attempt, step)
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (folder / "model.safetensors").write_bytes(WEIGHTS + str(step).encode())
+    checkpoints.write_manifest(folder, step, attempt, "config-digest")
+    return folder
+
+
+def test_a_run_resumes_on_another_trainer_from_the_stores_newest_checkpoint(
+    workers: Workers,
+) -> None:
+    first, store = workers.new("trainer-1")
+    lost = RunDirectory(first, "exp-run-0-tiny")
+    lost.claim(None, token(1), False, "identity")
+    for step in (10, 20):
+        lost.checkpoint_sealed(seal_checkpoint(lost, 1, step))
+    lost.close_uploads(wait=True)
+    # Only the newest is kept in the store, sealed (its manifest is there).
+    assert store.checkpoints("exp-run-0-tiny", checkpoints.MANIFEST_NAME) == [
+        "checkpoints/attempt-1/checkpoint-20"
+    ]
+
+    second, _ = workers.new("trainer-2")
+    retry = RunDirectory(second, "exp-run-0-tiny")
+    retry.claim(None, token(2), False, "identity")
+    resumed = retry.resume_checkpoint(None, {"config-digest"})
+    assert resumed is not None and (resumed.step, resumed.attempt) == (20, 1)
+    assert resumed.path.is_relative_to(second)
+    assert (resumed.path / "model.safetensors").read_bytes() == WEIGHTS + b"20"
+    # A checkpoint of other work (another config digest) is never resumed from.
+    assert retry.resume_checkpoint(None, {"another-digest"}) is None
+
+    retry.commit(save_model(b"done"), record("exp-run-0-tiny", 0.1), 2)
+    assert store.checkpoints("exp-run-0-tiny", checkpoints.MANIFEST_NAME) == []
 
 
 # -- aliases ---------------------------------------------------------------------------------

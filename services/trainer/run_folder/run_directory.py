@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.trainer.run_folder import checkpoints, fencing, ownership, swap
+from services.trainer.run_folder.checkpoint_uploads import CheckpointUploads
 from services.trainer.run_folder.fencing import AttemptToken, RunFence
 from shared.errors import INVALID_CONFIG, failure
 from shared.logging import get_logger
@@ -102,6 +103,7 @@ class RunDirectory:
         # checks decide on what the store holds; the claim and the commit go to the store too.
         self._store = store_for(runs_root)
         self._store_claim: Claim | None = None
+        self._uploads: CheckpointUploads | None = None
         if self._store is not None:
             self._store.sync_records(runs_root)
 
@@ -314,7 +316,53 @@ class RunDirectory:
     def resume_checkpoint(
         self, hint: str | None, digests: set[str]
     ) -> checkpoints.Checkpoint | None:
+        if self._store is not None:
+            self._fetch_newer_checkpoint()
         return checkpoints.find_resume_checkpoint(self.path, hint, digests)
+
+    def _fetch_newer_checkpoint(self) -> None:
+        """With an object store: the store's newest sealed checkpoint, when this folder has
+        none as new (the attempt that sealed it ran on another trainer). It is verified like
+        any local checkpoint before training resumes from it."""
+        assert self._store is not None
+        stored = self._store.checkpoints(self.run_id, checkpoints.MANIFEST_NAME)
+        if not stored:
+            return
+        newest_local = max(
+            (
+                seal.step
+                for path in checkpoints.sealed_checkpoints(self.path)
+                if (seal := checkpoints.read_seal(path)) is not None
+            ),
+            default=-1,
+        )
+        relative = stored[0]
+        if int(relative.rsplit("-", 1)[-1]) <= newest_local:
+            return
+        target = self.path / relative
+        shutil.rmtree(target, ignore_errors=True)
+        self._store.download_checkpoint(self.run_id, relative, target, checkpoints.MANIFEST_NAME)
+
+    def checkpoint_sealed(self, checkpoint: Path) -> None:
+        """After this attempt sealed ``checkpoint``: with an object store, upload it in the
+        background (``checkpoint_uploads``); training goes on at once."""
+        if self._store is None:
+            return
+        if self._uploads is None:
+            store, run_id = self._store, self.run_id
+
+            def upload(relative: str, folder: Path, wanted: Callable[[], bool]) -> None:
+                store.upload_checkpoint(run_id, relative, folder, checkpoints.MANIFEST_NAME, wanted)
+
+            self._uploads = CheckpointUploads(upload, self.runs_root / STAGING_DIR)
+        self._uploads.submit(checkpoint.relative_to(self.path).as_posix(), checkpoint)
+
+    def close_uploads(self, wait: bool = False) -> None:
+        """Stop uploading checkpoints (``wait``: after the pending ones are in the store)."""
+        if self._uploads is not None:
+            if wait:
+                self._uploads.flush()
+            self._uploads.close()
 
     def commit(
         self,
@@ -387,6 +435,9 @@ class RunDirectory:
             raise fencing.Superseded(str(err)) from None
 
     def _drop_training_leftovers(self) -> None:
+        self.close_uploads()
+        if self._store is not None:
+            self._store.drop_checkpoints(self.run_id)
         shutil.rmtree(self.path / CHECKPOINTS_DIR, ignore_errors=True)
         shutil.rmtree(self.path / REPLACED_DIR, ignore_errors=True)
         shutil.rmtree(self.path / _REPLACED_PARTIAL, ignore_errors=True)

@@ -216,6 +216,7 @@ class CheckpointSealCallback(TrainerCallback):
         except Superseded:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        self._run.checkpoint_sealed(path)  # to the runs store, if any, in the background
         metrics.CHECKPOINTS.inc()
         self._reporter.update(latest_checkpoint=str(path))
         self._reporter.heartbeat_now()  # the retry's resume hint

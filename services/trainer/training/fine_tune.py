@@ -78,7 +78,11 @@ def fine_tune(
         request, run, attempt, identity, model, tokenizer, train_set, eval_set,
         data.label_names, reporter, stop, ranks,
     )  # fmt: skip
-    session, trained = stages.train(build, claim)
+    try:
+        session, trained = stages.train(build, claim)
+    except BaseException:
+        _end_uploads(run, stop)
+        raise
     try:
         stop.check(trained=True)
         evaluation = session.evaluate()
@@ -99,6 +103,14 @@ def fine_tune(
         return record.result
     finally:
         session.release()
+        _end_uploads(run, stop)
+
+
+def _end_uploads(run: RunDirectory, stop: StopControl) -> None:
+    """An attempt that ends without its commit (preempted, paused at a rung, failed) leaves
+    its newest checkpoint in the runs store for whichever trainer runs it next; a cancelled
+    one does not wait (its checkpoints are discarded)."""
+    run.close_uploads(wait=not (stop.cancelled or stop.cancel_requested()))
 
 
 def _exporter(data: PreparedData, request: BertFineTuneRequest) -> Callable[[Path], None]:
