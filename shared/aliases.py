@@ -17,6 +17,7 @@ event loop.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -128,6 +129,13 @@ def canary_answers(pointer: AliasPointer, draw: float | None) -> bool:
     if pointer.canary_run_id is None or pointer.canary_percent is None or draw is None:
         return False
     return draw * 100 < pointer.canary_percent
+
+
+def draw_for(key: str) -> float:
+    """A uniform draw in [0, 1) that ``key`` (a workflow run id: random, fixed for the
+    execution) determines: the same on every attempt and activity of one execution."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def route_alias(

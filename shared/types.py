@@ -342,8 +342,8 @@ class BertInferenceRequest(_Strict):
     # was trained with a ``text_pair_column``.
     text_pairs: list[str] | None = None
     # A request by alias whose alias has a canary: the canary answers when this draw is below
-    # its share (``canary_percent`` / 100). None: ``BertInferenceWorkflow`` draws once per
-    # execution; give it to pin which run answers.
+    # its share (``canary_percent`` / 100). None: one draw per workflow execution (from its
+    # random run id); give it to pin which run answers.
     route_draw: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     @field_validator("run_id")

@@ -92,12 +92,6 @@ PROMOTION_ROLLOUTS = Patch(
     "the inference queue) and updates the alias in their own activities (consulted only for "
     "such promotions: a plain one is unchanged)",
 )
-INFERENCE_CANARY_DRAW = Patch(
-    "inference-canary-draw",
-    date(2026, 12, 7),
-    "a request by alias carries one random draw (workflow.random) that picks the alias's run "
-    "or its canary (consulted only for requests by alias without route_draw)",
-)
 
 ALL_PATCHES = (
     RUNS_AS_CHILDREN,
@@ -109,5 +103,4 @@ ALL_PATCHES = (
     RETRY_BUDGET_COUNTS_PROGRESS,
     INFERENCE_PAYLOAD_COUNTS_PAIRS,
     PROMOTION_ROLLOUTS,
-    INFERENCE_CANARY_DRAW,
 )

@@ -12,7 +12,7 @@ from services.inferencer.classifiers import BatchCallback
 from services.inferencer.model_cache import ModelCache
 from services.inferencer.shadow import ShadowScorer
 from shared import metrics
-from shared.aliases import route_request
+from shared.aliases import draw_for, route_request
 from shared.errors import INVALID_CONFIG, MODEL_COLD, RUN_NOT_FOUND, failure
 from shared.instrumentation import COLD_OUTCOME, InferenceRecorder, activity_scope
 from shared.logging import get_logger
@@ -141,8 +141,14 @@ class InferenceActivities:
         with activity_scope(InferenceRecorder(), "inference", run_id=named) as outcome:
             started = time.monotonic()
             # An alias is resolved on every request, so a re-promotion is served at once; its
-            # canary answers when the workflow's draw falls in the canary's share.
+            # canary answers when the execution's draw falls in the canary's share. The draw
+            # comes from the workflow's run id: one per execution, the same for its local
+            # activity, the regular one after a cold model and every retry (and no field in
+            # the activity's input that a worker of an older release would refuse).
             alias = request.alias
+            if alias is not None and request.route_draw is None and activity.in_activity():
+                draw = draw_for(activity.info().workflow_run_id or activity.info().activity_id)
+                request = request.model_copy(update={"route_draw": draw})
             request, route = route_request(self._runs_root, request)
             assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.

@@ -9,12 +9,6 @@ A model is never loaded inside a workflow task (``WARM_LOCAL_ACTIVITY``): the lo
 (``run_bert_inference_warm``) serves only a model already loaded on its worker and fails
 ``ModelCold`` at once otherwise (starting a background load there), and the request then
 runs as the regular activity, which loads it.
-
-A request by alias draws one random number per execution (``workflow.random()``, replayed
-identically; ``INFERENCE_CANARY_DRAW``) in ``route_draw``: the activity, which reads the
-alias's pointer, sends it to the alias's canary when the draw is below the canary's share.
-The local activity, the regular one after it and every retry see the same draw, so one
-workflow is answered by one run.
 """
 
 from __future__ import annotations
@@ -37,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
         inference_payload_bytes,
     )
     from shared.workflow_versions import (
-        INFERENCE_CANARY_DRAW,
         INFERENCE_PAYLOAD_COUNTS_PAIRS,
         SMALL_REQUEST_LOCAL_ACTIVITY,
         WARM_LOCAL_ACTIVITY,
@@ -74,12 +67,6 @@ class BertInferenceWorkflow:
                 "2 MiB); split them over several requests (`bert-finetune predict --file` "
                 "does this)",
             )
-        if (
-            request.alias is not None
-            and request.route_draw is None
-            and workflow.patched(INFERENCE_CANARY_DRAW.id)
-        ):
-            request = request.model_copy(update={"route_draw": workflow.random().random()})
         if (
             workflow.patched(SMALL_REQUEST_LOCAL_ACTIVITY.id)
             and len(request.texts) <= SMALL_REQUEST_MAX_TEXTS
