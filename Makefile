@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install lock chart-readme system-deps tools demo dev test test-slow image-test lint format bench bench-http bench-gpu clean k8s-up k8s-down
+.PHONY: install lock chart-readme system-deps tools demo dev test test-slow image-test lint format bench bench-http bench-storage bench-gpu clean k8s-up k8s-down
 
 # Everything but torch comes from the hashed lock (requirements/dev.lock); torch is pinned in
 # constraints.txt (the CPU build; the images pick their own build and index).
@@ -110,6 +110,12 @@ bench: install
 # window; writes its section of docs/benchmarks.md. A few minutes on 2 idle cores.
 bench-http: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.http_serving --write
+
+# Runs on object storage (moto's S3 server on loopback) vs the shared filesystem: a MiniLM run's
+# wall time (goal <= 1.10x) and a promoted run's cold and warm first requests; writes its section
+# of docs/benchmarks.md. A few minutes on 2 idle cores.
+bench-storage: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.storage_compare --write
 
 # BERT-base fine-tuning samples/s, MFU and inference texts/s on a CUDA GPU (exits 0 without one).
 bench-gpu: install
