@@ -271,17 +271,20 @@ class ServedRun:
     record: RunRecord
 
 
-def resolve_served_run(runs_root: Path, run_id: str, weights: bool = True) -> ServedRun:
+def resolve_served_run(
+    runs_root: Path, run_id: str, weights: bool = True, download: bool = True
+) -> ServedRun:
     """The folder whose model serves ``run_id``: its own, or, for a run that reused another
     run's model, the source's, provided the source still holds the very commit reused.
 
     With an object store it is the commit downloaded into the local cache (``weights``
-    False: only its JSON files, for callers that read metadata: ``shared.storage.served``).
+    False: only its JSON files, for callers that read metadata; ``download`` False:
+    ``NotDownloaded`` rather than wait for a download: ``shared.storage.served``).
     """
     if (store := store_for(runs_root)) is not None:
         from shared.storage.served import served_run
 
-        return served_run(store, runs_root, run_id, weights)
+        return served_run(store, runs_root, run_id, weights, download)
     run_dir = require_complete_run(runs_root, run_id)
     record = read_record(run_dir)
     if record.reused_from is None or record.reused_from == run_id:

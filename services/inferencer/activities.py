@@ -18,6 +18,7 @@ from shared.instrumentation import COLD_OUTCOME, InferenceRecorder, activity_sco
 from shared.logging import get_logger
 from shared.model_loading import torch_available
 from shared.runs import ServedRun, resolve_served_run
+from shared.storage.run_store import NotDownloaded
 from shared.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN_CLASSIFICATION
 from shared.types import (
     INFERENCE_ACTIVITY,
@@ -47,10 +48,11 @@ def _progress_callback() -> BatchCallback:
     return on_batch
 
 
-def served_run(runs_root: Path, run_id: str, alias: str | None) -> ServedRun:
-    """The run to serve; for a request by alias, an error names the alias and its fix."""
+def served_run(runs_root: Path, run_id: str, alias: str | None, download: bool = True) -> ServedRun:
+    """The run to serve; for a request by alias, an error names the alias and its fix.
+    ``download`` False: ``NotDownloaded`` for a run of an object store not cached here yet."""
     try:
-        return resolve_served_run(runs_root, run_id)
+        return resolve_served_run(runs_root, run_id, download=download)
     except ApplicationError as err:
         if alias is None or err.type != RUN_NOT_FOUND:
             raise
@@ -152,14 +154,24 @@ class InferenceActivities:
             request, route = route_request(self._runs_root, request)
             assert request.run_id is not None  # an alias is resolved to its run id above
             # A run that reused another run's model is served from that run's folder.
-            served = served_run(self._runs_root, request.run_id, alias)
-            check_text_pairs(served, request.text_pairs)
             device = serving_device(request.use_gpu)
-            loaded = (
-                self._cache.peek(served.model_dir, device)
-                if warm_only
-                else self._cache.get(served.model_dir, device)
-            )
+            try:
+                # The local activity never downloads from a runs store (a download may
+                # outlast it): a commit not cached here is cold, and the regular activity
+                # downloads it.
+                served: ServedRun | None = served_run(
+                    self._runs_root, request.run_id, alias, download=not warm_only
+                )
+            except NotDownloaded:
+                served = None
+            loaded = None
+            if served is not None:
+                check_text_pairs(served, request.text_pairs)
+                loaded = (
+                    self._cache.peek(served.model_dir, device)
+                    if warm_only
+                    else self._cache.get(served.model_dir, device)
+                )
             if loaded is not None:
                 classifier = loaded.classifier
                 task = classifier.task
@@ -204,7 +216,8 @@ class InferenceActivities:
                 )
             # Cold: not a failed request (the regular activity serves it), so not counted.
             outcome.label = COLD_OUTCOME
-            self._cache.warm(served.model_dir, device)
+            if served is not None:
+                self._cache.warm(served.model_dir, device)
             log.info("inference.cold", run_id=request.run_id, device=device)
         raise ApplicationError(
             f"run {request.run_id!r} is not loaded on this worker yet; it is loading",

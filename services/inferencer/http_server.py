@@ -74,6 +74,7 @@ from shared.logging import get_logger
 from shared.onnx_export import has_export
 from shared.runs import ServedRun
 from shared.settings import HttpSettings, SettingsError
+from shared.storage import store_for
 
 log = get_logger(__name__)
 
@@ -346,6 +347,15 @@ class HttpEndpoint:
             )
         return served, route
 
+    async def _resolved(
+        self, name: str, model_version: str | None, draw: float | None = None
+    ) -> tuple[ServedRun, AliasRoute | None]:
+        """``_resolve`` off the event loop when the runs live in an object store (requests
+        to it, and the download of a cold commit); on a filesystem it is a few stats."""
+        if store_for(self._runs_root) is None:
+            return self._resolve(name, model_version, draw)
+        return await asyncio.to_thread(self._resolve, name, model_version, draw)
+
     async def _loaded(self, served: ServedRun) -> LoadedModel:
         loaded = self._cache.peek(served.model_dir, DEVICE)
         if loaded is not None:
@@ -357,7 +367,7 @@ class HttpEndpoint:
 
     async def _metadata(self, name: str, model_version: str | None) -> Response:
         try:
-            served, route = self._resolve(name, model_version)
+            served, route = await self._resolved(name, model_version)
         except _Failure as failure:
             return self._counted("metadata", failure.status, {"error": str(failure)})
         platform = "onnxruntime" if has_export(served.model_dir) else "pytorch"
@@ -371,7 +381,7 @@ class HttpEndpoint:
 
     async def _model_ready(self, name: str, model_version: str | None) -> Response:
         try:
-            served, _ = self._resolve(name, model_version)
+            served, _ = await self._resolved(name, model_version)
             loaded = self._cache.peek(served.model_dir, DEVICE)
         except _Failure as failure:
             return self._counted("ready", failure.status, {"error": str(failure)})
@@ -410,7 +420,7 @@ class HttpEndpoint:
                 body, request.headers.get(HEADER_LENGTH), self.settings.max_texts
             )
             # One draw per request: it picks the alias's run or its canary.
-            served, route = self._resolve(name, model_version, draw=random.random())
+            served, route = await self._resolved(name, model_version, draw=random.random())
             _check_pairs(parsed, served)
             loaded = await self._loaded(served)
             response = await self._classify(parsed, name, served, loaded, route)

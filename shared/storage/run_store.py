@@ -63,6 +63,10 @@ DEFAULT_CACHE_BYTES = 20 * 1024**3
 _NOT_RUNS = (".", "_")
 
 
+class NotDownloaded(LookupError):
+    """The commit is not in this worker's cache (and the caller may not wait for it)."""
+
+
 class Refused(Exception):
     """A conditional write lost: another attempt or commit got there first."""
 
@@ -412,10 +416,13 @@ class RunStore:
 
     # -- the download cache -------------------------------------------------------------
 
-    def cached_commit(self, run_id: str, record: Blob, weights: bool = True) -> CachedCommit:
+    def cached_commit(
+        self, run_id: str, record: Blob, weights: bool = True, download: bool = True
+    ) -> CachedCommit:
         """The commit ``record`` of ``run_id`` in the local cache, downloaded when missing
         (once, however many threads ask at once), with its export when it has one;
-        without ``weights``, only its JSON files (metadata, for listings and promotions).
+        without ``weights``, only its JSON files (metadata, for listings and promotions);
+        without ``download``, ``NotDownloaded`` when it is not in the cache yet.
 
         The folder is ``{cache}/{digest}[-{export}]/{run_id}``: a recommit or an export that
         lands is another folder, so what is cached never changes under a reader."""
@@ -424,6 +431,8 @@ class RunStore:
         name = digest[:32] + (f"-{digest_of(export.encode())[:12]}" if export else "")
         name += "" if weights else "-meta"
         folder = self.cache_root / CACHE_DIR / name / run_id
+        if not download and not (folder / RUN_MANIFEST).is_file():
+            raise NotDownloaded(f"run {run_id!r}'s commit {digest[:16]} is not cached here")
         with self._lock:
             download_lock = self._downloads.setdefault(name, threading.Lock())
         with download_lock:

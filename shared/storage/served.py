@@ -55,9 +55,12 @@ def _complete(store: RunStore, run_id: str) -> Blob:
     return blob
 
 
-def served_run(store: RunStore, runs_root: Path, run_id: str, weights: bool = True) -> ServedRun:
+def served_run(
+    store: RunStore, runs_root: Path, run_id: str, weights: bool = True, download: bool = True
+) -> ServedRun:
     """The local folder holding the commit that serves ``run_id`` (``weights``: with the
-    model's weights; else only its small JSON files, for promotions and listings)."""
+    model's weights; else only its small JSON files, for promotions and listings). Without
+    ``download``: ``NotDownloaded`` when that commit is not in the cache yet."""
     resolve_run_dir(runs_root, run_id)  # the same refusal of bad run ids as on a filesystem
     for attempt in range(_DOWNLOAD_TRIES):
         blob = _complete(store, run_id)
@@ -75,7 +78,7 @@ def served_run(store: RunStore, runs_root: Path, run_id: str, weights: bool = Tr
                 )
             source = found
         try:
-            cached = store.cached_commit(source_id, source, weights=weights)
+            cached = store.cached_commit(source_id, source, weights=weights, download=download)
         except FileNotFoundError:
             if attempt == _DOWNLOAD_TRIES - 1:
                 raise failure(
