@@ -239,7 +239,7 @@ def test_a_stale_overwrite_never_replaces_a_newer_commit(workers: Workers) -> No
 # A trainer whose process dies (SIGKILL, as the kernel's OOM killer or a lost node does) after
 # its first file reached the store and before the rest did.
 _KILLED_MID_UPLOAD = """
-import os, signal, sys
+import os, signal, sys, threading
 from pathlib import Path
 from services.trainer.run_folder.fencing import AttemptToken
 from services.trainer.run_folder.run_directory import RunDirectory
@@ -249,13 +249,16 @@ from shared.storage.run_store import RunStore
 from tests.helpers.runs import sample_record
 
 objects = ObjectStore(os.environ["BERT_RUNS_URI"])
-upload, uploaded = objects.upload, []
+upload, first_done, turns = objects.upload, threading.Event(), iter(range(100))
 
 def upload_then_die(key, path):
-    if uploaded:
-        os.kill(os.getpid(), signal.SIGKILL)
-    upload(key, path)
-    uploaded.append(key)
+    # Uploads run in parallel: the first one completes, the next one dies once it has.
+    if next(turns) == 0:
+        upload(key, path)
+        first_done.set()
+        return
+    first_done.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 objects.upload = upload_then_die
 
