@@ -377,6 +377,14 @@ class RunStore:
                     found.append((int(step), "/".join(parts[:3])))
         return [relative for _step, relative in sorted(found, reverse=True)]
 
+    def newest_checkpoint_manifest(self, run_id: str, manifest: str) -> bytes | None:
+        """The manifest of the run's newest sealed checkpoint in the store, if any."""
+        for relative in self.checkpoints(run_id, manifest):
+            blob = self.objects.get(f"{run_id}/{relative}/{manifest}")
+            if blob is not None:
+                return blob.data
+        return None
+
     def download_checkpoint(self, run_id: str, relative: str, folder: Path, manifest: str) -> None:
         """A sealed checkpoint of the store into ``folder`` (its manifest last, so a download
         cut off is no sealed checkpoint)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import shutil
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ from shared.errors import (
 )
 from shared.instrumentation import TrainingRecorder, activity_scope
 from shared.logging import get_logger
+from shared.manifests import CheckpointManifest, ManifestError
 from shared.runs import is_complete, resolve_run_dir
 from shared.storage import store_for
 from shared.types import (
@@ -325,8 +327,17 @@ class PartialRunActivities:
 
 def newest_sealed_checkpoint(runs_root: Path, run_id: str) -> CheckpointProgress:
     run_dir = resolve_run_dir(runs_root, run_id)
+    found = [CheckpointProgress()]
     for path in checkpoints.sealed_checkpoints(run_dir):
         sealed = checkpoints.read_seal(path)
         if sealed is not None:
-            return CheckpointProgress(attempt=sealed.attempt, step=sealed.step)
-    return CheckpointProgress()
+            found.append(CheckpointProgress(attempt=sealed.attempt, step=sealed.step))
+            break
+    store = store_for(runs_root)
+    # With a runs store, the attempts that sealed checkpoints ran on other machines.
+    stored = store.newest_checkpoint_manifest(run_id, checkpoints.MANIFEST_NAME) if store else None
+    if stored is not None:
+        with contextlib.suppress(ManifestError):
+            manifest = CheckpointManifest.parse(stored, f"{run_id}'s newest checkpoint")
+            found.append(CheckpointProgress(attempt=manifest.attempt, step=manifest.step))
+    return max(found, key=lambda progress: (progress.step, progress.attempt))

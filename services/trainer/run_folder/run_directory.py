@@ -354,7 +354,8 @@ class RunDirectory:
             def upload(relative: str, folder: Path, wanted: Callable[[], bool]) -> None:
                 store.upload_checkpoint(run_id, relative, folder, checkpoints.MANIFEST_NAME, wanted)
 
-            self._uploads = CheckpointUploads(upload, self.runs_root / STAGING_DIR)
+            snapshots = self.runs_root / STAGING_DIR / f"{self.run_id}.uploads"
+            self._uploads = CheckpointUploads(upload, snapshots)
         self._uploads.submit(checkpoint.relative_to(self.path).as_posix(), checkpoint)
 
     def close_uploads(self, wait: bool = False) -> None:
