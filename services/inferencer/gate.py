@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import csv
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def read_rows(path: Path, data_file: str) -> list[dict[str, Any]]:
     if suffix == ".csv":
         return [
             {key: (value if value != "" else None) for key, value in row.items()}
-            for row in csv.DictReader(text.splitlines())
+            for row in csv.DictReader(io.StringIO(text, newline=""))
         ]
     return _json_rows(text, data_file)
 
@@ -113,8 +114,12 @@ def _cell(row: dict[str, Any], column: str, index: int, data_file: str) -> Any:
 
 
 def _label_name(value: Any, names: list[str], index: int, data_file: str) -> str:
-    """A label cell as one of the run's label names (ints as the names of int labels)."""
+    """A label cell as one of the run's label names: its text (``1`` for a run trained on
+    integer labels), or a class id of a run whose labels have names (a hub dataset's)."""
     name = str(value).strip() if value is not None else ""
+    is_id = isinstance(value, int) and not isinstance(value, bool)
+    if name not in names and is_id and 0 <= value < len(names):
+        return names[value]
     if name not in names:
         raise _dataset_error(
             data_file,
