@@ -28,6 +28,7 @@ from shared import aliases, storage
 from shared.errors import RUN_NOT_FOUND
 from shared.run_record import RunRecord
 from shared.runs import RUN_MANIFEST, commit_digest, list_runs, resolve_served_run
+from shared.settings import Settings, SettingsError
 from shared.storage.objects import ObjectStore, check_conditional_writes
 from shared.storage.run_store import CACHE_DIR, RunStore, digest_of
 from shared.temporal import free_loopback_port
@@ -107,7 +108,32 @@ def stored_record(store: RunStore, run_id: str) -> RunRecord | None:
     return RunRecord.from_json(blob.data) if blob is not None else None
 
 
-# -- the start-up check ----------------------------------------------------------------------
+# -- settings and the start-up check ---------------------------------------------------------
+
+
+def test_with_a_store_the_private_folder_is_no_default_input_root(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    shared_folder = Settings.from_env({"BERT_RUNS_DIR": str(private)})
+    assert shared_folder.runs_uri is None
+    assert private.absolute() in shared_folder.local_path_roots
+    on_store = Settings.from_env(
+        {
+            "BERT_RUNS_DIR": str(private),
+            "BERT_RUNS_URI": "s3://runs/team",
+            "BERT_STORE_CACHE_GB": "3",
+        }
+    )
+    assert on_store.runs_uri == "s3://runs/team"
+    assert on_store.store_cache_bytes == 3 * 1024**3
+    assert private.absolute() not in on_store.local_path_roots
+
+
+@pytest.mark.parametrize("uri", ["gs://runs/team", "s3://", "/data/runs", "s3://runs/x?y=1"])
+def test_a_runs_uri_that_is_not_s3_is_refused_in_one_line(uri: str, tmp_path: Path) -> None:
+    settings = Settings.from_env({"BERT_RUNS_DIR": str(tmp_path), "BERT_RUNS_URI": uri})
+    with pytest.raises(SettingsError, match="must be s3://bucket"):
+        storage.open_runs_store(settings)
+    assert storage.store_for(tmp_path) is None
 
 
 class _StrippingProxy(http.server.BaseHTTPRequestHandler):
