@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -114,6 +115,11 @@ async def test_an_experiment_on_object_storage_is_exported_promoted_and_served(
         # The inferencer served from its own download of the commit (with the export).
         cached = {p.name for p in (inferencer_root / CACHE_DIR).glob(f"*/{run.run_id}/*")}
         assert {RUN_MANIFEST, "model.safetensors", "onnx"} <= cached
+        # The cache wiped under a serving inferencer: the next request downloads it again.
+        shutil.rmtree(inferencer_root / CACHE_DIR)
+        again = await infer(client, inference.inference, alias="production")
+        assert again.label_names == by_alias.label_names
+        assert list((inferencer_root / CACHE_DIR).glob(f"*/{run.run_id}/model.safetensors"))
 
         # The CLI, with a third private folder, reads the same runs and aliases.
         cli_root = tmp_path / "cli"
