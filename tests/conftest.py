@@ -161,8 +161,8 @@ async def running_workers(
     inferencer: bool = True,
     local_path_roots: tuple[Path, ...] = TEST_LOCAL_PATH_ROOTS,
 ) -> AsyncIterator[Queues]:
-    """Real workers, each test on its own task queues; the trainer reads only inside
-    ``local_path_roots``."""
+    """Real workers, each test on its own task queues; the trainer (and a promotion gate on
+    the inferencer) reads only inside ``local_path_roots``."""
     queues = Queues(f"train-{uuid.uuid4()}", f"infer-{uuid.uuid4()}")
     workers = []
     if trainer:
@@ -173,12 +173,17 @@ async def running_workers(
                 runs_root=runs_root,
                 graceful_shutdown=timedelta(seconds=5),
                 local_path_roots=local_path_roots,
+                inference_task_queue=queues.inference,
             )
         )
     if inferencer:
         workers.append(
             build_inferencer_worker(
-                client, task_queue=queues.inference, runs_root=runs_root, model_cache_size=2
+                client,
+                task_queue=queues.inference,
+                runs_root=runs_root,
+                model_cache_size=2,
+                local_path_roots=local_path_roots,
             )
         )
     from contextlib import AsyncExitStack
