@@ -2,8 +2,8 @@
 
 One line per check, each failure with its fix: worker pods ready per role, GPUs allocatable
 where trainers schedule (and room for the trainer's requests), the runs claim bound with an
-access mode the pods can share, Temporal reachable and its namespace present, KEDA
-ScaledObjects ready.
+access mode the pods can share (or, with runs in an object store, no claim), Temporal
+reachable and its namespace present, KEDA ScaledObjects ready.
 
 The checks are plain functions of API objects (the ``kubernetes`` client's own models,
 ``V1Pod``, ``V1Node`` ..., and KEDA's ScaledObjects as the dicts ``CustomObjectsApi``
@@ -344,7 +344,11 @@ def _single_node(install: Install) -> bool:
 
 
 def check_runs_claim(install: Install) -> list[Check]:
-    """The runs claim exists, is bound, and its access mode lets every worker pod mount it."""
+    """The runs claim exists, is bound, and its access mode lets every worker pod mount it;
+    with runs in an object store (the chart's ``storage.uri``) there is no claim to check."""
+    uri = _env(install).get("BERT_RUNS_URI")
+    if uri:
+        return [check_runs_store(install, uri)]
     name = _claim_name(install)
     if name is None:
         return [
@@ -394,6 +398,27 @@ def check_runs_claim(install: Install) -> list[Check]:
             "use an RWX class, or persistence.mode=singleNode",
         )
     ]
+
+
+def check_runs_store(install: Install, uri: str) -> Check:
+    """Object storage: every worker mounts its own cache, never a claim (the bucket's access
+    is each worker's own start-up check, seen here as pods not ready)."""
+    shared = [
+        deployment.metadata.name
+        for deployment in install.deployments
+        for volume in deployment.spec.template.spec.volumes or []
+        if volume.name == RUNS_VOLUME and volume.persistent_volume_claim
+    ]
+    if shared:
+        return Check(
+            "runs-store",
+            FAIL,
+            f"runs in {uri}, but {', '.join(sorted(shared))} mount a runs claim",
+            "upgrade the release with the chart that set storage.uri",
+        )
+    endpoint = _env(install).get("AWS_ENDPOINT_URL_S3")
+    where = f" at {endpoint}" if endpoint else ""
+    return Check("runs-store", OK, f"runs in {uri}{where}; each worker caches in its own emptyDir")
 
 
 def _env(install: Install) -> dict[str, str]:

@@ -104,7 +104,23 @@ def test_workers_run_their_worker_command(scenario: tuple) -> None:
 
 
 def test_both_workers_mount_the_same_claim_at_bert_runs_dir(scenario: tuple) -> None:
+    """...or, with runs in an object store, each its own emptyDir there and no claim at all."""
     values, objects = scenario
+    if values.get("storage", {}).get("uri"):
+        assert not find(objects, "PersistentVolumeClaim")
+        for worker in WORKERS:
+            deployment = only(objects, "Deployment", worker)
+            volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+            env = env_of(deployment, objects)
+            assert env["BERT_RUNS_URI"] == values["storage"]["uri"]
+            mount = next(
+                m
+                for m in container(deployment)["volumeMounts"]
+                if m["mountPath"] == env["BERT_RUNS_DIR"]
+            )
+            assert "persistentVolumeClaim" not in volumes[mount["name"]]
+            assert volumes[mount["name"]]["emptyDir"]["sizeLimit"]
+        return
     claims, runs_dirs = set(), set()
     for worker in WORKERS:
         deployment = only(objects, "Deployment", worker)

@@ -275,6 +275,22 @@ def test_an_unbound_or_unshareable_runs_claim_fails_with_the_storage_fix(render:
     assert check.status == FAIL and "'team-runs' does not exist" in check.detail
 
 
+def test_runs_in_an_object_store_need_no_claim(render: Render) -> None:
+    objects = render({"storage": {"uri": "s3://acme-runs/bert", "region": "us-east-1"}})
+    install = install_of(objects)
+    assert not install.claims
+    checks = doctor.run_checks(install, connect=reachable, namespace_exists=lambda a, n: True)
+    assert "runs-claim" not in statuses(checks)
+    check = by_name(checks)["runs-store"]
+    assert check.status == OK and "s3://acme-runs/bert" in check.detail
+    assert all(c.status == OK for c in checks), [c.line() for c in checks]
+    # A worker left on the old claim (a stale Deployment) is named.
+    stale = install_of(objects)
+    stale.deployments[0] = install_of(render()).deployments[0]
+    check = by_name(doctor.check_runs_claim(stale))["runs-store"]
+    assert check.status == FAIL and "mount a runs claim" in check.detail
+
+
 def test_an_image_that_cannot_be_pulled_points_at_ghcr_visibility(render: Render) -> None:
     objects = render()
     deployment = next(

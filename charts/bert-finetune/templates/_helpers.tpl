@@ -396,7 +396,7 @@ Checks of combinations the schema cannot express.
 {{- fail "gpu.count must be at least 1 when gpu.enabled is true" }}
 {{- end }}
 {{- if and .Values.storage.uri .Values.persistence.existingClaim }}
-{{- fail "storage.uri keeps runs in the object store and mounts no claim, so persistence.existingClaim would be silently unused: unset it (copy its runs into the bucket first, docs/deploy.md)" }}
+{{- fail "storage.uri keeps runs in the object store and mounts no claim, so persistence.existingClaim would be silently unused (the runs on it are not read from the bucket): unset one of them" }}
 {{- end }}
 {{- $roleSecrets := without (values .Values.storage.roleSecrets) "" }}
 {{- if and (or .Values.storage.endpoint .Values.storage.region .Values.storage.existingSecret $roleSecrets) (not .Values.storage.uri) }}
