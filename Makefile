@@ -101,7 +101,7 @@ format: install
 	$(BIN)/ruff format .
 
 # Every performance comparison side by side (training, inference, call-shape floors); writes
-# the table to docs/benchmarks.md. About 5 minutes on 2 idle cores: run it on a quiet machine.
+# the table to docs/benchmarks.md. About 35 minutes on 2 idle cores: run it on a quiet machine.
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.compare
 
