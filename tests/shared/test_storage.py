@@ -27,10 +27,16 @@ from services.trainer.run_folder.run_directory import RunDirectory
 from shared import aliases, storage
 from shared.errors import RUN_NOT_FOUND
 from shared.run_record import RunRecord
-from shared.runs import RUN_MANIFEST, commit_digest, list_runs, resolve_served_run
+from shared.runs import (
+    RUN_MANIFEST,
+    commit_digest,
+    list_runs,
+    resolve_served_run,
+    write_record,
+)
 from shared.settings import Settings, SettingsError
 from shared.storage.objects import ObjectStore, check_conditional_writes
-from shared.storage.run_store import CACHE_DIR, RunStore, digest_of
+from shared.storage.run_store import CACHE_DIR, FenceToken, Refused, RunStore, digest_of
 from shared.temporal import free_loopback_port
 from shared.types import BertPromoteOutput
 from tests.helpers.processes import REPO_ROOT
@@ -244,22 +250,30 @@ def test_two_attempts_racing_to_commit_the_stale_one_is_superseded(workers: Work
     assert committed is not None and committed.result.train_loss == 0.1
 
 
-def test_a_stale_overwrite_never_replaces_a_newer_commit(workers: Workers) -> None:
-    """Even holding the fence, a commit replaces only the run.json it set out to replace
-    (If-Match on its ETag): a second commit from the same claim is refused."""
+def test_a_stale_overwrite_never_replaces_a_newer_commit(workers: Workers, tmp_path: Path) -> None:
+    """Even past the fence check, a commit replaces only the run.json it set out to replace
+    (If-Match on the ETag read at its claim): once another commit landed, it is refused."""
     trainer, store = workers.new("trainer")
     commit(trainer, "exp-run-0-tiny", token(1), loss=0.5)
-    overwrite = RunDirectory(trainer, "exp-run-0-tiny")
-    overwrite.claim(None, token(1, "overwrite"), True, "identity")
-    overwrite.commit(save_model(b"v2"), record("exp-run-0-tiny", 0.2), 1)
-    with pytest.raises(Superseded, match="landed first"):
-        overwrite.commit(save_model(b"v3"), record("exp-run-0-tiny", 0.3), 1)
+    claim = store.claim("exp-run-0-tiny", FenceToken("overwrite", "overwrite-run", 1), True)
+
+    def staged(name: str, loss: float) -> Path:
+        folder = tmp_path / name
+        save_model(name.encode())(folder)
+        write_record(folder, record("exp-run-0-tiny", loss))
+        return folder
+
+    store.publish("exp-run-0-tiny", staged("v2", 0.2), claim)
+    with pytest.raises(Refused, match="landed first"):
+        store.publish("exp-run-0-tiny", staged("v3", 0.3), claim)
     committed = stored_record(store, "exp-run-0-tiny")
     assert committed is not None and committed.result.train_loss == 0.2
-    # The replaced commit's files are gone; the new one's are all there.
-    digests = store.objects.folders("exp-run-0-tiny/commits")
+    # The replaced commit's files are gone; the refused one's upload is no commit's.
     blob = store.record("exp-run-0-tiny")
-    assert blob is not None and digests == [digest_of(blob.data)]
+    assert blob is not None
+    assert digest_of(blob.data) in store.objects.folders("exp-run-0-tiny/commits")
+    first_commit = digest_of((trainer / "exp-run-0-tiny" / RUN_MANIFEST).read_bytes())
+    assert first_commit not in store.objects.folders("exp-run-0-tiny/commits")
 
 
 # A trainer whose process dies (SIGKILL, as the kernel's OOM killer or a lost node does) after
