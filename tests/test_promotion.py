@@ -281,6 +281,11 @@ async def test_promotion_and_inference_by_alias_through_the_temporal_cli(
                 "run_id": run_id,
                 "previous_run_id": previous,
                 "exported": True,
+                # A plain promotion: no rollout, no gate.
+                "canary_run_id": None,
+                "canary_percent": None,
+                "shadow_run_id": None,
+                "gate": None,
             }
             served = await run_temporal_cli(
                 address,
