@@ -29,8 +29,13 @@ errors = Console(stderr=True)
 
 def _settings() -> Settings:
     settings = Settings.from_env()
-    # With BERT_RUNS_URI, `runs` and `runs show` read the store (BERT_RUNS_DIR caches it).
-    open_runs_store(settings, check=False)
+    if settings.runs_uri is not None:
+        from shared.logging import configure_logging
+
+        # With BERT_RUNS_URI, `runs` and `runs show` read the store (BERT_RUNS_DIR caches
+        # it); its log lines go to stderr, warnings only: stdout is the command's output.
+        configure_logging("WARNING", settings.log_format)
+        open_runs_store(settings, check=False)
     return settings
 
 
