@@ -171,6 +171,14 @@ def local_base() -> str:
     return LOCAL_BASE
 
 
+def torch_version() -> str:
+    """The torch version the Dockerfiles install (their ``TORCH_VERSION`` default)."""
+    for line in (REPO / "services/trainer/Dockerfile").read_text().splitlines():
+        if line.startswith("ARG TORCH_VERSION="):
+            return line.split("=", 1)[1].strip()
+    raise SystemExit("services/trainer/Dockerfile has no `ARG TORCH_VERSION=` line")
+
+
 @contextlib.contextmanager
 def torch_index() -> Iterator[str]:
     """The PyTorch CPU index, or /opt/wheels served as a simple index on loopback."""
@@ -181,9 +189,27 @@ def torch_index() -> Iterator[str]:
     if not wheels:
         raise SystemExit("no PyTorch index and no CPU torch wheel in /opt/wheels")
     with tempfile.TemporaryDirectory() as root:
-        (Path(root) / "torch").mkdir()
-        for wheel in wheels:
-            (Path(root) / "torch" / wheel.name).symlink_to(wheel)
+        # The image installs torch with this as its only index, as with PyTorch's own (which
+        # carries torch's dependencies too): the CPU wheel and its dependencies, fetched here
+        # through the package index this machine reaches, one folder per project.
+        downloads = Path(root) / ".downloads"
+        run(
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--find-links",
+            "/opt/wheels",
+            "--dest",
+            str(downloads),
+            f"torch=={torch_version()}",
+        )
+        for wheel in downloads.glob("*.whl"):
+            project = wheel.name.split("-")[0].lower().replace("_", "-").replace(".", "-")
+            (Path(root) / project).mkdir(exist_ok=True)
+            (Path(root) / project / wheel.name).symlink_to(wheel)
         port = free_port()
         server = subprocess.Popen(
             [
