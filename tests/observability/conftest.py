@@ -1,4 +1,5 @@
-"""A real Prometheus scraping real worker processes through a tiny fine-tune and inferences.
+"""A real Prometheus scraping real worker processes through a tiny fine-tune, inferences
+and promotions.
 
 Package-scoped: the stack starts once, the scenario runs once, and every test in the package
 reads what it left behind (Prometheus data, worker logs, live endpoints).
@@ -28,10 +29,13 @@ from temporalio.testing import WorkflowEnvironment
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     INFERENCE_WORKFLOW,
+    PROMOTE_WORKFLOW,
     BertExperimentInput,
     BertExperimentOutput,
     BertInferenceRequest,
     BertInferenceResult,
+    BertPromoteInput,
+    BertPromoteOutput,
 )
 from tests.conftest import SentimentData, tiny_config
 from tests.helpers.binaries import prometheus
@@ -65,8 +69,11 @@ class ObservedStack:
     prometheus_url: str
     trainer: WorkerProcess
     inferencer: WorkerProcess
+    controller: WorkerProcess
     training_queue: str
     inference_queue: str
+    # The controller's own training queue (see ``observed``).
+    control_queue: str
     started_at: float
     # The inferencer's Open Inference Protocol endpoint.
     http_url: str = ""
@@ -200,15 +207,24 @@ async def observed(
         },
         root / "inferencer.log",
     )
-    workers = [trainer, inferencer]
+    # In a cluster the controller shares the trainers' queue and takes whichever workflow
+    # tasks it polls first; here it polls a queue of its own, so the promotions sent there
+    # are certainly its work and its dashboard's panels certainly have data.
+    control_queue = f"obs-control-{suffix}"
+    controller = WorkerProcess.with_env(
+        "controller", {**env, "BERT_TRAINING_TASK_QUEUE": control_queue}, root / "controller.log"
+    )
+    workers = [trainer, inferencer, controller]
     try:
         url = prometheus_server(workers)
         stack = ObservedStack(
             prometheus_url=url,
             trainer=trainer,
             inferencer=inferencer,
+            controller=controller,
             training_queue=env["BERT_TRAINING_TASK_QUEUE"],
             inference_queue=env["BERT_INFERENCE_TASK_QUEUE"],
+            control_queue=control_queue,
             started_at=started_at,
             http_url=f"http://127.0.0.1:{http_port}",
         )
@@ -229,7 +245,7 @@ async def observed(
                 stack.scalar("min(count_over_time(up[1m]))") >= 3 and stack.scalar("min(up)") == 1
             ),
             60,
-            "Prometheus is not scraping both workers",
+            "Prometheus is not scraping every worker",
         )
         await run_scenario(stack, client, tiny_model, sentiment_csv)
         # Let the final state be scraped, and a few points after it for the rate windows.
@@ -238,6 +254,10 @@ async def observed(
                 stack.scalar('sum(bert_inference_requests_total{outcome="RunNotFound"})') >= 1
                 and stack.scalar("sum(bert_training_runs_succeeded_total)") >= 1
                 and stack.scalar('sum(bert_training_runs_failed_total{error_type="DatasetError"})')
+                >= 1
+                and stack.scalar(
+                    f'sum(temporal_workflow_failed{{task_queue="{stack.control_queue}"}})'
+                )
                 >= 1
             ),
             30,
@@ -328,6 +348,31 @@ async def run_scenario(
     assert "RunNotFound" in failure_types(failed.value)
     await asyncio.to_thread(http_scenario, stack, texts)
     stack.timings["inference_s"] = time.time() - started
+    await promotion_scenario(stack, client)
+
+
+async def promotion_scenario(stack: ObservedStack, client: Client) -> None:
+    """Promotions on the controller's queue, spread over scrapes, and one refused."""
+    for round_ in range(4):
+        promoted = await client.execute_workflow(
+            PROMOTE_WORKFLOW,
+            BertPromoteInput(run_id=stack.run_id, alias="obs-live"),
+            id=f"obs-promote-{uuid.uuid4()}",
+            task_queue=stack.control_queue,
+            result_type=BertPromoteOutput,
+        )
+        assert promoted.run_id == stack.run_id
+        # The SDK creates its histograms at their first observation: let that first sample
+        # be scraped so the later promotions show up as an increase, as for inference.
+        await asyncio.sleep((3 if round_ == 0 else 1) * SCRAPE_INTERVAL_SECONDS)
+    with pytest.raises(WorkflowFailureError) as refused:
+        await client.execute_workflow(
+            PROMOTE_WORKFLOW,
+            BertPromoteInput(run_id="obs-run-0-no_such_model", alias="obs-live"),
+            id=f"obs-promote-missing-{uuid.uuid4()}",
+            task_queue=stack.control_queue,
+        )
+    assert "RunNotFound" in failure_types(refused.value)
 
 
 def http_post(url: str, body: bytes) -> int:

@@ -22,7 +22,17 @@ from tools.plot_panel import (
 )
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "charts" / "bert-finetune" / "dashboards"
-DASHBOARDS = {"bert-training.json": "trainer", "bert-inference.json": "inferencer"}
+DASHBOARDS = {
+    "bert-training.json": "trainer",
+    "bert-inference.json": "inferencer",
+    "bert-controller.json": "controller",
+}
+# The Temporal tasks each role's workers poll (the dashboard's task_queue variable).
+POLLER_TYPES = {
+    "trainer": "activity_task",
+    "inferencer": "activity_task",
+    "controller": "workflow_task",
+}
 # Grafana's $__rate_interval is max(4 x scrape interval, step + scrape interval).
 RATE_INTERVAL = "10s"
 _SELECTOR = re.compile(r"\b([a-z_:][a-z0-9_:]*)\{([^}]*)\}")
@@ -51,6 +61,8 @@ def test_dashboard_is_valid_grafana_json(name: str) -> None:
     # "All" workers must be this role's workers, never ".*" (roles may share a job).
     assert f'worker="{DASHBOARDS[name]}"' in variables["instance"]["definition"]
     assert "allValue" not in variables["instance"]
+    poller_type = POLLER_TYPES[DASHBOARDS[name]]
+    assert f'poller_type="{poller_type}"' in variables["task_queue"]["definition"]
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
@@ -100,7 +112,11 @@ def test_variables_select_the_right_workers(observed: ObservedStack, name: str) 
     role = DASHBOARDS[name]
     values = resolve_variables(observed, model, int(observed.finished_at - observed.started_at))
     worker = getattr(observed, role)
-    queue = observed.training_queue if role == "trainer" else observed.inference_queue
+    queue = {
+        "trainer": observed.training_queue,
+        "inferencer": observed.inference_queue,
+        "controller": observed.control_queue,
+    }[role]
     assert values == {
         "namespace": NAMESPACE,
         "job": role,
@@ -181,6 +197,14 @@ def test_each_panel_shows_only_its_own_workers_series(observed: ObservedStack, n
     assert checked >= 20
 
 
+# Each role's own family prefix (None: the controller has none) and the ones it never serves.
+FAMILIES = {
+    "trainer": ("bert_training_", ("bert_inference_",)),
+    "inferencer": ("bert_inference_", ("bert_training_", "bert_tracking_")),
+    "controller": (None, ("bert_training_", "bert_inference_")),
+}
+
+
 @pytest.mark.parametrize("role", sorted(DASHBOARDS.values()))
 def test_each_worker_exports_only_its_own_families(observed: ObservedStack, role: str) -> None:
     status, body = http_get(f"{getattr(observed, role).base_url}/metrics")
@@ -188,7 +212,10 @@ def test_each_worker_exports_only_its_own_families(observed: ObservedStack, role
     families = {
         line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")
     }
-    own, foreign = ("bert_training_", "bert_inference_")[:: 1 if role == "trainer" else -1]
-    assert any(f.startswith(own) for f in families)
+    own, foreign = FAMILIES[role]
+    if own:
+        assert any(f.startswith(own) for f in families)
     assert not [f for f in families if f.startswith(foreign)]
     assert "bert_worker_info" in families
+    # Every worker runs workflow tasks of its queue (the controller nothing else).
+    assert any(f.startswith("temporal_workflow_task_") for f in families)
