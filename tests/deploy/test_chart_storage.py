@@ -63,6 +63,11 @@ def test_no_claim_and_each_worker_caches_in_its_own_bounded_empty_dir(render: Re
         assert volume == {"name": "runs", "emptyDir": {"sizeLimit": limits[worker]}}, worker
         env = env_of(deployment, objects)
         assert env["BERT_RUNS_DIR"] == "/data/bert_runs"  # the cache, not a shared root
+    # The download cache takes half the emptyDir, so it can never get the pod evicted.
+    assert {
+        worker: env_of(only(objects, "Deployment", worker), objects)["BERT_STORE_CACHE_GB"]
+        for worker in WORKERS
+    } == {"trainer": "40", "inferencer": "15", "controller": "1"}
     # The defaults when only the URI is given.
     defaults = render({"storage": {"uri": "s3://bucket"}})
     assert {
@@ -70,6 +75,35 @@ def test_no_claim_and_each_worker_caches_in_its_own_bounded_empty_dir(render: Re
         for worker in WORKERS
     } == {"trainer": "50Gi", "inferencer": "20Gi", "controller": "2Gi"}
     assert not find(defaults, "PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize(
+    ("limit", "cache_gb"),
+    [("200Gi", "100"), ("1Ti", "512"), ("100G", "46"), ("3000Mi", "1"), (53687091200, "25")],
+)
+def test_the_download_cache_is_half_of_any_size_limit(
+    render: Render, limit: str | int, cache_gb: str
+) -> None:
+    values = {"storage": {"uri": "s3://bucket", "cacheSizeLimit": {"trainer": limit}}}
+    objects = validated(render(values))
+    trainer = only(objects, "Deployment", "trainer")
+    assert env_of(trainer, objects)["BERT_STORE_CACHE_GB"] == cache_gb
+    assert runs_volume(trainer, objects)["emptyDir"]["sizeLimit"] == limit
+
+
+def test_the_workers_settings_read_the_rendered_environment(render: Render) -> None:
+    """What the workers make of it (shared.settings): the store, its cache bound, and no
+    private cache among the folders a config may name."""
+    from shared.settings import Settings
+
+    objects = render(OBJECT_STORAGE)
+    for worker in WORKERS:
+        env = env_of(only(objects, "Deployment", worker), objects)
+        plain = {name: value for name, value in env.items() if isinstance(value, str)}
+        settings = Settings.from_env(plain)
+        assert settings.runs_uri == "s3://bert-runs-example/prod"
+        assert settings.store_cache_bytes == int(env["BERT_STORE_CACHE_GB"]) * 1024**3
+        assert settings.runs_dir not in settings.local_path_roots
 
 
 def test_workers_get_the_store_address_and_the_secrets_access_keys(render: Render) -> None:
@@ -330,6 +364,13 @@ def test_schema_rejects_bad_storage_values(
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
+def test_templates_refuse_a_cache_too_small_for_the_download_cache(
+    chart: helm_python.Chart,
+) -> None:
+    values = {"storage": {"uri": "s3://bucket", "cacheSizeLimit": {"inferencer": "1500Mi"}}}
+    assert "storage.cacheSizeLimit.inferencer must be at least 2Gi" in refused(chart, values)
+
+
 def test_templates_refuse_storage_values_that_would_be_ignored(chart: helm_python.Chart) -> None:
     both = {"storage": {"uri": "s3://bucket"}, "persistence": {"existingClaim": "old-runs"}}
     assert "persistence.existingClaim" in refused(chart, both)
@@ -378,22 +419,24 @@ def test_docs_policies_give_the_inferencer_read_only_access_and_abort_stale_uplo
     blocks = json_blocks(object_storage_docs())
     policies = [b for b in blocks if "Statement" in b]
     assert len(policies) == 2
-    actions = [
-        {
-            a
-            for s in policy["Statement"]
-            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-        }
-        for policy in policies
-    ]
-    read_write, read_only = actions
+
+    def actions(statement: dict) -> set[str]:
+        action = statement["Action"]
+        return {action} if isinstance(action, str) else set(action)
+
+    read_write, read_only = policies
+    granted = set().union(*(actions(s) for s in read_write["Statement"]))
     assert {
         "s3:GetObject",
         "s3:PutObject",
         "s3:DeleteObject",
         "s3:AbortMultipartUpload",
-    } <= read_write
-    assert read_only == {"s3:ListBucket", "s3:GetObject"}
+    } <= granted
+    # The inferencer reads; it writes only the start-up check's scratch keys.
+    reads = {"s3:ListBucket", "s3:GetObject"}
+    for statement in read_only["Statement"]:
+        if not actions(statement) <= reads:
+            assert statement["Resource"].endswith("/bert/.probes/*"), statement
     (s3_rule,) = [r for b in blocks if "Rules" in b for r in b["Rules"]]
     assert s3_rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1
     (gcs_rule,) = [r for b in blocks if "lifecycle" in b for r in b["lifecycle"]["rule"]]

@@ -216,6 +216,43 @@ TCP port of the object store: the port of storage.endpoint, else its scheme's (4
 {{- end }}
 
 {{/*
+A Kubernetes quantity (a number of bytes, or with a suffix: Ki Mi Gi Ti Pi Ei, k K M G T P E,
+m) in GiB, as a float. Usage: include "bert-finetune.quantityGiB" "50Gi"
+*/}}
+{{- define "bert-finetune.quantityGiB" -}}
+{{- if not (kindIs "string" .) }}
+{{- divf (float64 .) 1073741824.0 }}
+{{- else }}
+{{- $text := . }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $text }}
+{{- $suffix := trimPrefix $number $text }}
+{{- $bytes := dict "" 1.0 "m" 0.001 "k" 1e3 "K" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- divf (mulf (float64 $number) (index $bytes $suffix)) 1073741824.0 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The environment of a worker role's object store (workers only): BERT_STORE_CACHE_GB, half its
+cache emptyDir's size limit (the other half for staging: the trainer's checkpoints and
+commits, a model downloaded while the cache is full), so the download cache never gets the
+pod evicted; then its access keys.
+Usage: include "bert-finetune.storageEnv" (list $ "trainer")
+*/}}
+{{- define "bert-finetune.storageEnv" -}}
+{{- $ := index . 0 }}
+{{- $component := index . 1 }}
+{{- if $.Values.storage.uri }}
+{{- $limit := include "bert-finetune.quantityGiB" (index $.Values.storage.cacheSizeLimit $component) | float64 }}
+{{- if lt $limit 2.0 }}
+{{- fail (printf "storage.cacheSizeLimit.%s must be at least 2Gi: half of it bounds the download cache (BERT_STORE_CACHE_GB, at least 1 GiB), the other half is for staging" $component) }}
+{{- end }}
+- name: BERT_STORE_CACHE_GB
+  value: {{ max 1 (floor (divf $limit 2)) | int | quote }}
+{{- include "bert-finetune.storageSecretEnv" (list $ $component) }}
+{{- end }}
+{{- end }}
+
+{{/*
 A worker role's object-store access keys: storage.roleSecrets.<role>, else
 storage.existingSecret (workers only: nothing else touches the store). Without a Secret the
 AWS credential chain applies (IRSA, EKS Pod Identity).

@@ -156,7 +156,7 @@ spec:
             {{- with include "bert-finetune.temporalSecretEnv" $ | trim }}
             {{- . | nindent 12 }}
             {{- end }}
-            {{- with include "bert-finetune.storageSecretEnv" (list $ $component) | trim }}
+            {{- with include "bert-finetune.storageEnv" (list $ $component) | trim }}
             {{- . | nindent 12 }}
             {{- end }}
             {{- with $worker.extraEnv }}
@@ -203,7 +203,8 @@ spec:
         # staging area (BERT_RUNS_DIR), gone with the pod.
         - name: runs
           emptyDir:
-            sizeLimit: {{ index $.Values.storage.cacheSizeLimit $component }}
+            {{- $size := index $.Values.storage.cacheSizeLimit $component }}
+            sizeLimit: {{ kindIs "string" $size | ternary $size (int64 $size) }}
         {{- else }}
         - name: runs
           persistentVolumeClaim:
