@@ -8,12 +8,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics
+from shared.tasks import TASKS
 from tests.helpers.prometheus import prometheus_get
 from tests.observability.conftest import ObservedStack, http_get
 
 ROLES = ("trainer", "inferencer")
 # ``route`` and ``code``: the inferencer's HTTP requests (shared.metrics.HTTP_ROUTES, a status).
-ALLOWED_LABELS = {"error_type", "outcome", "worker", "version", "tracker", "route", "code"}
+# ``task`` and ``reason``: the shadow rollout metrics (a fixed set of tasks; busy or failed).
+ALLOWED_LABELS = {
+    *("error_type", "outcome", "worker", "version", "tracker", "route", "code"),
+    *("task", "reason"),
+}
 _NAME = re.compile(r"^bert_[a-z][a-z0-9_]*[a-z0-9]$")
 _EXCEPTION_CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 # Units other than the base ones (seconds, bytes, ratios) have no place in our names.
@@ -76,6 +81,10 @@ def test_our_metrics_follow_the_naming_rules(observed: ObservedStack, role: str)
                     assert value in metrics.HTTP_ROUTES, f"{family.name}: route {value!r}"
                 if key == "code":
                     assert re.fullmatch(r"[1-5][0-9][0-9]", value), f"{family.name}: code {value!r}"
+                if key == "task":
+                    assert value in TASKS, f"{family.name}: task {value!r}"
+                if key == "reason":
+                    assert value in metrics.SHADOW_SKIP_REASONS, f"{family.name}: reason {value!r}"
 
 
 @pytest.mark.parametrize("role", ROLES)
