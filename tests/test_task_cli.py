@@ -16,12 +16,12 @@ from temporalio.client import Client
 from bert_finetune import client_ops
 from bert_finetune.cli import main as cli_main
 from bert_finetune.run_views import runs_table
-from shared.aliases import promote
+from shared.aliases import apply_rollout, promote
 from shared.onnx_export import export_onnx, write_check_texts
 from shared.runs import write_record
 from shared.sweep_types import SweepProgress, SweepTrialProgress
 from shared.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION
-from shared.types import BertInferenceResult
+from shared.types import BertInferenceResult, BertPromoteInput
 from tests.conftest import running_workers
 from tests.helpers.runs import sample_record
 from tests.inferencer.task_models import GENRES, TAGS, build_task_model
@@ -156,6 +156,10 @@ def listed_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # A sweep's trial: its commit kept check texts, but only the sweep's best is exported.
     write_check_texts(tmp_path / LONG_IDS[1], ["a"], ["b"], sweep="stsb-similarity-sweep")
     promote(tmp_path, LONG_IDS[0], "production")
+    # A canary is listed next to its run, in the aliases column.
+    apply_rollout(
+        tmp_path, BertPromoteInput(run_id=LONG_IDS[2], alias="production", canary_percent=10)
+    )
     return tmp_path
 
 
@@ -177,6 +181,7 @@ def test_runs_keep_ids_whole_at_any_width(listed_runs: Path, width: int) -> None
             "export",
         ]  # fmt: skip
         assert "LOC, ORG, PER" in out  # a tagger's entity types, not its tags
+        assert "@production canary 10%" in out
 
 
 def test_a_sweep_trial_never_exported_is_none_not_pending(
