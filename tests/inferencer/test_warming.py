@@ -9,7 +9,8 @@ import pytest
 
 from services.inferencer.model_cache import ModelCache
 from services.inferencer.warming import DEVICE, AliasWarmer
-from shared.aliases import promote
+from shared.aliases import apply_rollout, promote
+from shared.types import BertPromoteInput
 from tests.helpers.runs import make_run
 from tests.tiny import build_tiny_bert
 
@@ -60,3 +61,23 @@ def test_an_alias_to_a_removed_run_is_skipped(tiny: Path, tmp_path: Path) -> Non
     promote(runs, "gone", "prod")
     (runs / "gone" / "run.json").unlink()
     assert AliasWarmer(runs, ModelCache(2), 10, 2).tick() == []
+
+
+def test_an_alias_canary_and_shadow_are_warmed_with_it(tiny: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    first = make_run(runs, "first", tiny, ["neg", "pos"])
+    canary = make_run(runs, "canary", tiny, ["neg", "pos"])
+    shadow = make_run(runs, "shadow", tiny, ["neg", "pos"])
+    promote(runs, "first", "prod")
+    cache = ModelCache(4)
+    warmer = AliasWarmer(runs, cache, interval_seconds=10, limit=4)
+    assert warmer.tick() == ["first"]
+    wait_loaded(cache, first)
+
+    apply_rollout(runs, BertPromoteInput(run_id="canary", alias="prod", canary_percent=10))
+    assert warmer.tick() == ["canary"]  # the alias's own run is loaded already
+    wait_loaded(cache, canary)
+    apply_rollout(runs, BertPromoteInput(run_id="shadow", alias="prod", shadow=True))
+    assert warmer.tick() == ["shadow"]
+    wait_loaded(cache, shadow)
