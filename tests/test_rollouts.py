@@ -465,6 +465,42 @@ def test_the_answer_never_waits_for_the_shadow(runs_root: Path, runs: dict[str, 
     assert _shadow_counts() == (compared + len(TEXTS), agreed)  # flipped: no agreement
 
 
+async def test_http_answers_are_the_same_with_a_shadow_which_is_scored_after(
+    runs_root: Path, runs: dict[str, str]
+) -> None:
+    aliases.promote(runs_root, runs["good"], "prod")
+    settings = HttpSettings(port=0, bind_address="127.0.0.1")
+    endpoint = HttpEndpoint(settings, runs_root, ModelCache(4))
+    await endpoint.start()
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(TEXTS)], "data": TEXTS}]}
+    ).encode()
+
+    def post() -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{endpoint.port}/v2/models/@prod/infer",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    try:
+        plain = await asyncio.to_thread(post)
+        aliases.apply_rollout(
+            runs_root, BertPromoteInput(run_id=runs["flipped"], alias="prod", shadow=True)
+        )
+        compared, agreed = _shadow_counts()
+        shadowed = await asyncio.to_thread(post)
+        assert shadowed == plain  # same run, same outputs: nothing of the shadow's
+        await _until(
+            lambda: _shadow_counts()[0] >= compared + len(TEXTS), "the HTTP shadow's comparison"
+        )
+        assert _shadow_counts() == (compared + len(TEXTS), agreed)  # flipped: never agrees
+    finally:
+        await endpoint.stop()
+
+
 # ---- the CLI, runs, and replay -----------------------------------------------------------
 
 
