@@ -299,6 +299,15 @@ async def test_a_canary_answers_its_share_of_workflows_and_says_which_run_answer
                 answered.append(result.run_id)
         assert set(answered) == {runs["good"], runs["flipped"]}
         assert within_six_sigma(answered.count(runs["flipped"]), total, share), answered
+        # A `predict` split over several workflows draws once: one run answers every chunk.
+        texts = [("so good " if i % 2 else "so bad ") * 2000 for i in range(60)]
+        requests = client_ops.inference_requests("@prod", texts, max_seq_length=16)
+        assert len(requests) > 1
+        whole = await client_ops.run_inference(client, requests, queues.inference)
+        # The two runs disagree on every text: a mix of runs would match neither.
+        one_run = client_ops.inference_requests(whole.run_id, texts, max_seq_length=16)
+        pinned = await client_ops.run_inference(client, one_run, queues.inference)
+        assert whole.label_names == pinned.label_names
         # A request's own draw pins the run that answers.
         low = await infer(client, queues.inference, alias="prod", route_draw=0.0)
         high = await infer(client, queues.inference, alias="prod", route_draw=0.99)
