@@ -383,8 +383,11 @@ def prepare_runs_volume(runs: Path) -> dict[str, object]:
     build_tiny_bert(runs / "_inputs" / "tiny-bert")
     write_csv(runs / "_inputs" / "train.csv", sentiment_rows(160, seed=1))
     write_csv(runs / "_inputs" / "validation.csv", sentiment_rows(40, seed=2))
-    # The workers (uid 10001) write here; no root needed to let them.
+    # The workers (uid 10001) write here; no root needed to let them. They read the inputs,
+    # which safetensors writes private to their owner (0600).
     runs.chmod(0o777)
+    for path in (runs / "_inputs").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return {
         "experiment_name": "image-test",
         "runs": [
