@@ -9,9 +9,10 @@ change to workflow code that would break workflows already running in production
 parent's and the child's history each; in `replay-children-export*` the run starts its
 ONNX export, whose ``BertExportWorkflow`` history is `-onnx`), `replay-sweep-*` sweeps
 with pruning, `replay-promote-rollout` a gated canary promotion (plan, gate on the inference
-queue, update; recorded by tests/test_rollouts.py). Fresh histories are replayed too. To record new ones after an intentional,
-versioned change: `RECORD_HISTORIES=1 pytest tests/test_replay.py` (never overwrite a
-recorded file: old histories are what running workflows look like).
+queue, update; recorded by tests/test_rollouts.py). Fresh histories are replayed too. To
+record new ones after an intentional, versioned change:
+`RECORD_HISTORIES=1 pytest tests/test_replay.py` (never overwrite a recorded file: old
+histories are what running workflows look like).
 """
 
 from __future__ import annotations
