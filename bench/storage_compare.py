@@ -48,7 +48,10 @@ def step(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-async def train_once(client: Any, queue: str, model_dir: Path, data: Any) -> tuple[float, Any]:
+async def train_once(
+    client: Any, queue: str, model_dir: Path, data: Any, seed: int
+) -> tuple[float, Any]:
+    """One experiment of one run; a fresh ``seed`` per call keeps the run from being reused."""
     from shared.types import FINE_TUNING_WORKFLOW, BertExperimentInput, BertExperimentOutput
 
     experiment = BertExperimentInput.model_validate(
@@ -64,7 +67,7 @@ async def train_once(client: Any, queue: str, model_dir: Path, data: Any) -> tup
                     "num_epochs": 1,
                     "batch_size": 16,
                     "max_seq_length": 128,
-                    "seed": 42,
+                    "seed": seed,
                     "use_gpu": False,
                 }
             ],
@@ -125,6 +128,7 @@ async def run(args: argparse.Namespace) -> str:
     from shared.converter import data_converter
     from shared.storage.objects import ObjectStore
     from shared.storage.run_store import RunStore
+    from tests.helpers.exports import wait_for_export
     from tests.helpers.s3 import moto_server
 
     work = Path(tempfile.mkdtemp(prefix="bench-storage-"))
@@ -168,14 +172,23 @@ async def run(args: argparse.Namespace) -> str:
                 for worker in workers:
                     await running.enter_async_context(worker)
             step("warm-up: one untimed run on the filesystem")
-            await train_once(env.client, stacks["filesystem"][1][0], model_dir, data)
+            _, warm_up = await train_once(
+                env.client, stacks["filesystem"][1][0], model_dir, data, seed=1
+            )
+            await wait_for_export(env.client, warm_up.run_id)
             last: dict[str, str] = {}
             for repeat in range(args.repeats):
                 for kind in walls:
                     step(f"training {repeat + 1}/{args.repeats}: {kind}")
-                    wall, result = await train_once(env.client, stacks[kind][1][0], model_dir, data)
+                    # The same seed on both stacks (each has its own store: nothing is reused).
+                    wall, result = await train_once(
+                        env.client, stacks[kind][1][0], model_dir, data, seed=100 + repeat
+                    )
                     walls[kind].append(wall)
                     last[kind] = result.run_id
+                    # Untimed: the export that follows the commit, so the next run does not
+                    # share the CPU with it.
+                    await wait_for_export(env.client, result.run_id)
             for kind in walls:
                 step(f"first requests of a promoted run: {kind}")
                 firsts[kind] = await first_requests(env.client, stacks[kind][1], last[kind])

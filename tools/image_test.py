@@ -433,6 +433,10 @@ async def exercise(stack: Stack, experiment: dict[str, object], trainer: str) ->
     bare = stack.runs / "image-test-bare"
     shutil.copytree(stack.runs / run_id, bare, symlinks=True)
     shutil.rmtree(bare / "onnx")
+    # The copy is ours (root here) with the worker's private modes: let the worker read it.
+    for path in [bare, *bare.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
     try:
         await client_ops.predict(client, "image-test-bare", ["good"], settings.inference_task_queue)
         raise AssertionError("the torch-free inferencer served a run without an export")
