@@ -41,6 +41,9 @@ class PromotionPlan(_Strict):
     # The queue of the inference workers, which evaluate gates (``BERT_INFERENCE_TASK_QUEUE``
     # of the worker that planned).
     inference_task_queue: str
+    # How long the gate may wait for an inferencer to pick it up before the promotion is
+    # refused (``BERT_GATE_QUEUE_TIMEOUT_SECONDS`` of the worker that planned).
+    gate_queue_timeout_seconds: float = 600.0
 
 
 class GateRequest(_Strict):

@@ -256,6 +256,9 @@ class Settings:
     # traffic (services/inferencer/warming.py); 0: never.
     warm_aliases_seconds: int = 10
     graceful_shutdown_seconds: int = 30
+    # ``BERT_GATE_QUEUE_TIMEOUT_SECONDS``: how long a gated promotion waits for an inferencer
+    # to pick up its gate before it is refused (the alias left as it was).
+    gate_queue_timeout_seconds: int = 600
     progress_signal_interval_seconds: int = 10
     # Per phase, the most seconds without progress before the watchdog fails the attempt.
     phase_timeouts_seconds: dict[str, int] = field(
@@ -311,6 +314,7 @@ class Settings:
             http=HttpSettings.from_env(env),
             warm_aliases_seconds=_int(env, "BERT_WARM_ALIASES_SECONDS", 10),
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
+            gate_queue_timeout_seconds=_int(env, "BERT_GATE_QUEUE_TIMEOUT_SECONDS", 600, minimum=1),
             progress_signal_interval_seconds=_int(
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1
             ),

@@ -222,6 +222,32 @@ async def test_a_passed_gate_moves_the_alias_and_a_new_alias_always_passes(
         assert (await infer(client, queues.inference, alias="prod")).run_id == runs["same"]
 
 
+async def test_a_gate_no_inferencer_picks_up_is_refused_and_the_alias_stays(
+    client: Client, runs_root: Path, runs: dict[str, str], sentiment_csv: SentimentData
+) -> None:
+    # A controller whose inference queue nobody polls (the inferencers are down or scaled to
+    # zero): the gated promotion ends refused after the queue timeout, never stays RUNNING.
+    control = f"control-{uuid.uuid4()}"
+    async with build_trainer_worker(
+        client,
+        task_queue=control,
+        runs_root=runs_root,
+        no_remote_activities=True,
+        graceful_shutdown=timedelta(seconds=5),
+        inference_task_queue=f"nobody-{uuid.uuid4()}",
+        gate_queue_timeout=timedelta(seconds=2),
+    ):
+        await promote(client, control, run_id=runs["good"], alias="prod")
+        pointer = aliases.pointer_path(runs_root, "prod").read_bytes()
+        message = await refused(
+            client, control, run_id=runs["same"], alias="prod", gate=gate(sentiment_csv)
+        )
+    assert message.startswith("[PromotionRefused] the gate was not evaluated: no inferencer")
+    assert "within 2 s; 'prod' still points at run-good" in message
+    assert "bert-finetune worker inferencer" in message
+    assert aliases.pointer_path(runs_root, "prod").read_bytes() == pointer
+
+
 async def test_gates_that_cannot_compare_are_invalid_config(
     client: Client,
     runs_root: Path,

@@ -9,6 +9,7 @@ local activity those workflows call; only trainers add ``fine_tune_bert`` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,16 @@ def orchestration_activities(
     runs_root: Path,
     tracking: TrackingConfig = TrackingConfig(),
     inference_task_queue: str = INFERENCE_TASK_QUEUE,
+    gate_queue_timeout: timedelta = timedelta(minutes=10),
 ) -> list[Callable[..., Any]]:
     """The local activities of ``TRAINER_WORKFLOWS`` (no GPU, no training).
 
     ``tracking``: discarding a run cancelled between attempts also closes its MLflow run, and
     promotions are mirrored to MLflow's model registry when one is configured.
-    ``inference_task_queue``: where a gated promotion's evaluation runs (the inferencers).
+    ``inference_task_queue``: where a gated promotion's evaluation runs (the inferencers);
+    ``gate_queue_timeout``: how long it waits for one to pick it up before it is refused.
     """
-    promotion = PromotionActivities(runs_root, tracking, inference_task_queue)
+    promotion = PromotionActivities(runs_root, tracking, inference_task_queue, gate_queue_timeout)
     return [
         PartialRunActivities(runs_root, tracking).discard_partial_run,
         PartialRunActivities(runs_root, tracking).newest_sealed_checkpoint,

@@ -63,6 +63,7 @@ def build_trainer_worker(
     log_format: str = "auto",
     tracking: TrackingConfig = TrackingConfig(),
     inference_task_queue: str = INFERENCE_TASK_QUEUE,
+    gate_queue_timeout: timedelta = timedelta(minutes=10),
 ) -> Worker:
     """A worker of the trainer task queue: a trainer, or with ``no_remote_activities`` a
     controller.
@@ -103,6 +104,8 @@ def build_trainer_worker(
             server, TensorBoard event files in the run folder, or nowhere).
         inference_task_queue: the inference workers' queue, where a gated promotion's
             evaluation runs (it loads models: never on this worker).
+        gate_queue_timeout: how long that evaluation waits for an inferencer to pick it up
+            before the promotion is refused with ``PromotionRefused`` (the alias unchanged).
     """
     train: Trainer = (
         fine_tune
@@ -135,7 +138,9 @@ def build_trainer_worker(
         workflows=TRAINER_WORKFLOWS,
         activities=[
             *training,
-            *orchestration_activities(runs_root, tracking, inference_task_queue),
+            *orchestration_activities(
+                runs_root, tracking, inference_task_queue, gate_queue_timeout
+            ),
         ],
         no_remote_activities=no_remote_activities,
         activity_executor=ThreadPoolExecutor(
@@ -215,6 +220,7 @@ async def run_trainer(settings: Settings) -> None:
             log_format=settings.log_format,
             tracking=TrackingConfig.from_settings(settings),
             inference_task_queue=settings.inference_task_queue,
+            gate_queue_timeout=timedelta(seconds=settings.gate_queue_timeout_seconds),
         ),
         precondition=lambda: missing_gpus(expected),
     )
@@ -234,5 +240,6 @@ async def run_controller(settings: Settings) -> None:
             # Discarding a run cancelled between attempts also closes its MLflow run.
             tracking=TrackingConfig.from_settings(settings),
             inference_task_queue=settings.inference_task_queue,
+            gate_queue_timeout=timedelta(seconds=settings.gate_queue_timeout_seconds),
         ),
     )

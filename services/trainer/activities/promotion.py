@@ -13,6 +13,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio import activity
@@ -84,7 +85,10 @@ def promote_servable(
 
 
 def plan_rollout(
-    runs_root: Path, request: BertPromoteInput, inference_task_queue: str
+    runs_root: Path,
+    request: BertPromoteInput,
+    inference_task_queue: str,
+    gate_queue_timeout_seconds: float = 600.0,
 ) -> PromotionPlan:
     """The alias's state now and whether the promotion's gate must run: not for a new alias
     (it always passes), nor for the alias's own run, nor to complete the candidate's canary
@@ -92,7 +96,10 @@ def plan_rollout(
     if request.run_id is not None and not request.rollback:
         require_complete_run(runs_root, request.run_id)  # RunNotFound before any gate
     pointer = aliases.read_pointer(runs_root, request.alias)
-    plan = PromotionPlan(inference_task_queue=inference_task_queue)
+    plan = PromotionPlan(
+        inference_task_queue=inference_task_queue,
+        gate_queue_timeout_seconds=gate_queue_timeout_seconds,
+    )
     if pointer is not None:
         plan = plan.model_copy(
             update={
@@ -166,10 +173,12 @@ class PromotionActivities:
         runs_root: Path,
         tracking: TrackingConfig = TrackingConfig(),
         inference_task_queue: str = INFERENCE_TASK_QUEUE,
+        gate_queue_timeout: timedelta = timedelta(minutes=10),
     ) -> None:
         self._runs_root = runs_root
         self._tracking = tracking
         self._inference_task_queue = inference_task_queue
+        self._gate_queue_timeout = gate_queue_timeout
 
     @activity.defn(name=PROMOTE_ACTIVITY)
     async def promote_alias(self, request: BertPromoteInput) -> BertPromoteOutput:
@@ -196,7 +205,11 @@ class PromotionActivities:
     @activity.defn(name=PLAN_PROMOTION_ACTIVITY)
     async def plan_promotion(self, request: BertPromoteInput) -> PromotionPlan:
         return await asyncio.to_thread(
-            plan_rollout, self._runs_root, request, self._inference_task_queue
+            plan_rollout,
+            self._runs_root,
+            request,
+            self._inference_task_queue,
+            self._gate_queue_timeout.total_seconds(),
         )
 
     @activity.defn(name=UPDATE_ALIAS_ACTIVITY)

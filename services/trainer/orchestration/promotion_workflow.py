@@ -18,6 +18,8 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, TimeoutType
+from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 with workflow.unsafe.imports_passed_through():
     from services.trainer.orchestration.export_workflow import start_export
@@ -56,6 +58,12 @@ GATE_RETRY_POLICY = RetryPolicy(
     maximum_attempts=3,
     non_retryable_error_types=NON_RETRYABLE_TYPES,
 )
+
+
+def _unclaimed(err: ActivityError) -> bool:
+    """Whether the activity timed out waiting in its task queue (no worker picked it up)."""
+    cause = err.cause
+    return isinstance(cause, TemporalTimeout) and cause.type == TimeoutType.SCHEDULE_TO_START
 
 
 # Any exception fails the workflow: a bug must never leave it RUNNING with a retrying task.
@@ -101,19 +109,33 @@ class BertPromoteWorkflow:
             )
         if input.gate is not None and plan.run_gate:
             assert input.run_id is not None and plan.current_run_id is not None
-            scores = await workflow.execute_activity(
-                GATE_ACTIVITY,
-                GateRequest(
-                    candidate_run_id=input.run_id,
-                    current_run_id=plan.current_run_id,
-                    gate=input.gate,
-                ),
-                result_type=GateScores,
-                task_queue=plan.inference_task_queue,
-                start_to_close_timeout=GATE_TIMEOUT,
-                heartbeat_timeout=GATE_HEARTBEAT_TIMEOUT,
-                retry_policy=GATE_RETRY_POLICY,
-            )
+            try:
+                scores = await workflow.execute_activity(
+                    GATE_ACTIVITY,
+                    GateRequest(
+                        candidate_run_id=input.run_id,
+                        current_run_id=plan.current_run_id,
+                        gate=input.gate,
+                    ),
+                    result_type=GateScores,
+                    task_queue=plan.inference_task_queue,
+                    # Nobody polling the inference queue must not leave the promotion RUNNING.
+                    schedule_to_start_timeout=timedelta(seconds=plan.gate_queue_timeout_seconds),
+                    start_to_close_timeout=GATE_TIMEOUT,
+                    heartbeat_timeout=GATE_HEARTBEAT_TIMEOUT,
+                    retry_policy=GATE_RETRY_POLICY,
+                )
+            except ActivityError as err:
+                if not _unclaimed(err):
+                    raise
+                raise failure(
+                    PROMOTION_REFUSED,
+                    f"the gate was not evaluated: no inferencer polled task queue "
+                    f"{plan.inference_task_queue!r} within "
+                    f"{plan.gate_queue_timeout_seconds:g} s; '{input.alias}' still points at "
+                    f"{plan.current_run_id}. Start an inferencer on that queue (bert-finetune "
+                    f"worker inferencer, or scale the chart's inferencer up) and promote again",
+                ) from None
             if not scores.passes(input.gate.min_delta):
                 raise failure(PROMOTION_REFUSED, scores.refusal(input.alias, input.gate.min_delta))
             gate = PromotionGateResult(
