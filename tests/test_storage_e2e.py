@@ -23,8 +23,10 @@ from temporalio.client import Client
 from services.trainer.run_folder import checkpoints
 from shared import storage
 from shared.runs import RUN_MANIFEST
+from shared.storage.alias_store import read_stored_pointer
 from shared.storage.objects import ObjectStore
 from shared.storage.run_store import CACHE_DIR, RunStore, digest_of
+from shared.sweep_types import SWEEP_WORKFLOW, BertSweepOutput
 from shared.types import (
     FINE_TUNING_WORKFLOW,
     BertExperimentInput,
@@ -38,6 +40,8 @@ from tests.helpers.processes import WorkerProcess
 from tests.helpers.s3 import S3Server, moto_server
 from tests.test_cli import cli
 from tests.test_promotion import TEXTS, infer, promote
+from tests.test_sweep_e2e import GOOD_LR, USELESS_LR
+from tests.tiny import sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +144,65 @@ async def test_an_experiment_on_object_storage_is_exported_promoted_and_served(
         assert code == 0, err
         predicted = json.loads(out[out.index("{") :])
         assert predicted["label_names"] == ["positive", "negative"]
+
+
+async def test_a_sweep_on_object_storage_prunes_promotes_and_serves_its_best(
+    client: Client,
+    tiny_model: Path,
+    runs_uri: str,
+    private_dirs: dict[str, tuple[Path, RunStore]],
+    tmp_path: Path,
+) -> None:
+    """Successive halving with every trial committed to the store: the pruned trials are
+    complete runs there too, only the best is exported, the alias moves in the store, and an
+    inferencer that shares nothing with the trainer but the bucket serves it."""
+    trainer_root, store = private_dirs["trainer"]
+    inferencer_root, _ = private_dirs["inferencer"]
+    # 800 rows: one epoch takes a good learning rate far above chance, a useless one not.
+    data = SentimentData(
+        train=write_csv(tmp_path / "train.csv", sentiment_rows(800, seed=1)),
+        validation=write_csv(tmp_path / "validation.csv", sentiment_rows(40, seed=2)),
+    )
+    sweep = {
+        "sweep_name": "s3-halving",
+        "base": tiny_config(tiny_model, data, num_epochs=2),
+        "space": {"learning_rate": {"values": [GOOD_LR, USELESS_LR, 0.007]}},
+        "strategy": "grid",
+        "max_concurrent_trials": 1,
+        "early_stopping": {"type": "successive_halving", "reduction_factor": 2},
+        "promote_alias": "s3-best",
+    }
+    async with (
+        running_workers(client, trainer_root, inferencer=False) as training,
+        running_workers(client, inferencer_root, trainer=False) as inference,
+    ):
+        output = await client.execute_workflow(
+            SWEEP_WORKFLOW,
+            sweep,
+            id=f"s3-sweep-{uuid.uuid4()}",
+            task_queue=training.training,
+            result_type=BertSweepOutput,
+        )
+        # The first trial always goes on; the useless learning rate is never among the best.
+        states = [t.state for t in output.trials]
+        assert states[:2] == ["succeeded", "pruned"]
+        best = next(t for t in output.trials if t.run_id == output.best_run_id)
+        assert best.state == "succeeded"
+        assert (await wait_for_export(client, output.best_run_id)).outcome == "exported"
+        served = await infer(client, inference.inference, alias="s3-best")
+    assert served.run_id == output.best_run_id
+    assert read_stored_pointer(store, "s3-best").run_id == output.best_run_id
+    for trial in output.trials:
+        blob = store.record(trial.run_id)
+        assert blob is not None, trial.run_id
+        record = json.loads(blob.data)
+        assert record["stopped_early"] == (trial.state == "pruned")
+        prefix = f"{trial.run_id}/commits/{digest_of(blob.data)}/"
+        keys = {info.key for info in store.objects.listing(prefix)}
+        assert prefix + "model.safetensors" in keys
+        assert (prefix + "onnx/export.json" in keys) == (trial.run_id == output.best_run_id)
+        # No checkpoint of a finished trial is left in the store.
+        assert store.checkpoints(trial.run_id, checkpoints.MANIFEST_NAME) == []
 
 
 @pytest.mark.slow
