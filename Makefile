@@ -72,8 +72,8 @@ dev: install
 # fixture, stays on one worker: tests/conftest.py). Budget: 12 minutes of pytest on 2 idle
 # cores. `make test-slow`: the long fault-finding runs (chaos and soak, the real MiniLM, dev
 # stacks, health probes over minutes). Every pytest run prints its 15 slowest tests (addopts
-# in pyproject.toml). `make image-test` (below) joins test-slow once it passes on these
-# machines: here pip inside the image builds does not yet trust the package proxy's CA.
+# in pyproject.toml). `make image-test` (below) stays its own target (and CI job): it needs a
+# Docker engine, and a first build downloads several GB.
 PYTEST := HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra
 test: install system-deps tools
 	$(BIN)/ruff check .

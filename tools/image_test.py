@@ -519,8 +519,10 @@ def record(results: dict[str, dict[str, float]], base: str) -> None:
     )
     section = (
         f"{SECTION}\n\nBuilt from the project's Dockerfiles by `make image-test` on "
-        f"{os.cpu_count()} cores, base {base}, cold cache (uncompressed size as "
-        f"`docker image inspect` reports it):\n\n| image | size | build |\n|---|---|---|\n"
+        f"{os.cpu_count()} cores, base {base}, with the Docker layer cache earlier builds left "
+        f"on the machine (a layer whose inputs changed is rebuilt; a first build on a fresh "
+        f"machine also downloads torch and every wheel). Sizes uncompressed, as "
+        f"`docker image inspect` reports them:\n\n| image | size | build |\n|---|---|---|\n"
         f"{rows}\n"
     )
     text = BENCHMARKS.read_text()
