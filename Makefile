@@ -100,10 +100,13 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Every performance comparison side by side (training, inference, call-shape floors); writes
-# the table to docs/benchmarks.md. About 35 minutes on 2 idle cores: run it on a quiet machine.
+# Every performance comparison side by side (training, inference, sweeps, call-shape floors),
+# then runs on object storage and HTTP serving (their own targets below); each writes its
+# section of docs/benchmarks.md. About 50 minutes on 2 idle cores: run it on a quiet machine.
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.compare
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.storage_compare --write
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.http_serving --write
 
 # HTTP serving (the inferencer's Open Inference Protocol endpoint): 8-text p50/p95 vs in-process
 # classification and the workflow path, throughput with 32 clients vs `pipeline`, per batching
