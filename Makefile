@@ -71,9 +71,8 @@ dev: install
 # slow, two at a time (pytest-xdist; each test file, and each package with a session-wide
 # fixture, stays on one worker: tests/conftest.py). Budget: 12 minutes of pytest on 2 idle
 # cores. `make test-slow`: the long fault-finding runs (chaos and soak, the real MiniLM, dev
-# stacks, health probes over minutes). Every pytest run prints its 15 slowest tests (addopts
-# in pyproject.toml). `make image-test` (below) stays its own target (and CI job): it needs a
-# Docker engine, and a first build downloads several GB.
+# stacks, health probes over minutes), then `make image-test` (the images built and run).
+# Every pytest run prints its 15 slowest tests (addopts in pyproject.toml).
 PYTEST := HF_HUB_OFFLINE=1 $(BIN)/pytest -q -ra
 test: install system-deps tools
 	$(BIN)/ruff check .
@@ -83,6 +82,7 @@ test: install system-deps tools
 
 test-slow: install system-deps tools
 	$(PYTEST) -m slow
+	$(MAKE) image-test
 
 # Build the CPU images from the Dockerfiles (Debian's docker.io and dockerd when no engine
 # runs; a local mmdebstrap base when Docker Hub is unreachable) and run them as the chart
