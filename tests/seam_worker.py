@@ -7,8 +7,9 @@ worker under test is the production one (production code has no test branches).
 - ``SIMULATED_DEVICE_ROWS=N``: a forward pass over more than N rows raises
   ``torch.OutOfMemoryError`` the way CUDA does (CPU training has no such error: exhausting
   RAM brings the kernel's OOM killer instead).
-- ``SLOW_FINAL_SAVE_SECONDS=S``: the final model save stalls S seconds first (a slow network
-  volume); the Trainer's checkpoint saves pass ``_internal_call=True`` and are not slowed.
+- ``FINAL_SAVE_WAITS_FOR=PATH``: the final model save stalls until the file ``PATH`` exists
+  (at most ten minutes): a volume that hangs until the test lets it go, whatever the load; the
+  Trainer's checkpoint saves pass ``_internal_call=True`` and are not held.
 - ``SLOW_EVAL_BATCH_SECONDS=S``: every evaluation batch takes S seconds longer.
 - ``HANG_IN=loading_data|evaluating``: that phase never returns (a dead volume or hub).
 """
@@ -19,6 +20,7 @@ import functools
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -47,18 +49,20 @@ def _limit_device_rows(rows_that_fit: int) -> None:
     modeling_bert.BertForSequenceClassification.forward = forward_on_a_small_device
 
 
-def _slow_final_save(seconds: float) -> None:
+def _final_save_waits_for(release: Path) -> None:
     from transformers import Trainer
 
     save_model = Trainer.save_model
 
     @functools.wraps(save_model)
-    def save_model_on_a_stalling_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def save_model_on_a_hung_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("_internal_call"):
-            time.sleep(seconds)
+            deadline = time.monotonic() + 600
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
         return save_model(self, *args, **kwargs)
 
-    Trainer.save_model = save_model_on_a_stalling_volume
+    Trainer.save_model = save_model_on_a_hung_volume
 
 
 def _slow_evaluation(seconds: float) -> None:
@@ -90,8 +94,8 @@ def _hang(phase: str) -> None:
 def _apply(env: dict[str, str]) -> None:
     if "SIMULATED_DEVICE_ROWS" in env:
         _limit_device_rows(int(env["SIMULATED_DEVICE_ROWS"]))
-    if "SLOW_FINAL_SAVE_SECONDS" in env:
-        _slow_final_save(float(env["SLOW_FINAL_SAVE_SECONDS"]))
+    if "FINAL_SAVE_WAITS_FOR" in env:
+        _final_save_waits_for(Path(env["FINAL_SAVE_WAITS_FOR"]))
     if "SLOW_EVAL_BATCH_SECONDS" in env:
         _slow_evaluation(float(env["SLOW_EVAL_BATCH_SECONDS"]))
     if "HANG_IN" in env:

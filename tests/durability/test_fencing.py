@@ -32,9 +32,9 @@ from tests.helpers.exports import wait_for_export
 from tests.helpers.processes import WorkerProcess
 
 HEARTBEAT_TIMEOUT_SECONDS = 5
-# The partitioned trainer's final save stalls this long (a slow network volume): long
-# enough for the server to time it out and for the second trainer to finish the run.
-STALLED_SAVE_SECONDS = 45
+# The partitioned trainer's final save hangs until the test lets it go, once the second
+# trainer has finished the run (no race with the load); this bounds each wait of the test.
+STALLED_SAVE_SECONDS = 150
 MAX_STEPS = 1000  # 1000 rows / batch 4 * 4 epochs
 SEAM_WORKER = Path(__file__).parents[1] / "seam_worker.py"
 
@@ -96,13 +96,14 @@ async def test_a_partitioned_attempt_never_touches_the_newer_attempts_run(
         }
     )
     run_dir = runs_root / experiment.run_ids()[0]
+    release = tmp_path / "release-the-stale-save"
     with partition_proxy(address) as proxy:
         stale = WorkerProcess(
             proxy.address,
             queue,
             runs_root,
             tmp_path / "partitioned.log",
-            extra_env={"SLOW_FINAL_SAVE_SECONDS": str(STALLED_SAVE_SECONDS)},
+            extra_env={"FINAL_SAVE_WAITS_FOR": str(release)},
             entry_point=[str(SEAM_WORKER)],
         )
         newer: WorkerProcess | None = None
@@ -130,6 +131,7 @@ async def test_a_partitioned_attempt_never_touches_the_newer_attempts_run(
                 finished_tree = _tree(run_dir)
                 assert any(name.startswith(f"{EXPORT_DIR}/") for name in finished_tree)
                 # The stale save returns: its attempt ends one way or another.
+                release.touch()
                 await wait_for(
                     lambda: _event(stale, "model.saved", "fence.superseded", "training.crashed"),
                     "the stale attempt to end",

@@ -4,9 +4,12 @@ every trial succeeded or pruned exactly as the halving rule decides from each tr
 evaluation at the end of each rung's epoch.
 
 Real trainer processes (``bert-finetune worker trainer``), a real Temporal server, the tiny
-BERT, real files. Bounded: a fixed, seeded schedule of kills (each 6-15 s after the last,
-of a trainer that is training when one is, so that each kill costs an attempt), then the
-sweep is given a deadline. Slow tier (``make test-slow``).
+BERT, real files. Bounded: the blackout comes first, as soon as a trial has reported its first
+rung while a trainer is training (so the sweep is certainly still running, however fast the
+machine: 20 trials cannot have finished when the first reaches epoch 1), then a fixed, seeded
+schedule of single kills (each 6-15 s after the last, of a trainer that is training when one
+is, so that each kill costs an attempt), then the sweep is given a deadline. Slow tier
+(``make test-slow``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,7 @@ pytestmark = pytest.mark.slow
 TRIALS = 20
 TRAINERS = 3
 EPOCHS = 3  # rungs at epochs 1 and 2
-KILL_ROUNDS = 12  # single kills, round-robin over the trainers ...
-BLACKOUT_ROUND = 6  # ... except this round, which kills all three
+KILL_ROUNDS = 12  # the blackout, then single kills round-robin over the trainers
 BLACKOUT_SECONDS = 10
 SWEEP_DEADLINE_SECONDS = 900
 
@@ -118,22 +120,28 @@ async def test_a_sweep_under_repeated_sigkills_of_every_trainer_follows_the_halv
     kills = 0
     blackout_at: float | None = None
 
+    async def anyone_training() -> bool:
+        busy = await asyncio.gather(*(asyncio.to_thread(_training, w) for w in trainers))
+        return any(busy)
+
     async def chaos() -> None:
         nonlocal kills, blackout_at
-        for round_ in range(KILL_ROUNDS):
+        # Every trainer gone at once, for a while: once a trial has reported its first rung
+        # (the sweep is then certainly running) and while a trainer trains (an attempt lost).
+        while not (await _rung_reports(client, handle.id) and await anyone_training()):
+            await asyncio.sleep(0.5)
+        for worker in trainers:
+            worker.stop()
+        kills += len(trainers)
+        blackout_at = time.monotonic() - started
+        await asyncio.sleep(BLACKOUT_SECONDS)
+        trainers[:] = [trainer() for _ in trainers]
+        for round_ in range(1, KILL_ROUNDS):
             await asyncio.sleep(rng.uniform(6, 15))
-            if round_ == BLACKOUT_ROUND:  # every trainer gone at once, for a while
-                for worker in trainers:
-                    worker.stop()
-                kills += len(trainers)
-                blackout_at = time.monotonic() - started
-                await asyncio.sleep(BLACKOUT_SECONDS)
-                trainers[:] = [trainer() for _ in trainers]
-            else:
-                index = await _victim(trainers, round_)
-                trainers[index].stop()  # SIGKILL
-                kills += 1
-                trainers[index] = trainer()
+            index = await _victim(trainers, round_)
+            trainers[index].stop()  # SIGKILL
+            kills += 1
+            trainers[index] = trainer()
 
     early_stopping = SuccessiveHalving(type="successive_halving", reduction_factor=2)
     started = time.monotonic()
