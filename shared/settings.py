@@ -60,7 +60,9 @@ def _tracking_uri(env: Mapping[str, str]) -> str | None:
     return uri
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -70,6 +72,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name}={value} must be at most {maximum}")
     return value
 
 
@@ -314,7 +318,9 @@ class Settings:
             http=HttpSettings.from_env(env),
             warm_aliases_seconds=_int(env, "BERT_WARM_ALIASES_SECONDS", 10),
             graceful_shutdown_seconds=_int(env, "WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30),
-            gate_queue_timeout_seconds=_int(env, "BERT_GATE_QUEUE_TIMEOUT_SECONDS", 600, minimum=1),
+            gate_queue_timeout_seconds=_int(
+                env, "BERT_GATE_QUEUE_TIMEOUT_SECONDS", 600, minimum=1, maximum=7 * 24 * 3600
+            ),
             progress_signal_interval_seconds=_int(
                 env, "BERT_PROGRESS_SIGNAL_INTERVAL_SECONDS", 10, minimum=1
             ),

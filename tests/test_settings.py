@@ -1,4 +1,4 @@
-"""Settings added for reliability: local path roots and per-phase watchdog limits."""
+"""Settings added for reliability: local path roots, per-phase watchdog limits, bounds."""
 
 from __future__ import annotations
 
@@ -54,3 +54,17 @@ def test_phase_timeouts_override_the_defaults_one_phase_at_a_time() -> None:
 def test_bad_phase_timeouts_are_refused(value: str, fragment: str) -> None:
     with pytest.raises(SettingsError, match=fragment):
         Settings.from_env({"BERT_PHASE_TIMEOUTS_SECONDS": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("0", "BERT_GATE_QUEUE_TIMEOUT_SECONDS=0 must be at least 1"),
+        ("604801", "BERT_GATE_QUEUE_TIMEOUT_SECONDS=604801 must be at most 604800"),
+        ("soon", "'soon' is not an integer"),
+    ],
+)
+def test_the_gate_queue_timeout_is_bounded(value: str, fragment: str) -> None:
+    assert Settings.from_env({}).gate_queue_timeout_seconds == 600
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env({"BERT_GATE_QUEUE_TIMEOUT_SECONDS": value})
