@@ -14,7 +14,8 @@ import json
 import shutil
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,18 @@ def private_dirs(runs_uri: str, tmp_path: Path) -> Iterator[dict[str, tuple[Path
         storage.unbind(root)
 
 
+@asynccontextmanager
+async def private_workers(
+    client: Client, private_dirs: dict[str, tuple[Path, RunStore]]
+) -> AsyncIterator[Queues]:
+    """A trainer and an inferencer, each on its own private folder bound to the bucket."""
+    async with (
+        running_workers(client, private_dirs["trainer"][0], inferencer=False) as training,
+        running_workers(client, private_dirs["inferencer"][0], trainer=False) as inference,
+    ):
+        yield Queues(training.training, inference.inference)
+
+
 async def test_an_experiment_on_object_storage_is_exported_promoted_and_served(
     client: Client,
     tiny_model: Path,
@@ -82,20 +95,17 @@ async def test_an_experiment_on_object_storage_is_exported_promoted_and_served(
     private_dirs: dict[str, tuple[Path, RunStore]],
     tmp_path: Path,
 ) -> None:
-    trainer_root, store = private_dirs["trainer"]
+    _, store = private_dirs["trainer"]
     inferencer_root, _ = private_dirs["inferencer"]
     experiment = BertExperimentInput.model_validate(
         {"experiment_name": "on-s3", "runs": [tiny_config(tiny_model, sentiment_csv)]}
     )
-    async with (
-        running_workers(client, trainer_root, inferencer=False) as training,
-        running_workers(client, inferencer_root, trainer=False) as inference,
-    ):
+    async with private_workers(client, private_dirs) as queues:
         output = await client.execute_workflow(
             FINE_TUNING_WORKFLOW,
             experiment,
             id=f"on-s3-{uuid.uuid4()}",
-            task_queue=training.training,
+            task_queue=queues.training,
             result_type=BertExperimentOutput,
         )
         (run,) = output.runs
@@ -110,10 +120,10 @@ async def test_an_experiment_on_object_storage_is_exported_promoted_and_served(
         keys = {info.key for info in store.objects.listing(prefix)}
         assert {prefix + "model.safetensors", prefix + "onnx/export.json"} <= keys
 
-        promoted = await promote(client, training.training, run.run_id, "production")
+        promoted = await promote(client, queues.training, run.run_id, "production")
         assert (promoted.run_id, promoted.previous_run_id) == (run.run_id, None)
-        by_run = await infer(client, inference.inference, run_id=run.run_id)
-        by_alias = await infer(client, inference.inference, alias="production")
+        by_run = await infer(client, queues.inference, run_id=run.run_id)
+        by_alias = await infer(client, queues.inference, alias="production")
         assert by_run.run_id == by_alias.run_id == run.run_id
         assert by_run.label_names == by_alias.label_names == ["positive", "negative"]
         # The inferencer served from its own download of the commit (with the export).
@@ -121,13 +131,12 @@ async def test_an_experiment_on_object_storage_is_exported_promoted_and_served(
         assert {RUN_MANIFEST, "model.safetensors", "onnx"} <= cached
         # The cache wiped under a serving inferencer: the next request downloads it again.
         shutil.rmtree(inferencer_root / CACHE_DIR)
-        again = await infer(client, inference.inference, alias="production")
+        again = await infer(client, queues.inference, alias="production")
         assert again.label_names == by_alias.label_names
         assert list((inferencer_root / CACHE_DIR).glob(f"*/{run.run_id}/model.safetensors"))
 
         # The CLI, with a third private folder, reads the same runs and aliases.
         cli_root = tmp_path / "cli"
-        queues = Queues(training.training, inference.inference)
         code, out, err = await cli(client, queues, cli_root, "runs", "--json")
         assert code == 0, err
         (listed,) = json.loads(out[out.index("[") :])
@@ -156,8 +165,7 @@ async def test_a_sweep_on_object_storage_prunes_promotes_and_serves_its_best(
     """Successive halving with every trial committed to the store: the pruned trials are
     complete runs there too, only the best is exported, the alias moves in the store, and an
     inferencer that shares nothing with the trainer but the bucket serves it."""
-    trainer_root, store = private_dirs["trainer"]
-    inferencer_root, _ = private_dirs["inferencer"]
+    _, store = private_dirs["trainer"]
     # 800 rows: one epoch takes a good learning rate far above chance, a useless one not.
     data = SentimentData(
         train=write_csv(tmp_path / "train.csv", sentiment_rows(800, seed=1)),
@@ -172,15 +180,12 @@ async def test_a_sweep_on_object_storage_prunes_promotes_and_serves_its_best(
         "early_stopping": {"type": "successive_halving", "reduction_factor": 2},
         "promote_alias": "s3-best",
     }
-    async with (
-        running_workers(client, trainer_root, inferencer=False) as training,
-        running_workers(client, inferencer_root, trainer=False) as inference,
-    ):
+    async with private_workers(client, private_dirs) as queues:
         output = await client.execute_workflow(
             SWEEP_WORKFLOW,
             sweep,
             id=f"s3-sweep-{uuid.uuid4()}",
-            task_queue=training.training,
+            task_queue=queues.training,
             result_type=BertSweepOutput,
         )
         # The first trial always goes on; the useless learning rate is never among the best.
@@ -189,7 +194,7 @@ async def test_a_sweep_on_object_storage_prunes_promotes_and_serves_its_best(
         best = next(t for t in output.trials if t.run_id == output.best_run_id)
         assert best.state == "succeeded"
         assert (await wait_for_export(client, output.best_run_id)).outcome == "exported"
-        served = await infer(client, inference.inference, alias="s3-best")
+        served = await infer(client, queues.inference, alias="s3-best")
     assert served.run_id == output.best_run_id
     assert read_stored_pointer(store, "s3-best").run_id == output.best_run_id
     for trial in output.trials:
