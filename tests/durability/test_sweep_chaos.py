@@ -145,6 +145,7 @@ async def test_a_sweep_under_repeated_sigkills_of_every_trainer_follows_the_halv
 
     early_stopping = SuccessiveHalving(type="successive_halving", reduction_factor=2)
     started = time.monotonic()
+    killer: asyncio.Task[None] | None = None
     try:
         handle = await client.start_workflow(
             SWEEP_WORKFLOW,
@@ -164,8 +165,9 @@ async def test_a_sweep_under_repeated_sigkills_of_every_trainer_follows_the_halv
         killer = asyncio.create_task(chaos())
         output = await asyncio.wait_for(handle.result(), timeout=SWEEP_DEADLINE_SECONDS)
         sweep_done_at = time.monotonic() - started
-        killer.cancel()
     finally:
+        if killer is not None:  # also when the sweep failed: no kill outlives the test
+            killer.cancel()
         for worker in trainers:
             worker.stop()
     seconds = time.monotonic() - started
