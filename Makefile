@@ -87,7 +87,8 @@ test-slow: install system-deps tools
 # Build the CPU images from the Dockerfiles (Debian's docker.io and dockerd when no engine
 # runs; a local mmdebstrap base when Docker Hub is unreachable) and run them as the chart
 # does against a Temporal dev server: training, export, prediction, a promotion by the
-# controller. Sizes and build times go to docs/benchmarks.md. Heavy: tens of minutes on 2 cores.
+# controller. Sizes and build times go to docs/benchmarks.md. About 10 minutes on 2 cores
+# from an empty Docker engine (every wheel downloaded), a few once its layer cache is warm.
 image-test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m tools.image_test
 
