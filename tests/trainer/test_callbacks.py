@@ -94,6 +94,41 @@ def test_epoch_evaluation_callback_skips_the_last_epoch_and_stops() -> None:
     assert not stopping.should_evaluate
 
 
+def test_a_checkpoint_at_an_epochs_last_step_waits_for_the_epochs_evaluation() -> None:
+    callback = callbacks.EpochEvaluationCallback()
+    mid_epoch = TrainerControl(should_save=True)
+    callback.on_step_end(ARGS, state(step=15, max_steps=60, epoch=0.75), mid_epoch)
+    assert mid_epoch.should_save, "a save inside an epoch is not moved"
+    at_end = TrainerControl(should_save=True)
+    callback.on_step_end(ARGS, state(step=20, max_steps=60, epoch=1.0), at_end)
+    assert not at_end.should_save
+    callback.on_epoch_end(ARGS, state(step=20, max_steps=60, epoch=1.0), at_end)
+    assert at_end.should_evaluate and at_end.should_save, "evaluated, then saved"
+    # A preemption at that step still evaluates the epoch it ended before its checkpoint.
+    preempted = TrainerControl(should_save=True, should_training_stop=True)
+    callback.on_step_end(ARGS, state(step=40, max_steps=60, epoch=2.0), preempted)
+    callback.on_epoch_end(ARGS, state(step=40, max_steps=60, epoch=2.0), preempted)
+    assert preempted.should_evaluate and preempted.should_save
+    # The last step's checkpoint is not moved: the final evaluation runs after training.
+    last = TrainerControl(should_save=True)
+    callback.on_step_end(ARGS, state(step=60, max_steps=60, epoch=3.0), last)
+    assert last.should_save
+
+
+def test_a_save_that_waited_for_an_evaluation_is_timed_from_the_evaluations_end() -> None:
+    now = [0.0]
+    callback = callbacks.TimedCheckpointCallback(60, max_cost_fraction=0.05, clock=lambda: now[0])
+    callback.on_train_begin(ARGS, state(), TrainerControl())
+    now[0] = 61.0
+    control = TrainerControl()
+    callback.on_step_end(ARGS, state(step=20, epoch=1.0), control)
+    now[0] = 81.0  # a 20 s evaluation, then a 1 s save
+    callback.on_evaluate(ARGS, state(step=20), control)
+    now[0] = 82.0
+    callback.on_save(ARGS, state(step=20), control)
+    assert callback.interval == 60.0, "the evaluation is not counted as save time"
+
+
 def test_timed_checkpoints_follow_the_clock_and_stretch_for_slow_saves() -> None:
     now = [0.0]
     callback = callbacks.TimedCheckpointCallback(60, max_cost_fraction=0.05, clock=lambda: now[0])

@@ -3,6 +3,7 @@ tiny BERT and real files."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from services.inferencer.model_cache import load_model
 from services.trainer.activities.fine_tune import TrainingActivities
 from services.trainer.run_folder import checkpoints
 from services.trainer.run_folder.paths import LocalPathRoots
+from shared import metrics
 from shared.runs import is_complete, read_confusion_matrix, read_record, resolve_served_run
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
@@ -139,3 +141,29 @@ def test_a_segment_never_trains_past_its_pause_epoch_whatever_it_resumes_from(
     assert again.resumed_from_step == 2 * STEPS_PER_EPOCH
     assert again.eval_metrics == paused.eval_metrics
     assert checkpoints.sealed_checkpoints(run_dir)[0].name == "checkpoint-20", "none newer"
+
+
+def test_a_checkpoint_due_at_an_epochs_end_is_saved_once_with_the_epochs_evaluation(
+    tiny_model: Path, sentiment_csv: SentimentData, runs_root: Path
+) -> None:
+    """A checkpoint schedule that falls on an epoch's last step saves after the epoch's
+    evaluation, once: an attempt lost between a save and the evaluation would otherwise
+    leave a checkpoint at the epoch's end without it, and the attempt resuming from it
+    would train on (or report the rung) with that epoch missing from the run's history."""
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=3, checkpoint_steps=5)
+    run_id = "epoch-end-run-0-tiny"
+    saves = metrics.CHECKPOINTS._value.get()
+    paused = _train(runs_root, run_id, config, pause_at_epoch=1)
+    assert paused.paused
+    assert metrics.CHECKPOINTS._value.get() - saves == 2, "steps 5 and 10, each saved once"
+    (sealed,) = checkpoints.sealed_checkpoints(runs_root / run_id)[:1]
+    state = json.loads((sealed / "trainer_state.json").read_text(encoding="utf-8"))
+    assert sealed.name == "checkpoint-10"
+    assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [STEPS_PER_EPOCH]
+
+    finished = _train(runs_root, run_id, config, attempt_offset=5)
+    assert finished.resumed_from_step == STEPS_PER_EPOCH
+    record = read_record(runs_root / run_id)
+    assert [(e.epoch, e.global_step) for e in record.eval_history] == [
+        (epoch, epoch * STEPS_PER_EPOCH) for epoch in (1, 2, 3)
+    ]

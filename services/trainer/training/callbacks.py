@@ -155,6 +155,11 @@ class TimedCheckpointCallback(TrainerCallback):
         if control.should_save:
             self._save_requested_at = self._clock()
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # A save asked for at an epoch's end waits for its evaluation: that is no save time.
+        if self._save_requested_at is not None:
+            self._save_requested_at = self._clock()
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = self._clock()
         if self._save_requested_at is not None:
@@ -266,13 +271,40 @@ class EvaluationPhaseCallback(TrainerCallback):
             self._reporter.update(phase="training")
 
 
+def at_epoch_end(state: Any) -> bool:
+    """Whether the step just taken is the last of an epoch (``state.epoch`` is then whole:
+    the Trainer sets it to ``epoch + (step + 1) / steps_in_epoch``)."""
+    epoch = float(state.epoch or 0)
+    return epoch >= 1 and abs(epoch - round(epoch)) < 1e-9
+
+
 class EpochEvaluationCallback(TrainerCallback):
     """Evaluate at the end of every epoch but the last (the history in the run's record);
-    the final evaluation runs after training, outside the measured training time."""
+    the final evaluation runs after training, outside the measured training time.
+
+    A checkpoint asked for at an epoch's last step (by the checkpoint schedule, or a
+    preemption) is saved a moment later, after that epoch's evaluation, so it carries the
+    evaluation in its log history. Saved before it, an attempt lost in between would leave
+    a checkpoint at the epoch's end without its evaluation: the attempt that resumes from
+    it would train on (or report the rung) with that epoch missing from the run's history.
+    Placed after every callback that asks for a save at a step.
+    """
+
+    def __init__(self) -> None:
+        self._deferred_save = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save and state.global_step < state.max_steps and at_epoch_end(state):
+            control.should_save = False
+            self._deferred_save = True
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # A stop (cancel, preemption) also ends the epoch loop: that is no epoch's end.
-        if state.global_step < state.max_steps and not control.should_training_stop:
+        if self._deferred_save:  # the epoch did end: its evaluation, then the checkpoint
+            self._deferred_save = False
+            control.should_evaluate = True
+            control.should_save = True
+        # Otherwise a stop (cancel, preemption) ends the epoch loop: that is no epoch's end.
+        elif state.global_step < state.max_steps and not control.should_training_stop:
             control.should_evaluate = True
 
 
@@ -550,7 +582,8 @@ def build_callbacks(
       writes; the best epoch (early stopping, ``keep_best_epoch``) next: it writes its copy
       of the best weights into a checkpoint before the checkpoint seal seals it (between
       ranks, behind a barrier);
-    - the evaluation and checkpoint schedules, then the epoch stop (a pause seals);
+    - the checkpoint schedule, the epoch stop (a pause seals), then the evaluation schedule
+      (a checkpoint at an epoch's end waits for the epoch's evaluation);
     - tracking after them, so it logs what they decided;
     - the evaluation phase after the others: it reads the evaluation they asked for;
     - the ranks' agreement last: it sees every other callback's decision.
@@ -564,12 +597,12 @@ def build_callbacks(
         *([best_epoch] if best_epoch is not None and evaluates else []),
         *ranks.sealing(CheckpointSealCallback(run, attempt.number, identity[:16], reporter)),
     ]
-    if evaluates:
-        hooks.append(EpochEvaluationCallback())
     if request.config.checkpoint_steps is None:
         hooks.append(TimedCheckpointCallback(attempt.checkpoint_interval_seconds))
     if stop_at_epoch is not None:
         hooks.append(EpochStopCallback(stop_at_epoch, seal=request.pause_at_epoch == stop_at_epoch))
+    if evaluates:  # after the savers: a save at an epoch's end waits for its evaluation
+        hooks.append(EpochEvaluationCallback())
     tracking = attempt.tracking
     if tracking is not None and tracking.config.enabled and ranks.is_leader:
         tracking.watch_confusion_matrix(confusion_matrix)
