@@ -183,6 +183,11 @@ class TemporalSettings:
         return cls(connect_config=dict(config))
 
 
+# The most a dynamic batch may be configured to hold (its memory is bounded per forward
+# pass by the classifier's token budget; this bounds the tokenized batch held at once).
+MAX_BATCH_TEXTS_LIMIT = 4096
+
+
 @dataclass(frozen=True)
 class HttpSettings:
     """The inferencer's Open Inference Protocol v2 endpoint (``BERT_HTTP_*``); off when
@@ -191,10 +196,14 @@ class HttpSettings:
     # None: no HTTP server; 0: any free port (tests).
     port: int | None = None
     bind_address: str = "0.0.0.0"
-    # Concurrent requests for one model arriving within this window are classified together.
-    batch_window_ms: float = 2.0
+    # Concurrent requests for one model arriving within this window are classified together;
+    # 0: no wait, only what queued while the previous batch ran (under load, as fast as a
+    # window and no cost to an idle endpoint's latency: docs/benchmarks.md, "HTTP serving").
+    batch_window_ms: float = 0.0
     # The most texts one dynamic batch takes (requests are never split between batches).
-    max_batch_texts: int = 64
+    # Large enough to take every waiting request under load: sorting a large batch by length
+    # pads less (measured in docs/benchmarks.md, "HTTP serving").
+    max_batch_texts: int = 256
     # Per request: the most texts, and the most body bytes (413 above either).
     max_texts: int = 256
     max_request_bytes: int = 1024 * 1024
@@ -224,7 +233,9 @@ class HttpSettings:
             port=port,
             bind_address=env.get("BERT_HTTP_BIND_ADDRESS") or "0.0.0.0",
             batch_window_ms=window,
-            max_batch_texts=_int(env, "BERT_HTTP_MAX_BATCH_TEXTS", cls.max_batch_texts, 1),
+            max_batch_texts=_int(
+                env, "BERT_HTTP_MAX_BATCH_TEXTS", cls.max_batch_texts, 1, MAX_BATCH_TEXTS_LIMIT
+            ),
             max_texts=_int(env, "BERT_HTTP_MAX_TEXTS", cls.max_texts, 1),
             max_request_bytes=_int(env, "BERT_HTTP_MAX_REQUEST_BYTES", cls.max_request_bytes, 1024),
             max_in_flight=_int(env, "BERT_HTTP_MAX_IN_FLIGHT", cls.max_in_flight, 1),

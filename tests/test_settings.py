@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, Settings, SettingsError
+from shared.settings import DEFAULT_PHASE_TIMEOUTS_SECONDS, HttpSettings, Settings, SettingsError
 
 
 def test_local_path_roots_default_to_the_working_directory_and_the_runs_folder(
@@ -68,3 +68,17 @@ def test_the_gate_queue_timeout_is_bounded(value: str, fragment: str) -> None:
     assert Settings.from_env({}).gate_queue_timeout_seconds == 600
     with pytest.raises(SettingsError, match=fragment):
         Settings.from_env({"BERT_GATE_QUEUE_TIMEOUT_SECONDS": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("0", "BERT_HTTP_MAX_BATCH_TEXTS=0 must be at least 1"),
+        ("4097", "BERT_HTTP_MAX_BATCH_TEXTS=4097 must be at most 4096"),
+    ],
+)
+def test_the_http_batch_limit_is_bounded(value: str, fragment: str) -> None:
+    defaults = HttpSettings.from_env({"BERT_HTTP_PORT": "8080"})
+    assert (defaults.batch_window_ms, defaults.max_batch_texts) == (0.0, 256)
+    with pytest.raises(SettingsError, match=fragment):
+        HttpSettings.from_env({"BERT_HTTP_PORT": "8080", "BERT_HTTP_MAX_BATCH_TEXTS": value})

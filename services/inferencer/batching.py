@@ -8,8 +8,8 @@ batches grow by themselves and an idle endpoint adds at most ``window`` to a req
 request is never split between batches, and a batch takes whole requests up to
 ``max_batch_texts`` texts (a larger request goes alone). The classifier then cuts the batch
 into forward passes by its token budget (``classifiers.token_batches``: at most
-``batch_size`` texts and ``MAX_BATCH_TOKENS`` padded tokens each), so memory stays bounded
-however requests combine. One batch per model runs at a time (the backends use every core
+``forward_batch_size`` texts of similar length and ``MAX_BATCH_TOKENS`` padded tokens each),
+so memory stays bounded however requests combine. One batch per model runs at a time (the backends use every core
 for one); batches of different models run side by side on the executor.
 """
 
@@ -29,6 +29,17 @@ from shared import metrics
 
 # One prediction per text, in the run's task's shape (``Classifier.predict``).
 Result = list[dict[str, Any]]
+
+# Texts per forward pass. On CPU, passes of 16 texts of similar length were faster per text
+# than 32 or 64 (less padding; docs/benchmarks.md, "HTTP serving"); an accelerator wants
+# wider passes to fill its cores.
+CPU_FORWARD_BATCH = 16
+ACCELERATOR_FORWARD_BATCH = 64
+
+
+def forward_batch_size(device: str) -> int:
+    """Texts per forward pass for a model served on ``device`` ("cpu", "cuda:0", ...)."""
+    return CPU_FORWARD_BATCH if device == "cpu" else ACCELERATOR_FORWARD_BATCH
 
 
 @dataclass
@@ -56,13 +67,11 @@ class DynamicBatcher:
         *,
         window_seconds: float,
         max_batch_texts: int,
-        batch_size: int = 32,
         on_batch: Callable[[], BatchCallback] | None = None,
     ) -> None:
         self._executor = executor
         self._window = window_seconds
         self._max_texts = max_batch_texts
-        self._batch_size = batch_size
         self._on_batch = on_batch or (lambda: _ignore)
         self._queues: dict[tuple[int, int, bool], _Queue] = {}
 
@@ -121,7 +130,7 @@ class DynamicBatcher:
                         queue.model.classifier.predict,
                         texts,
                         queue.max_seq_length,
-                        self._batch_size,
+                        forward_batch_size(queue.model.classifier.device),
                         self._on_batch(),
                         pairs,
                     )

@@ -29,8 +29,8 @@ def test_the_endpoint_is_on_by_default_with_its_limits_in_the_environment(
     settings = HttpSettings.from_env({k: str(v) for k, v in env.items()})
     assert settings == HttpSettings(
         port=8181,
-        batch_window_ms=2,
-        max_batch_texts=64,
+        batch_window_ms=0,
+        max_batch_texts=256,
         max_texts=256,
         max_request_bytes=1048576,
         max_in_flight=12,
@@ -192,6 +192,7 @@ def test_inconsistent_http_values_fail_the_render(
         ({"inferencer": {"http": {"port": 0}}}, "port"),
         ({"inferencer": {"http": {"batchWindowMs": -1}}}, "batchWindowMs"),
         ({"inferencer": {"http": {"maxInFlight": 0}}}, "maxInFlight"),
+        ({"inferencer": {"http": {"maxBatchTexts": 4097}}}, "maxBatchTexts"),
         ({"inferencer": {"http": {"maxRequests": 5}}}, "maxRequests"),  # a typo
         ({"inferencer": {"http": {"ingress": {"hosts": [""]}}}}, "hosts"),
         ({"inferencer": {"keda": {"prometheusServerAddress": "prometheus:9090"}}}, "prometheus"),

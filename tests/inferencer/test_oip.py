@@ -123,6 +123,7 @@ class FakeClassifier:
     """Label "long" for texts over 3 characters; the score is the length."""
 
     backend = "fake"
+    device = "cpu"
     label_names = ["short", "long"]
 
     def __init__(self, delay: float = 0.0) -> None:
