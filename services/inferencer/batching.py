@@ -9,8 +9,9 @@ request is never split between batches, and a batch takes whole requests up to
 ``max_batch_texts`` texts (a larger request goes alone). The classifier then cuts the batch
 into forward passes by its token budget (``classifiers.token_batches``: at most
 ``forward_batch_size`` texts of similar length and ``MAX_BATCH_TOKENS`` padded tokens each),
-so memory stays bounded however requests combine. One batch per model runs at a time (the backends use every core
-for one); batches of different models run side by side on the executor.
+so memory stays bounded however requests combine. One batch per model runs at a time (the
+backends use every core for one); batches of different models run side by side on the
+executor.
 """
 
 from __future__ import annotations

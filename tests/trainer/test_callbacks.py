@@ -95,7 +95,7 @@ def test_epoch_evaluation_callback_skips_the_last_epoch_and_stops() -> None:
 
 
 def test_a_checkpoint_at_an_epochs_last_step_waits_for_the_epochs_evaluation() -> None:
-    callback = callbacks.EpochEvaluationCallback()
+    callback = callbacks.EpochEndCheckpointCallback()
     mid_epoch = TrainerControl(should_save=True)
     callback.on_step_end(ARGS, state(step=15, max_steps=60, epoch=0.75), mid_epoch)
     assert mid_epoch.should_save, "a save inside an epoch is not moved"

@@ -280,32 +280,37 @@ def at_epoch_end(state: Any) -> bool:
 
 class EpochEvaluationCallback(TrainerCallback):
     """Evaluate at the end of every epoch but the last (the history in the run's record);
-    the final evaluation runs after training, outside the measured training time.
+    the final evaluation runs after training, outside the measured training time."""
 
-    A checkpoint asked for at an epoch's last step (by the checkpoint schedule, or a
-    preemption) is saved a moment later, after that epoch's evaluation, so it carries the
-    evaluation in its log history. Saved before it, an attempt lost in between would leave
-    a checkpoint at the epoch's end without its evaluation: the attempt that resumes from
-    it would train on (or report the rung) with that epoch missing from the run's history.
-    Placed after every callback that asks for a save at a step.
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # A stop (cancel, preemption) also ends the epoch loop: that is no epoch's end.
+        if state.global_step < state.max_steps and not control.should_training_stop:
+            control.should_evaluate = True
+
+
+class EpochEndCheckpointCallback(TrainerCallback):
+    """A checkpoint asked for at an epoch's last step (by the checkpoint schedule, or a
+    preemption) is saved a moment later, after that epoch's evaluation, so that it carries
+    the evaluation in its log history. Saved before it, an attempt lost in between would
+    leave a checkpoint at the epoch's end without it: the attempt resuming from it would
+    train on (or report the rung) with that epoch missing from the run's history.
+
+    Goes after the ranks' agreement: every rank then moves the same agreed save.
     """
 
     def __init__(self) -> None:
-        self._deferred_save = False
+        self._deferred = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if control.should_save and state.global_step < state.max_steps and at_epoch_end(state):
             control.should_save = False
-            self._deferred_save = True
+            self._deferred = True
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._deferred_save:  # the epoch did end: its evaluation, then the checkpoint
-            self._deferred_save = False
+        if self._deferred:  # the epoch did end (even if a stop ended it): evaluate, then save
+            self._deferred = False
             control.should_evaluate = True
             control.should_save = True
-        # Otherwise a stop (cancel, preemption) ends the epoch loop: that is no epoch's end.
-        elif state.global_step < state.max_steps and not control.should_training_stop:
-            control.should_evaluate = True
 
 
 BEST_WEIGHTS_FILE = "best-epoch.safetensors"
@@ -582,11 +587,11 @@ def build_callbacks(
       writes; the best epoch (early stopping, ``keep_best_epoch``) next: it writes its copy
       of the best weights into a checkpoint before the checkpoint seal seals it (between
       ranks, behind a barrier);
-    - the checkpoint schedule, the epoch stop (a pause seals), then the evaluation schedule
-      (a checkpoint at an epoch's end waits for the epoch's evaluation);
+    - the evaluation and checkpoint schedules, then the epoch stop (a pause seals);
     - tracking after them, so it logs what they decided;
     - the evaluation phase after the others: it reads the evaluation they asked for;
-    - the ranks' agreement last: it sees every other callback's decision.
+    - the ranks' agreement: it sees every other callback's decision;
+    - last, a checkpoint agreed at an epoch's last step moved after the epoch's evaluation.
     """
     hooks: list[TrainerCallback] = [
         MetricsCallback(),
@@ -597,12 +602,12 @@ def build_callbacks(
         *([best_epoch] if best_epoch is not None and evaluates else []),
         *ranks.sealing(CheckpointSealCallback(run, attempt.number, identity[:16], reporter)),
     ]
+    if evaluates:
+        hooks.append(EpochEvaluationCallback())
     if request.config.checkpoint_steps is None:
         hooks.append(TimedCheckpointCallback(attempt.checkpoint_interval_seconds))
     if stop_at_epoch is not None:
         hooks.append(EpochStopCallback(stop_at_epoch, seal=request.pause_at_epoch == stop_at_epoch))
-    if evaluates:  # after the savers: a save at an epoch's end waits for its evaluation
-        hooks.append(EpochEvaluationCallback())
     tracking = attempt.tracking
     if tracking is not None and tracking.config.enabled and ranks.is_leader:
         tracking.watch_confusion_matrix(confusion_matrix)
@@ -610,4 +615,6 @@ def build_callbacks(
     if evaluates:
         hooks.append(EvaluationPhaseCallback(reporter, stop, cancellable=ranks.world_size == 1))
     hooks.extend(ranks.agreement())
+    if evaluates:
+        hooks.append(EpochEndCheckpointCallback())
     return hooks
