@@ -578,3 +578,23 @@ def test_dashboard_uids_and_titles_are_unique_per_release(chart: helm_python.Cha
 def test_shipped_dashboards_are_valid_json() -> None:
     for dashboard in (CHART_DIR / "dashboards").glob("*.json"):
         assert isinstance(json.loads(dashboard.read_text()), dict), dashboard.name
+
+
+def test_the_gate_queue_timeout_reaches_the_workers_that_plan_promotions(
+    render: Render, chart: helm_python.Chart
+) -> None:
+    from shared.settings import Settings
+
+    objects = render(
+        {"rollouts": {"gateQueueTimeoutSeconds": 120}, "controller": {"enabled": True}}
+    )
+    for worker in ("trainer", "controller"):
+        env = env_of(only(objects, "Deployment", worker), objects)
+        assert env["BERT_GATE_QUEUE_TIMEOUT_SECONDS"] == "120"
+        assert Settings.from_env(env).gate_queue_timeout_seconds == 120
+    default = env_of(only(render(), "Deployment", "trainer"), render())
+    assert default["BERT_GATE_QUEUE_TIMEOUT_SECONDS"] == "600"
+    with pytest.raises(helm_python.HelmValuesError, match="gateQueueTimeoutSeconds"):
+        chart.render(
+            {"rollouts": {"gateQueueTimeoutSeconds": 0}}, name=RELEASE, namespace=NAMESPACE
+        )
