@@ -123,17 +123,19 @@ class FakeClassifier:
     """Label "long" for texts over 3 characters; the score is the length."""
 
     backend = "fake"
-    device = "cpu"
     label_names = ["short", "long"]
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, device: str = "cpu") -> None:
         self.calls: list[list[str]] = []
+        self.batch_sizes: list[int] = []
+        self.device = device
         self._delay = delay
         self._lock = threading.Lock()
 
     def predict(self, texts, max_seq_length, batch_size, on_batch, text_pairs=None):  # type: ignore[no-untyped-def]
         with self._lock:
             self.calls.append(list(texts))
+            self.batch_sizes.append(batch_size)
         time.sleep(self._delay)
         if "boom" in texts:
             raise RuntimeError("boom")
@@ -153,6 +155,15 @@ async def test_concurrent_requests_share_a_batch_and_get_their_own_answers() -> 
     for texts, answer in zip(requests, answers, strict=True):
         assert answer == [expected(t) for t in texts]
     assert len(classifier.calls) == 1 and len(classifier.calls[0]) == 6
+
+
+async def test_forward_passes_are_narrow_on_cpu_and_wide_on_an_accelerator() -> None:
+    batcher = DynamicBatcher(ThreadPoolExecutor(2), window_seconds=0, max_batch_texts=256)
+    for device, width in (("cpu", 16), ("cuda:0", 64)):
+        classifier = FakeClassifier(device=device)
+        model = LoadedModel(classifier, ())  # type: ignore[arg-type]
+        await batcher.predict(model, ["some text"] * 40, 128)
+        assert classifier.batch_sizes == [width], device
 
 
 async def test_batches_stop_at_max_texts_and_errors_reach_only_their_batch() -> None:
