@@ -16,7 +16,11 @@ from services.inferencer.model_cache import load_model
 from services.trainer.activities.fine_tune import TrainingActivities
 from services.trainer.run_folder import checkpoints
 from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.training.callbacks import EVALUATION_MATRIX_FILE, read_evaluation_matrix
+from services.trainer.training.evaluation import ClassificationMetrics
+from services.trainer.training.stages import TrainingSession
 from shared import metrics
+from shared.manifests import CheckpointManifest
 from shared.runs import is_complete, read_confusion_matrix, read_record, resolve_served_run
 from shared.types import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
 from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
@@ -167,3 +171,71 @@ def test_a_checkpoint_due_at_an_epochs_end_is_saved_once_with_the_epochs_evaluat
     assert [(e.epoch, e.global_step) for e in record.eval_history] == [
         (epoch, epoch * STEPS_PER_EPOCH) for epoch in (1, 2, 3)
     ]
+
+
+@pytest.mark.parametrize("matrix_in_checkpoint", [True, False])
+def test_a_pruned_trial_commits_its_rung_evaluation_without_evaluating_again(
+    tiny_model: Path,
+    sentiment_csv: SentimentData,
+    runs_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    matrix_in_checkpoint: bool,
+) -> None:
+    """The rung's checkpoint carries its evaluation's confusion matrix, so the pruned
+    trial's commit (a new activity, resuming with nothing left to train) reuses it instead
+    of running the model over the evaluation data again. A checkpoint without it (sealed
+    by an older trainer) is evaluated again, as before."""
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=3)
+    run_id = "matrix-run-0-tiny"
+    paused = _train(runs_root, run_id, config, pause_at_epoch=1)
+    (sealed,) = checkpoints.sealed_checkpoints(runs_root / run_id)[:1]
+    saved = json.loads((sealed / EVALUATION_MATRIX_FILE).read_text(encoding="utf-8"))
+    assert saved["step"] == STEPS_PER_EPOCH
+    assert sum(map(sum, saved["confusion_matrix"])) == paused.num_eval_samples == 40
+    if not matrix_in_checkpoint:
+        manifest = CheckpointManifest.read(sealed / checkpoints.MANIFEST_NAME)
+        (sealed / EVALUATION_MATRIX_FILE).unlink()
+        checkpoints.write_manifest(sealed, manifest.step, manifest.attempt, manifest.config_digest)
+
+    evaluations: list[int] = []
+    evaluate_with = TrainingSession._evaluate_with
+
+    def counted(session: TrainingSession, batch: object) -> None:
+        evaluations.append(session.trainer.state.global_step)
+        evaluate_with(session, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TrainingSession, "_evaluate_with", counted)
+    pruned = _train(runs_root, run_id, config, finish_at_epoch=1, attempt_offset=5)
+    assert pruned.stopped_early and pruned.resumed_from_step == STEPS_PER_EPOCH
+    assert evaluations == ([] if matrix_in_checkpoint else [STEPS_PER_EPOCH])
+    assert pruned.eval_metrics == paused.eval_metrics
+    record = read_record(runs_root / run_id)
+    assert [entry.epoch for entry in record.eval_history] == [1]
+    assert read_confusion_matrix(runs_root / run_id, record) == saved["confusion_matrix"]
+
+
+def test_a_checkpoint_matrix_is_used_only_when_it_is_the_steps_and_well_formed(
+    tmp_path: Path,
+) -> None:
+    def saved(payload: object) -> Path:
+        (tmp_path / EVALUATION_MATRIX_FILE).write_text(json.dumps(payload), encoding="utf-8")
+        return tmp_path
+
+    assert read_evaluation_matrix(tmp_path, 10) is None, "no file"
+    good = {"step": 10, "confusion_matrix": [[3, 1], [0, 4]]}
+    assert read_evaluation_matrix(saved(good), 10) == [[3, 1], [0, 4]]
+    assert read_evaluation_matrix(saved(good), 20) is None, "another step's"
+    for bad in (
+        [1, 2],
+        {"step": 10, "confusion_matrix": "3 1 0 4"},
+        {"step": 10, "confusion_matrix": [[3, -1], [0, 4]]},
+        {"step": 10, "confusion_matrix": [[3, 1.5], [0, 4]]},
+    ):
+        assert read_evaluation_matrix(saved(bad), 10) is None, bad
+    (tmp_path / EVALUATION_MATRIX_FILE).write_text("{not json", encoding="utf-8")
+    assert read_evaluation_matrix(tmp_path, 10) is None
+    metrics_of_two = ClassificationMetrics(2)
+    assert not metrics_of_two.restore([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    assert metrics_of_two.confusion_matrix is None
+    assert metrics_of_two.restore([[3, 1], [0, 4]])
+    assert metrics_of_two.confusion_matrix == [[3, 1], [0, 4]]

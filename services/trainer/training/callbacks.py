@@ -438,6 +438,57 @@ class BestEpochCallback(TrainerCallback):
         )
 
 
+EVALUATION_MATRIX_FILE = "evaluation-confusion-matrix.json"
+
+
+def last_evaluation_step(log_history: list[dict[str, Any]]) -> int | None:
+    """The step of the latest evaluation the Trainer logged; None before the first."""
+    steps = [int(entry.get("step", 0)) for entry in log_history if "eval_loss" in entry]
+    return max(steps, default=None)
+
+
+class EvaluationMatrixCallback(TrainerCallback):
+    """Write into each checkpoint the confusion matrix of the evaluation at its step (before
+    the checkpoint is sealed), so an attempt that resumes from it with nothing left to train
+    (a pruned trial finishing at its rung) commits the whole evaluation without evaluating
+    the model again. The Trainer's log history, which the checkpoint carries, has only the
+    scores. Single-label only: the other tasks keep no matrix."""
+
+    def __init__(
+        self, confusion_matrix: Callable[[], list[list[int]] | None], write_checkpoints: bool
+    ) -> None:
+        self._confusion_matrix = confusion_matrix
+        self._write_checkpoints = write_checkpoints
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        matrix = self._confusion_matrix()
+        if not self._write_checkpoints or matrix is None:
+            return
+        if last_evaluation_step(state.log_history) != state.global_step:
+            return  # a checkpoint between evaluations: the matrix is another step's
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir():
+            payload = {"step": state.global_step, "confusion_matrix": matrix}
+            (path / EVALUATION_MATRIX_FILE).write_text(json.dumps(payload), encoding="utf-8")
+
+
+def read_evaluation_matrix(checkpoint: Path, step: int) -> list[list[int]] | None:
+    """The confusion matrix a checkpoint carries for its own step's evaluation; None when it
+    has none (an older checkpoint, another task) or the file is not what we write."""
+    try:
+        saved = json.loads((checkpoint / EVALUATION_MATRIX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("step") != step:
+        return None
+    matrix = saved.get("confusion_matrix")
+    if not (isinstance(matrix, list) and all(isinstance(row, list) for row in matrix)):
+        return None
+    if not all(isinstance(n, int) and n >= 0 for row in matrix for n in row):
+        return None
+    return matrix
+
+
 class LoggingCallback(TrainerCallback):
     """Structured log events instead of the Trainer's printed dicts."""
 
@@ -584,9 +635,9 @@ def build_callbacks(
     - observers and the stop request first, so every later callback sees this step counted
       and a cancel asked for;
     - the fence (leader only) before anything that saves, so a superseded attempt never
-      writes; the best epoch (early stopping, ``keep_best_epoch``) next: it writes its copy
-      of the best weights into a checkpoint before the checkpoint seal seals it (between
-      ranks, behind a barrier);
+      writes; the best epoch (early stopping, ``keep_best_epoch``) and the evaluation's
+      confusion matrix next: they write their files into a checkpoint before the checkpoint
+      seal seals it (between ranks, behind a barrier);
     - the evaluation and checkpoint schedules, then the epoch stop (a pause seals);
     - tracking after them, so it logs what they decided;
     - the evaluation phase after the others: it reads the evaluation they asked for;
@@ -600,6 +651,11 @@ def build_callbacks(
         StopCallback(stop),
         *([FenceCallback(run)] if ranks.is_leader else []),
         *([best_epoch] if best_epoch is not None and evaluates else []),
+        *(
+            [EvaluationMatrixCallback(confusion_matrix, write_checkpoints=ranks.is_leader)]
+            if evaluates
+            else []
+        ),
         *ranks.sealing(CheckpointSealCallback(run, attempt.number, identity[:16], reporter)),
     ]
     if evaluates:

@@ -65,6 +65,15 @@ class ClassificationMetrics:
         self.confusion_matrix = confusion_matrix(truth, predicted, labels=self._labels).tolist()
         return self.score(truth, predicted)
 
+    def restore(self, matrix: list[list[int]]) -> bool:
+        """Take a matrix saved with a checkpoint as the latest evaluation's; False (and
+        nothing kept) when it is not one of this task's (another number of labels)."""
+        size = len(self._labels)
+        if len(matrix) != size or any(len(row) != size for row in matrix):
+            return False
+        self.confusion_matrix = matrix
+        return True
+
     def score(self, truth: Any, predicted: Any) -> dict[str, float]:
         precision, recall, f1, _support = precision_recall_fscore_support(
             truth, predicted, average="macro", zero_division=0

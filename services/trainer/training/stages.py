@@ -25,6 +25,7 @@ from services.trainer.training.arguments import training_arguments
 from services.trainer.training.data import PreparedData
 from services.trainer.training.evaluation import (
     IGNORED,
+    ClassificationMetrics,
     TaskMetrics,
     eval_metrics,
     metrics_for,
@@ -439,8 +440,15 @@ class TrainingSession:
         from safetensors.torch import load_model
         from transformers import TrainerState
 
+        from services.trainer.training.callbacks import read_evaluation_matrix
+
         load_model(self.trainer.model, str(resume.path / "model.safetensors"))
         self.trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
+        # The evaluation at this step is in the state's history; with its confusion matrix
+        # from the checkpoint, ``evaluate`` need not run the model over the data again.
+        matrix = read_evaluation_matrix(resume.path, resume.step)
+        if matrix is not None and isinstance(self._classification, ClassificationMetrics):
+            self._classification.restore(matrix)
         if self._best is not None:  # the best epoch's weights the checkpoint carries
             self._best.resume_from(resume.path)
             self._best.on_train_begin(self.trainer.args, self.trainer.state, None)
