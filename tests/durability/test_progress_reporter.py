@@ -83,3 +83,53 @@ def test_a_hung_step_stops_heartbeats_and_fails_liveness(monkeypatch) -> None:
     assert reporter.stalled and len(stalls) == 1 and "step 3" in stalls[0]
     alive, why = health.WorkerHealth().alive()
     assert not alive and "step 3" in why
+
+
+def test_phase_changes_in_quick_succession_are_signalled_once_spaced_and_the_last_at_once() -> None:
+    """A short run passes through its phases faster than the spacing: they coalesce into
+    one later signal instead of a workflow task each, and the final phase still goes out
+    on the way out, at once."""
+    signalled: list[TrainingProgress] = []
+    env = ActivityEnvironment()
+
+    def short_run() -> None:
+        reporter = ProgressReporter(
+            TrainingProgress(run_id="r"),
+            signal=signalled.append,
+            interval=60,
+            signal_interval=600,
+            min_signal_spacing=600,  # nothing is spaced enough before the exit
+        )
+        with reporter:
+            for phase in ("loading_data", "loading_model", "tokenizing", "training"):
+                reporter.update(phase=phase)
+            reporter.update(latest_checkpoint="/runs/r/checkpoints/attempt-1/checkpoint-5")
+            reporter.signal_soon()
+            reporter.update(phase="succeeded")
+
+    env.run(short_run)
+    assert [p.phase for p in signalled] == ["starting", "succeeded"]
+    assert signalled[-1].latest_checkpoint.endswith("checkpoint-5")
+
+
+def test_a_requested_signal_goes_out_once_the_spacing_has_passed() -> None:
+    signalled: list[TrainingProgress] = []
+    env = ActivityEnvironment()
+
+    def run() -> None:
+        reporter = ProgressReporter(
+            TrainingProgress(run_id="r"),
+            signal=signalled.append,
+            interval=60,
+            signal_interval=600,
+            min_signal_spacing=0.2,
+        )
+        with reporter:
+            reporter.update(phase="training")
+            deadline = time.monotonic() + 60
+            while len(signalled) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)  # waits for an event, not for a time: see the assertion
+            reporter.update(phase="succeeded")
+
+    env.run(run)
+    assert [p.phase for p in signalled] == ["starting", "training", "succeeded"]
