@@ -12,6 +12,9 @@ worker under test is the production one (production code has no test branches).
   Trainer's checkpoint saves pass ``_internal_call=True`` and are not held.
 - ``SLOW_EVAL_BATCH_SECONDS=S``: every evaluation batch takes S seconds longer.
 - ``HANG_IN=loading_data|evaluating``: that phase never returns (a dead volume or hub).
+- ``HOLD_TRAINING=RUN:STEP:PATH``: a run whose output folder names ``RUN`` stops before
+  training step ``STEP`` and stays there (at most ten minutes), after creating ``PATH``: a
+  test kills the worker mid-training at a known step, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -65,6 +68,23 @@ def _final_save_waits_for(release: Path) -> None:
     Trainer.save_model = save_model_on_a_hung_volume
 
 
+def _hold_training(run: str, step: int, marker: Path) -> None:
+    from transformers import Trainer
+
+    training_step = Trainer.training_step
+
+    @functools.wraps(training_step)
+    def held_training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if run in str(self.args.output_dir) and self.state.global_step >= step:
+            marker.touch()
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+        return training_step(self, *args, **kwargs)
+
+    Trainer.training_step = held_training_step
+
+
 def _slow_evaluation(seconds: float) -> None:
     from transformers import Trainer
 
@@ -100,6 +120,9 @@ def _apply(env: dict[str, str]) -> None:
         _slow_evaluation(float(env["SLOW_EVAL_BATCH_SECONDS"]))
     if "HANG_IN" in env:
         _hang(env["HANG_IN"])
+    if "HOLD_TRAINING" in env:
+        run, step, marker = env["HOLD_TRAINING"].split(":", 2)
+        _hold_training(run, int(step), Path(marker))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from tests.conftest import running_workers
 from tests.durability.harness import long_config, long_run_csv, task_queue, wait_for
 from tests.helpers.processes import WorkerProcess
 
+SEAM_WORKER = Path(__file__).parents[1] / "seam_worker.py"
+
 HEARTBEAT_TIMEOUT_SECONDS = 5
 
 
@@ -64,7 +66,17 @@ async def test_sigkill_of_a_trainer_mid_sweep_loses_no_trial(
     queue = task_queue()
     train, validation = long_run_csv(tmp_path, rows=400)  # 100 steps per epoch
     config = long_config(tiny_model, train, validation, num_epochs=1, checkpoint_steps=20)
-    first = WorkerProcess(address, queue, runs_root, tmp_path / "worker-1.log")
+    # The first worker holds trial 1 at step 30 (past its checkpoint at step 20) until it is
+    # killed: the kill lands mid-training however fast the machine trains.
+    held = tmp_path / "trial-1-held"
+    first = WorkerProcess(
+        address,
+        queue,
+        runs_root,
+        tmp_path / "worker-1.log",
+        entry_point=[str(SEAM_WORKER)],
+        extra_env={"HOLD_TRAINING": f"kill-sweep-run-1-:30:{held}"},
+    )
     second: WorkerProcess | None = None
     try:
         handle = await client.start_workflow(
@@ -75,11 +87,10 @@ async def test_sigkill_of_a_trainer_mid_sweep_loses_no_trial(
             result_type=BertSweepOutput,
         )
 
-        async def second_trial_past_a_checkpoint() -> bool:
-            trials = (await _progress(handle)).trials
-            return len(trials) > 1 and trials[1].global_step > 30
+        async def second_trial_held_past_a_checkpoint() -> bool:
+            return held.exists()
 
-        await wait_for(second_trial_past_a_checkpoint, "trial 1 past its first checkpoint", 180)
+        await wait_for(second_trial_held_past_a_checkpoint, "trial 1 held at step 30", 180)
         first.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         assert await first.wait(10) == -signal.SIGKILL
