@@ -15,9 +15,11 @@ committing its model). Our tokenized-dataset cache is emptied before each timed 
 every sweep starts as a first sweep on new data. The best trial's ONNX export, which our
 sweep starts as it ends, is waited for untimed before the next step.
 
-Reported per side: wall time, best eval accuracy (complete trials only, as Optuna's
-``best_value``), trials pruned, epochs trained and seconds per trained epoch (wall / epochs
-trained: every cost of a trial, orchestration included, spread over the epochs it trained).
+Reported per side: wall time, best eval accuracy (complete trials only: Optuna's
+``best_value``, the best trial's final epoch; ours, the best trial's committed model, its best
+epoch with ``keep_best_epoch``; their best epoch of any complete trial is listed beside), trials
+pruned, epochs trained and seconds per trained epoch (wall / epochs trained: every cost of a
+trial, orchestration included, spread over the epochs it trained).
 
 ``make bench`` runs this in ``bench.compare`` (with its shared workers); standalone, it
 starts its own Temporal dev server and one in-process trainer worker:
@@ -80,10 +82,13 @@ class SweepFigures:
     side: str  # "ours" or "theirs"
     seed: int
     wall_seconds: float
-    best_metric: float | None  # eval accuracy of the best complete trial
+    best_metric: float | None  # eval accuracy of the model the best complete trial yields
     trials: int
     pruned: int
     epochs_trained: int
+    # Theirs only: the best epoch's accuracy of any complete trial (what
+    # ``load_best_model_at_end`` would have kept, had it saved a checkpoint every epoch).
+    best_epoch_metric: float | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -91,6 +96,8 @@ class SweepFigures:
 
     def describe(self) -> str:
         best = "none" if self.best_metric is None else f"{self.best_metric:.3f}"
+        if self.best_epoch_metric is not None:
+            best += f" (best epoch of a complete trial {self.best_epoch_metric:.3f})"
         return (
             f"{self.wall_seconds:.1f} s, best {best}, {self.pruned} of {self.trials} pruned, "
             f"{self.epochs_trained} epochs ({self.seconds_per_epoch:.2f} s/epoch)"
@@ -255,6 +262,9 @@ def search_with_trainer(setup: SweepSetup, seed: int, out: Path) -> SweepFigures
         seed=seed,
         wall_seconds=wall,
         best_metric=max((float(t.value) for t in complete), default=None),
+        best_epoch_metric=max(
+            (float(v) for t in complete for v in t.intermediate_values.values()), default=None
+        ),
         trials=len(study.trials),
         pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         # One report per evaluated epoch; a pruned trial stops at the epoch it reported.
@@ -279,6 +289,9 @@ def sweep_input(setup: SweepSetup, seed: int, name: str) -> dict[str, Any]:
             "max_seq_length": setup.max_seq_length,
             "seed": seed,
             "use_gpu": False,
+            # Each trial commits its best epoch's model (kept in memory, copied into the
+            # checkpoints it saves anyway), and reports that epoch's accuracy.
+            "keep_best_epoch": True,
         },
         "space": {
             "learning_rate": {"min": LEARNING_RATE[0], "max": LEARNING_RATE[1], "log": True},
@@ -493,7 +506,13 @@ def sweep_notes(s: SweepComparison) -> str:
         f'"optuna", direction="maximize")` with `model_init`, `eval_strategy="epoch"`, '
         f"dynamic padding and {pruner}. Ours: `BertSweepWorkflow`, strategy tpe, successive "
         f"halving (factor {REDUCTION_FACTOR}, from epoch 1), `max_concurrent_trials` 1, "
-        "`group_by_length` (the default), token cache emptied first. One untimed warm-up "
+        "`group_by_length` (the default), `keep_best_epoch` (each trial commits, and reports, "
+        "its best epoch's model; rung decisions still compare each rung's own evaluation), "
+        "token cache emptied first. Their best is Optuna's `best_value`, the final epoch of "
+        "the best complete trial: the Trainer keeps a better epoch only with "
+        "`load_best_model_at_end`, which saves a checkpoint every epoch (not timed here); "
+        "each of their runs below also lists the best epoch of any complete trial, the most "
+        "that option could keep. One untimed warm-up "
         "sweep per side, then each seed on both sides, interleaved; seconds per trained "
         "epoch = wall / epochs trained. Every timed run, in order: "
         + "; ".join(f"{f.side} seed {f.seed}: {f.describe()}" for f in s.order)
