@@ -54,7 +54,9 @@ def freeze_startup_objects() -> None:
     process. Each ``Trainer.train`` starts with a full ``gc.collect()`` (accelerate's
     ``free_memory``), which would otherwise scan them all again for every run and every
     halving segment (about 0.25 s each on 2 cores). Objects created later are collected as
-    usual; the frozen ones live as long as the process anyway."""
+    usual. A frozen object is still freed when its last reference goes; only a reference
+    cycle among frozen objects would stay, and what a worker holds at start-up (modules,
+    its client) lives as long as the process."""
     global _startup_frozen
     if _startup_frozen:
         return
