@@ -10,7 +10,6 @@ factory and register the same workflows and local activities (listed once, in
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,30 +42,6 @@ _DEFAULT_PHASE_TIMEOUTS = {
 }
 # The SDK sends at most one heartbeat per this interval; it bounds how fast a cancel lands.
 HEARTBEAT_THROTTLE = timedelta(seconds=5)
-
-
-_startup_frozen = False
-
-
-def freeze_startup_objects() -> None:
-    """Import the training stack, then move every object alive (modules, classes, the
-    libraries' tables: about half a million) out of the garbage collector's sight, once per
-    process. Each ``Trainer.train`` starts with a full ``gc.collect()`` (accelerate's
-    ``free_memory``), which would otherwise scan them all again for every run and every
-    halving segment (about 0.25 s each on 2 cores). Objects created later are collected as
-    usual. A frozen object is still freed when its last reference goes; only a reference
-    cycle among frozen objects would stay, and what a worker holds at start-up (modules,
-    its client) lives as long as the process."""
-    global _startup_frozen
-    if _startup_frozen:
-        return
-    from transformers import Trainer  # noqa: F401  (what training imports on first use)
-
-    from services.trainer.training import callbacks, stages  # noqa: F401
-
-    gc.collect()
-    gc.freeze()
-    _startup_frozen = True
 
 
 def build_trainer_worker(
@@ -156,7 +131,6 @@ def build_trainer_worker(
     )
     training: list[Callable[..., Any]] = []
     if not no_remote_activities:
-        freeze_startup_objects()
         training = [activities.fine_tune_bert, ExportActivities(runs_root).export_run]
     return Worker(
         client,

@@ -1,6 +1,6 @@
-"""The trainer freezes its startup objects once, so each ``Trainer.train`` (whose
-``free_memory`` runs a full ``gc.collect()``) does not scan the training stack again; what
-runs create afterwards is still collected."""
+"""A training process freezes its start-up objects once (at its first run), so each
+``Trainer.train`` (whose ``free_memory`` runs a full ``gc.collect()``) does not walk the
+training stack again; what runs create afterwards is still collected."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 CHECK = textwrap.dedent(
     """
     import gc, weakref
-    from services.trainer.worker import freeze_startup_objects
+    from services.trainer.training.startup import freeze_startup_objects
 
     assert gc.get_freeze_count() == 0
     freeze_startup_objects()

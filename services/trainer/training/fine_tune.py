@@ -18,6 +18,7 @@ from services.trainer.training.data import PreparedData, prepare_data
 from services.trainer.training.progress_sink import ProgressSink
 from services.trainer.training.resources import check_sequence_length, check_task_tokenizer
 from services.trainer.training.stages import Attempt
+from services.trainer.training.startup import freeze_startup_objects
 from services.trainer.training.stopping import StopControl
 from services.trainer.training.token_cache import TokenCache
 from shared.logging import get_logger
@@ -39,6 +40,7 @@ def fine_tune(
 ) -> BertFineTuneResult:
     """Train (or reuse) one run. Its local paths may name only ``attempt.path_roots``
     (default: the working directory and ``runs_root``)."""
+    freeze_startup_objects()  # once per process (see there)
     attempt = attempt or Attempt()
     path_roots = attempt.path_roots or paths.default_roots(runs_root)
     config = request.config
