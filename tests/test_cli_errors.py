@@ -259,6 +259,8 @@ def test_dev_replaces_busy_ui_and_metrics_ports_and_prints_the_new_ones(tmp_path
                 time.sleep(0.5)
         finally:
             dev.send_signal(signal.SIGINT)
-            rest, _ = dev.communicate(timeout=90)
+            # ``LocalStack.stop`` gives each worker up to 40 s to drain, one after the other,
+            # then stops the server: wait longer than that bound.
+            rest, _ = dev.communicate(timeout=180)
     assert dev.returncode == 0, rest
     assert "Traceback" not in rest
