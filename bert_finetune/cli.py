@@ -66,12 +66,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM stops the local stack as cleanly as Ctrl-C (children are in their own session)."""
+    """SIGTERM stops the local stack as cleanly as Ctrl-C (children are in their own session).
+
+    SIGINT is set to Ctrl-C's handler too: a process started with SIGINT ignored (a shell's
+    background job without job control, some supervisors) inherits that, and Python then
+    leaves it ignored, so `kill -INT` would never stop the stack."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
