@@ -3,10 +3,11 @@ and vs a run_glue-style script that pads every row to max length (same data, mod
 hyperparameters and seed; samples/s, wall time for the same work, eval accuracy), with the
 run's ONNX export after its commit.
 
-The workflow runs with its defaults, so with ``group_by_length`` (the Trainer's
-length-grouped sampler): batches of tweets of similar length carry less padding than the
-script's randomly drawn batches. The repeats use one seed each (``SEED``, ``SEED + 1``), the
-same on both sides of a pair, so the accuracy goal is an average over two seeds."""
+The workflow runs with its defaults, so with ``group_by_length`` (length-sorted batches in
+a new order every epoch, ``training/sampling.py``): batches of tweets of similar length carry
+less padding than the script's randomly drawn batches. The repeats use one seed each
+(``SEED``, ``SEED + 1``), the same on both sides of a pair, so the accuracy goal is an average
+over two seeds."""
 
 from __future__ import annotations
 
@@ -280,8 +281,8 @@ def training_notes(t: TrainingComparison) -> str:
         f"Training ran {len(t.repeats)} times per side after one untimed warm-up run of the "
         f"script, interleaved (script, workflow, workflow, script), repeat i with seed "
         f"{SEED} + i on both sides, each workflow run trained anew (`overwrite`) with its "
-        f"default `group_by_length` (the Trainer's length-grouped sampler); the script draws "
-        f"its batches at random and pads each to its longest row. The table shows the means. "
+        f"default `group_by_length` (length-sorted batches, shuffled every epoch); the script "
+        f"draws its batches at random and pads each to its longest row. The table shows the means. "
         f"Each run: "
         + "; ".join(
             f"seed {SEED + i}: script {s.samples_per_second:.1f} samples/s in "

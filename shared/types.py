@@ -152,7 +152,7 @@ class BertFineTuneConfig(_Strict):
     checkpoint_steps: Annotated[int, Field(ge=1)] | None = None
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.0
-    # Batches of texts of similar length (the Trainer's length-grouped sampler): less padding
+    # Batches of texts of similar length (the trainer's ``training/sampling.py``): less padding
     # per batch, so faster on texts of mixed length. Part of the reuse identity; runs trained
     # before the field existed count as false.
     group_by_length: bool = True

@@ -47,8 +47,8 @@ def training_arguments(
         # transformers 5 reads a warmup_steps below 1 as a fraction of the training steps.
         "warmup_steps": config.warmup_ratio,
         "seed": config.seed,
-        # Batches of similar lengths (shuffled in mega-batches of 50 batches, so each epoch
-        # still sees every row once in a new order): less padding on texts of mixed length.
+        # Batches of similar lengths; ``sampling.LengthGroupedTrainer`` replaces the Trainer's
+        # sampler with one that pads less (every row once per epoch, batches in a new order).
         "train_sampling_strategy": "group_by_length" if config.group_by_length else "random",
         "data_seed": config.seed,
         "use_cpu": not use_cuda,

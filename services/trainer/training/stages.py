@@ -313,13 +313,13 @@ class TrainingSession:
         from transformers import (
             DataCollatorForTokenClassification,
             DataCollatorWithPadding,
-            Trainer,
             TrainingArguments,
         )
         from transformers.trainer_callback import PrinterCallback
         from transformers.utils import logging as transformers_logging
 
         from services.trainer.training import callbacks
+        from services.trainer.training.sampling import LengthGroupedTrainer
 
         transformers_logging.disable_progress_bar()
         config = request.config
@@ -366,7 +366,7 @@ class TrainingSession:
             collator: Any = DataCollatorForTokenClassification(tokenizer)
         else:
             collator = DataCollatorWithPadding(tokenizer)
-        trainer = Trainer(
+        trainer = LengthGroupedTrainer(
             model=model,
             args=TrainingArguments(**args),
             train_dataset=train_set,
