@@ -88,7 +88,9 @@ class SortedSampler(Sampler[int]):
 
 class LengthGroupedTrainer(Trainer):
     """The Trainer, with ``BucketSampler`` and ``SortedSampler`` where it would group by
-    length (``train_sampling_strategy="group_by_length"``); unchanged otherwise."""
+    length (``train_sampling_strategy="group_by_length"``); unchanged otherwise. As with the
+    Trainer's own length-grouped sampler, ``predict`` would also return rows in length order;
+    fine-tuning only trains and evaluates, whose metrics do not depend on the order."""
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
