@@ -16,6 +16,19 @@ from shared.types import (
 )
 from tests.conftest import running_workers
 
+LOVING = [
+    "I love this, it is wonderful",
+    "what a great day, so happy right now",
+    "thank you so much, this is amazing",
+    "best game ever, loved every minute",
+]
+HATEFUL = [
+    "this is terrible, I hate it",
+    "worst service ever, so angry right now",
+    "awful day, everything went wrong",
+    "I hate waiting, this is ridiculous",
+]
+
 
 @pytest.mark.slow
 async def test_minilm_beats_majority_baseline_on_tweets(
@@ -58,17 +71,25 @@ async def test_minilm_beats_majority_baseline_on_tweets(
             INFERENCE_WORKFLOW,
             {
                 "run_id": run.run_id,
-                "texts": ["I love this, it is wonderful", "this is terrible, I hate it"],
+                "texts": [*LOVING, *HATEFUL],
             },
             id="minilm-inference",
             task_queue=queues.inference,
             result_type=BertInferenceResult,
         )
-    # A briefly trained model on imbalanced tweets can put both texts on the majority side of
-    # 0.5; what it must have learned is the direction: the loving text scores more positive.
+    # A briefly trained model on imbalanced tweets can put every text on the majority side of
+    # 0.5; what it must have learned is the direction: loving texts score more positive than
+    # hateful ones. (One pair alone is too noisy a probe: over seeds and batch orders its
+    # margin ranges from a few hundredths to 0.4; an untrained head gives about 0.)
     positive = [
         confidence if name == "positive" else 1.0 - confidence
         for name, confidence in zip(result.label_names, result.confidences, strict=True)
     ]
-    assert result.label_names[0] == "positive"
-    assert positive[0] > positive[1] + 0.1, (result.label_names, result.confidences)
+    loving, hateful = positive[: len(LOVING)], positive[len(LOVING) :]
+    assert sum(loving) / len(loving) > sum(hateful) / len(hateful) + 0.1, (
+        result.label_names,
+        result.confidences,
+    )
+    assert sum(name == "positive" for name in result.label_names[: len(LOVING)]) >= sum(
+        name == "positive" for name in result.label_names[len(LOVING) :]
+    )
