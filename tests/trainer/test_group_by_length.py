@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from temporalio.testing import ActivityEnvironment
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -21,6 +22,9 @@ from transformers import (
     TrainingArguments,
 )
 
+from services.trainer.activities.fine_tune import TrainingActivities
+from services.trainer.run_folder.paths import LocalPathRoots
+from services.trainer.training import sampling
 from services.trainer.training.arguments import training_arguments
 from services.trainer.training.sampling import (
     BucketSampler,
@@ -30,7 +34,9 @@ from services.trainer.training.sampling import (
     sorted_indices,
 )
 from shared.run_record import RunRecord, identity_before_new_fields, run_identity
-from shared.types import BertFineTuneConfig
+from shared.types import BertFineTuneConfig, BertFineTuneRequest
+from tests.conftest import TEST_LOCAL_PATH_ROOTS, SentimentData, tiny_config
+from tests.helpers.gateway import OfflineGateway
 from tests.tiny import build_tiny_bert
 
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy_v1" / "runs"
@@ -160,6 +166,52 @@ def test_evaluation_batches_are_sorted_by_length_and_change_no_metric(tiny_model
     sorted_metrics, in_order = grouped.evaluate(), ungrouped.evaluate()
     assert sorted_metrics["eval_accuracy"] == in_order["eval_accuracy"]
     assert sorted_metrics["eval_loss"] == pytest.approx(in_order["eval_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_a_training_run_orders_its_batches_with_these_samplers_only_when_grouping(
+    tiny_model: Path,
+    sentiment_csv: SentimentData,
+    runs_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    grouped: bool,
+) -> None:
+    # The real activity, end to end: which orders did the run's data loaders draw?
+    drawn = {"train": 0, "eval": 0}
+    train_order, eval_order = sampling.grouped_indices, sampling.sorted_indices
+
+    def counted_train(*args: object, **kwargs: object) -> list[int]:
+        drawn["train"] += 1
+        return train_order(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counted_eval(*args: object, **kwargs: object) -> list[int]:
+        drawn["eval"] += 1
+        return eval_order(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sampling, "grouped_indices", counted_train)
+    monkeypatch.setattr(sampling, "sorted_indices", counted_eval)
+    config = tiny_config(tiny_model, sentiment_csv, num_epochs=2, group_by_length=grouped)
+    result = ActivityEnvironment().run(
+        TrainingActivities(
+            runs_root, OfflineGateway(), local_path_roots=LocalPathRoots.of(TEST_LOCAL_PATH_ROOTS)
+        ).fine_tune_bert,
+        BertFineTuneRequest(run_id="grouping-run-0-tiny", config=BertFineTuneConfig(**config)),
+    )
+    assert result.epochs_completed == 2 and "eval_accuracy" in result.eval_metrics
+    if grouped:
+        assert drawn["train"] == 2, "a new order for each epoch"
+        assert drawn["eval"] >= 1
+    else:
+        assert drawn == {"train": 0, "eval": 0}
+
+
+def test_batches_after_the_first_come_in_random_order() -> None:
+    lengths = list(range(160))  # every length distinct: the batches' order shows
+    order = grouped_indices(lengths, 8, torch.Generator().manual_seed(0))
+    longest = [max(lengths[i] for i in order[start : start + 8]) for start in range(0, 160, 8)]
+    assert longest[0] == 159
+    assert longest[1:] != sorted(longest[1:], reverse=True)
+    assert sorted(longest) == [8 * k + 7 for k in range(20)]  # still 20 sorted cuts
 
 
 @pytest.mark.parametrize(("rows", "batch"), [(0, 4), (1, 4), (7, 4), (8, 4), (33, 8), (100, 1)])
